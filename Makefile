@@ -1,0 +1,49 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: run test lint check bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Stamp files re-install only when a requirements file changes.
+$(VENV)/.runtime: requirements.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensure_admin
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+check: $(VENV)/.dev
+	DJANGO_SETTINGS_MODULE=cms.settings.test $(PY) manage.py check
+	DJANGO_SETTINGS_MODULE=cms.settings.test $(PY) manage.py makemigrations --check --dry-run
+
+# The whole suite on SQLite; then, when TEST_DATABASE_URL is set, the database tests again
+# on PostgreSQL (SQLite-specific and browser tests are skipped there, and say so).
+test: lint check
+	env -u TEST_DATABASE_URL $(BIN)/pytest
+	@if [ -n "$$TEST_DATABASE_URL" ]; then \
+		echo "== again on PostgreSQL ($$TEST_DATABASE_URL)"; \
+		$(BIN)/pytest -m "not browser and not sqlite_only"; \
+	else \
+		echo "TEST_DATABASE_URL is not set: the PostgreSQL run is skipped."; \
+	fi
+
+bench: $(VENV)/.dev
+	$(PY) bench/queue.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache
