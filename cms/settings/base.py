@@ -148,12 +148,18 @@ MONGODB_URI = env.str("MONGODB_URI", default="")
 HUEY_QUEUE_FILE = Path(env.str("KARASU_QUEUE_FILE", default=str(DATA_DIR / "queue.sqlite3")))
 HUEY = {
     "name": "karasu",
-    "huey_class": "huey.SqliteHuey",
     "immediate": False,
     "results": True,
-    "filename": str(HUEY_QUEUE_FILE),
+    # Leases: a killed worker's task is delivered again this long after its last heartbeat;
+    # a message delivered this many times without finishing goes to the dead letters.
+    "lease_seconds": env.float("KARASU_LEASE_SECONDS", default=30.0),
+    "max_deliveries": env.int("KARASU_MAX_DELIVERIES", default=5),
     "consumer": {"workers": env.int("KARASU_WORKERS", default=16), "worker_type": "thread"},
 }
+if MONGODB_URI:
+    HUEY.update(huey_class="huey_tasks.queue.MongoLeasingHuey", url=MONGODB_URI)
+else:
+    HUEY.update(huey_class="huey_tasks.queue.SqliteLeasingHuey", filename=str(HUEY_QUEUE_FILE))
 
 # Provider credentials: read from the environment only, never stored in the database.
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")

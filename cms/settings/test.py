@@ -11,13 +11,26 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Every test run gets its own scratch folder for media and the queue file, so runs never
 # see each other's state.
-TEST_DATA_DIR = Path(tempfile.mkdtemp(prefix="karasu-test-"))
+# Worker subprocesses started by the tests inherit the variable, so they share the folder.
+TEST_DATA_DIR = Path(
+    os.environ.setdefault("KARASU_TEST_DATA_DIR", tempfile.mkdtemp(prefix="karasu-test-"))
+)
 MEDIA_ROOT = TEST_DATA_DIR / "media"
 HUEY_QUEUE_FILE = TEST_DATA_DIR / "queue.sqlite3"
-HUEY = {**HUEY, "filename": str(HUEY_QUEUE_FILE)}
+# Tests always use the embedded queue (MongoStorage has its own suite), with short leases so
+# crash tests do not wait long.
+HUEY = {
+    **{key: value for key, value in HUEY.items() if key != "url"},
+    "huey_class": "huey_tasks.queue.SqliteLeasingHuey",
+    "filename": str(HUEY_QUEUE_FILE),
+    "lease_seconds": 3.0,
+}
 
+# A worker subprocess of the suite is pointed at the suite's test database.
+if os.environ.get("KARASU_SUITE_DATABASE_URL"):
+    DATABASES = {"default": database_config(os.environ["KARASU_SUITE_DATABASE_URL"])}
 # TEST_DATABASE_URL runs the database-dependent tests against PostgreSQL.
-if os.environ.get("TEST_DATABASE_URL"):
+elif os.environ.get("TEST_DATABASE_URL"):
     DATABASES = {"default": database_config(env.str("TEST_DATABASE_URL"))}
 else:
     DATABASES = {

@@ -1,0 +1,397 @@
+"""The embedded queue: Huey's SqliteStorage with leases, TTL keys, dead letters and slots."""
+
+from __future__ import annotations
+
+import time
+
+from huey.constants import EmptyData
+from huey.storage import SqliteStorage
+
+from .base import DeadLetter, Delivery, LeasingStorageMixin, utc_from_timestamp
+
+# Own table names, so a file once used by Huey's stock SqliteStorage cannot clash.
+DDL = [
+    "create table if not exists karasu_message ("
+    " id integer primary key autoincrement, queue text not null, data blob not null,"
+    " priority real not null default 0, lease_until real not null default 0,"
+    " deliveries integer not null default 0, enqueued_at real not null)",
+    "create index if not exists karasu_message_next on karasu_message"
+    " (queue, priority desc, id)",
+    "create table if not exists karasu_schedule ("
+    " id integer primary key, queue text not null, data blob not null,"
+    " timestamp real not null)",
+    "create index if not exists karasu_schedule_due on karasu_schedule (queue, timestamp)",
+    "create table if not exists karasu_kv ("
+    " queue text not null, key text not null, value blob not null,"
+    " expires_at real, created_at real not null, primary key (queue, key))",
+    "create table if not exists karasu_counter ("
+    " queue text not null, key text not null, value integer not null default 0,"
+    " primary key (queue, key))",
+    "create table if not exists karasu_dead_letter ("
+    " id integer primary key, queue text not null, data blob not null,"
+    " deliveries integer not null, died_at real not null, reason text not null)",
+    "create table if not exists karasu_slot ("
+    " queue text not null, name text not null, idx integer not null,"
+    " holder text not null, expires_at real not null, primary key (queue, name, idx))",
+]
+
+LIVE_KEY = "(expires_at is null or expires_at > ?)"
+
+
+def placeholders(values) -> str:
+    return ",".join("?" * len(values))
+
+
+class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
+    """SQLite queue storage with at-least-once delivery (see ``base``)."""
+
+    ddl = DDL
+    begin_sql = "begin immediate"
+
+    def __init__(
+        self,
+        name: str = "huey",
+        filename: str = "huey.db",
+        lease_seconds: float | None = None,
+        max_deliveries: int | None = None,
+        **kwargs,
+    ):
+        self.configure_leases(lease_seconds, max_deliveries)
+        kwargs.setdefault("timeout", 30)
+        super().__init__(name, filename, **kwargs)
+
+    # Queue --------------------------------------------------------------------------
+    def enqueue(self, data, priority=None):
+        self.sql(
+            "insert into karasu_message (queue, data, priority, enqueued_at)"
+            " values (?, ?, ?, ?)",
+            (self.name, self.to_blob(data), priority or 0, time.time()),
+            commit=True,
+        )
+
+    def claim(self, lease_seconds=None):
+        lease = self.lease_seconds if lease_seconds is None else lease_seconds
+        while True:
+            now = time.time()
+            # Quick check without the write lock, as Huey's own dequeue does.
+            if not self.sql(
+                "select 1 from karasu_message where queue = ? and lease_until <= ? limit 1",
+                (self.name, now),
+                results=True,
+            ):
+                return None
+            # One statement picks and leases the next message: atomic without BEGIN.
+            rows = self.sql(
+                "update karasu_message set lease_until = ?, deliveries = deliveries + 1"
+                " where id = (select id from karasu_message where queue = ? and lease_until <= ?"
+                " order by priority desc, id limit 1) returning id, data, deliveries",
+                (now + lease, self.name, now),
+                results=True,
+            )
+            if not rows:
+                continue  # another worker took it between the check and the update
+            message_id, data, deliveries = rows[0]
+            if deliveries <= self.max_deliveries:
+                return Delivery(str(message_id), bytes(data), deliveries)
+            with self.db(commit=True) as curs:
+                self._bury(curs, message_id, now)
+
+    def _bury(self, curs, message_id, now):
+        curs.execute(
+            "insert into karasu_dead_letter (id, queue, data, deliveries, died_at, reason)"
+            " select id, queue, data, deliveries - 1, ?, ? from karasu_message where id = ?",
+            (now, f"lease expired on all {self.max_deliveries} deliveries", message_id),
+        )
+        curs.execute("delete from karasu_message where id = ?", (message_id,))
+
+    def ack(self, message_id):
+        with self.db(commit=True) as curs:
+            curs.execute("delete from karasu_message where id = ?", (int(message_id),))
+            return curs.rowcount == 1
+
+    def release(self, message_id):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "update karasu_message set lease_until = 0,"
+                " deliveries = max(deliveries - 1, 0) where id = ?",
+                (int(message_id),),
+            )
+            return curs.rowcount == 1
+
+    def extend_leases(self, message_ids, lease_seconds=None):
+        if not message_ids:
+            return 0
+        lease = self.lease_seconds if lease_seconds is None else lease_seconds
+        ids = [int(i) for i in message_ids]
+        with self.db(commit=True) as curs:
+            curs.execute(
+                f"update karasu_message set lease_until = ? where id in ({placeholders(ids)})",
+                [time.time() + lease, *ids],
+            )
+            return curs.rowcount
+
+    def leased_count(self):
+        return self.sql(
+            "select count(*) from karasu_message where queue = ? and lease_until > ?",
+            (self.name, time.time()),
+            results=True,
+        )[0][0]
+
+    def queue_size(self):
+        return self.sql(
+            "select count(*) from karasu_message where queue = ? and lease_until <= ?",
+            (self.name, time.time()),
+            results=True,
+        )[0][0]
+
+    def enqueued_items(self, limit=None):
+        sql = (
+            "select data from karasu_message where queue = ? and lease_until <= ?"
+            " order by priority desc, id"
+        )
+        params: tuple = (self.name, time.time())
+        if limit is not None:
+            sql += " limit ?"
+            params += (limit,)
+        return [bytes(data) for (data,) in self.sql(sql, params, results=True)]
+
+    def flush_queue(self):
+        self.sql("delete from karasu_message where queue = ?", (self.name,), commit=True)
+
+    # Schedule -----------------------------------------------------------------------
+    def add_to_schedule(self, data, ts):
+        self.sql(
+            "insert into karasu_schedule (queue, data, timestamp) values (?, ?, ?)",
+            (self.name, self.to_blob(data), ts.timestamp()),
+            commit=True,
+        )
+
+    def read_schedule(self, ts):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "delete from karasu_schedule where queue = ? and timestamp <= ?"
+                " returning timestamp, id, data",
+                (self.name, ts.timestamp()),
+            )
+            return [bytes(data) for _, _, data in sorted(curs.fetchall())]
+
+    def schedule_size(self):
+        return self.sql(
+            "select count(*) from karasu_schedule where queue = ?", (self.name,), results=True
+        )[0][0]
+
+    def scheduled_items(self, limit=None):
+        sql = "select data from karasu_schedule where queue = ? order by timestamp, id"
+        params: tuple = (self.name,)
+        if limit is not None:
+            sql += " limit ?"
+            params += (limit,)
+        return [bytes(data) for (data,) in self.sql(sql, params, results=True)]
+
+    def flush_schedule(self):
+        self.sql("delete from karasu_schedule where queue = ?", (self.name,), commit=True)
+
+    # Key/value store (results, locks, revocations) -----------------------------------
+    def put_data(self, key, value, is_result=False):
+        self.sql(
+            "insert or replace into karasu_kv (queue, key, value, expires_at, created_at)"
+            " values (?, ?, ?, null, ?)",
+            (self.name, key, self.to_blob(value), time.time()),
+            commit=True,
+        )
+
+    def peek_data(self, key):
+        rows = self.sql(
+            f"select value from karasu_kv where queue = ? and key = ? and {LIVE_KEY}",
+            (self.name, key, time.time()),
+            results=True,
+        )
+        return bytes(rows[0][0]) if rows else EmptyData
+
+    def peek_many(self, keys):
+        if not keys:
+            return {}
+        rows = self.sql(
+            f"select key, value from karasu_kv where queue = ?"
+            f" and key in ({placeholders(keys)}) and {LIVE_KEY}",
+            (self.name, *keys, time.time()),
+            results=True,
+        )
+        return {key: bytes(value) for key, value in rows}
+
+    def pop_data(self, key):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                f"delete from karasu_kv where queue = ? and key = ? and {LIVE_KEY}"
+                " returning value",
+                (self.name, key, time.time()),
+            )
+            row = curs.fetchone()
+            return bytes(row[0]) if row else EmptyData
+
+    def has_data_for_key(self, key):
+        return bool(
+            self.sql(
+                f"select 1 from karasu_kv where queue = ? and key = ? and {LIVE_KEY}",
+                (self.name, key, time.time()),
+                results=True,
+            )
+        )
+
+    def put_if_empty(self, key, value, ttl=None):
+        now = time.time()
+        expires_at = None if ttl is None else now + ttl
+        with self.db(commit=True) as curs:
+            # Only an expired key may be overwritten; a live one wins.
+            curs.execute(
+                "insert into karasu_kv (queue, key, value, expires_at, created_at)"
+                " values (?, ?, ?, ?, ?) on conflict (queue, key) do update set"
+                " value = excluded.value, expires_at = excluded.expires_at,"
+                " created_at = excluded.created_at"
+                " where karasu_kv.expires_at is not null and karasu_kv.expires_at <= ?",
+                (self.name, key, self.to_blob(value), expires_at, now, now),
+            )
+            return curs.rowcount == 1
+
+    def result_store_size(self):
+        return self.sql(
+            f"select count(*) from karasu_kv where queue = ? and {LIVE_KEY}",
+            (self.name, time.time()),
+            results=True,
+        )[0][0]
+
+    def result_items(self):
+        rows = self.sql(
+            f"select key, value from karasu_kv where queue = ? and {LIVE_KEY}",
+            (self.name, time.time()),
+            results=True,
+        )
+        return {key: bytes(value) for key, value in rows}
+
+    def flush_results(self):
+        self.sql("delete from karasu_kv where queue = ?", (self.name,), commit=True)
+
+    def purge_results(self, older_than: float) -> int:
+        """Delete results and expired keys written more than ``older_than`` seconds ago."""
+        now = time.time()
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "delete from karasu_kv where queue = ? and (created_at < ?"
+                " or (expires_at is not null and expires_at <= ?))",
+                (self.name, now - older_than, now),
+            )
+            return curs.rowcount
+
+    # Counters -----------------------------------------------------------------------
+    def incr(self, key, amount=1):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "insert into karasu_counter (queue, key, value) values (?, ?, ?)"
+                " on conflict (queue, key) do update set value = value + excluded.value"
+                " returning value",
+                (self.name, key, amount),
+            )
+            return curs.fetchone()[0]
+
+    def delete_counter(self, key):
+        self.sql(
+            "delete from karasu_counter where queue = ? and key = ?", (self.name, key), True
+        )
+
+    def flush_counters(self):
+        self.sql("delete from karasu_counter where queue = ?", (self.name,), commit=True)
+
+    # Dead letters -------------------------------------------------------------------
+    def dead_letters(self, limit=None):
+        sql = (
+            "select id, data, deliveries, died_at, reason from karasu_dead_letter"
+            " where queue = ? order by died_at desc, id desc"
+        )
+        params: tuple = (self.name,)
+        if limit is not None:
+            sql += " limit ?"
+            params += (limit,)
+        return [
+            DeadLetter(str(i), bytes(data), deliveries, utc_from_timestamp(died_at), reason)
+            for i, data, deliveries, died_at, reason in self.sql(sql, params, results=True)
+        ]
+
+    def dead_letter_count(self):
+        return self.sql(
+            "select count(*) from karasu_dead_letter where queue = ?", (self.name,), results=True
+        )[0][0]
+
+    def requeue_dead_letter(self, message_id):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "delete from karasu_dead_letter where queue = ? and id = ? returning data",
+                (self.name, int(message_id)),
+            )
+            row = curs.fetchone()
+            if row is None:
+                return False
+            curs.execute(
+                "insert into karasu_message (queue, data, priority, enqueued_at)"
+                " values (?, ?, 0, ?)",
+                (self.name, row[0], time.time()),
+            )
+            return True
+
+    def purge_dead_letters(self, message_ids=None):
+        with self.db(commit=True) as curs:
+            if message_ids is None:
+                curs.execute("delete from karasu_dead_letter where queue = ?", (self.name,))
+            else:
+                ids = [int(i) for i in message_ids]
+                curs.execute(
+                    "delete from karasu_dead_letter where queue = ?"
+                    f" and id in ({placeholders(ids)})",
+                    (self.name, *ids),
+                )
+            return curs.rowcount
+
+    # Slots --------------------------------------------------------------------------
+    def acquire_slot(self, name, limit, holder, ttl):
+        now = time.time()
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "select idx from karasu_slot where queue = ? and name = ? and expires_at > ?",
+                (self.name, name, now),
+            )
+            taken = {idx for (idx,) in curs.fetchall()}
+            free = next((i for i in range(limit) if i not in taken), None)
+            if free is None:
+                return None
+            curs.execute(
+                "insert or replace into karasu_slot (queue, name, idx, holder, expires_at)"
+                " values (?, ?, ?, ?, ?)",
+                (self.name, name, free, holder, now + ttl),
+            )
+            return free
+
+    def extend_slot(self, name, index, holder, ttl):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "update karasu_slot set expires_at = ?"
+                " where queue = ? and name = ? and idx = ? and holder = ?",
+                (time.time() + ttl, self.name, name, index, holder),
+            )
+            return curs.rowcount == 1
+
+    def release_slot(self, name, index, holder):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "delete from karasu_slot where queue = ? and name = ? and idx = ? and holder = ?",
+                (self.name, name, index, holder),
+            )
+            return curs.rowcount == 1
+
+    def slots_in_use(self, name):
+        return self.sql(
+            "select count(*) from karasu_slot where queue = ? and name = ? and expires_at > ?",
+            (self.name, name, time.time()),
+            results=True,
+        )[0][0]
+
+    def flush_slots(self):
+        self.sql("delete from karasu_slot where queue = ?", (self.name,), commit=True)

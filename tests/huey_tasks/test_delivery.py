@@ -1,0 +1,131 @@
+"""At-least-once delivery through real Huey consumers: threads in-process and subprocesses."""
+
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from huey.contrib.djhuey import HUEY
+
+from tests.support import consumers
+from tests.support.tasks import fail_then_succeed, record_run
+
+
+@pytest.fixture(autouse=True)
+def empty_queue():
+    HUEY.storage.flush_all()
+    yield
+    HUEY.storage.flush_all()
+
+
+def lines(path: Path, prefix: str, key: str | None = None) -> list[str]:
+    if not path.exists():
+        return []
+    return [
+        line
+        for line in path.read_text().splitlines()
+        if line.startswith(prefix + " ") and (key is None or line.split()[1] == key)
+    ]
+
+
+@pytest.fixture
+def thread_consumer():
+    consumer = HUEY.create_consumer(workers=4, initial_delay=0.01, max_delay=0.05, periodic=False)
+    runner = threading.Thread(target=consumer.run, daemon=True)
+    # run() installs signal handlers, which only the main thread may do.
+    consumer._set_signal_handlers = lambda: None
+    runner.start()
+    yield consumer
+    consumer.stop(graceful=True)
+    runner.join(10)
+
+
+def test_thread_consumer_runs_and_acks_every_task(tmp_path, thread_consumer):
+    log = tmp_path / "runs.log"
+    results = [record_run(str(log), f"k{i}") for i in range(20)]
+    assert sorted(r.get(blocking=True, timeout=10) for r in results) == sorted(
+        f"k{i}" for i in range(20)
+    )
+    consumers.wait_for(lambda: HUEY.storage.leased_count() == 0, 5, message="acks")
+    assert HUEY.storage.queue_size() == 0
+    assert len(lines(log, "done")) == 20
+
+
+def test_retry_is_rescheduled_then_acked(tmp_path, thread_consumer):
+    log = tmp_path / "attempts.log"
+    result = fail_then_succeed(str(log), "r", failures=2)
+    assert result.get(blocking=True, timeout=15) == "r"
+    assert len(lines(log, "attempt")) == 3
+    consumers.wait_for(lambda: HUEY.storage.leased_count() == 0, 5, message="acks")
+    assert HUEY.storage.queue_size() == 0 and HUEY.storage.schedule_size() == 0
+
+
+def test_lock_task_locks_expire():
+    lock = HUEY.lock_task("short", ttl=0.05)
+    assert lock.acquire()
+    assert lock.is_locked()
+    threading.Event().wait(0.1)
+    assert not lock.is_locked()  # a crashed holder's lock frees itself
+    assert HUEY.lock_task("default")._ttl == HUEY.lock_ttl
+
+
+def test_sigkill_mid_task_is_finished_exactly_once_by_another_consumer(tmp_path):
+    log = tmp_path / "runs.log"
+    record_run(str(log), "victim", seconds=2.0)
+    first = consumers.start_consumer(tmp_path / "first.log", workers=2)
+    try:
+        consumers.wait_for(lambda: lines(log, "start", "victim"), 30, message="first start")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        consumers.stop(first)
+    assert lines(log, "done", "victim") == []
+    assert HUEY.storage.leased_count() == 1  # still leased by the dead worker
+
+    second = consumers.start_consumer(tmp_path / "second.log", workers=2)
+    try:
+        consumers.wait_for(lambda: lines(log, "done", "victim"), 30, message="redelivery")
+        consumers.wait_for(
+            lambda: HUEY.storage.leased_count() == 0 and HUEY.storage.queue_size() == 0,
+            10,
+            message="ack",
+        )
+    finally:
+        consumers.stop(second)
+    assert len(lines(log, "start", "victim")) == 2
+    assert len(lines(log, "done", "victim")) == 1
+    assert HUEY.storage.dead_letter_count() == 0
+
+
+def test_sigterm_hands_running_task_back_at_once(tmp_path):
+    log = tmp_path / "runs.log"
+    record_run(str(log), "handed-back", seconds=30)
+    first = consumers.start_consumer(tmp_path / "first.log", workers=1)
+    try:
+        consumers.wait_for(lambda: lines(log, "start"), 30, message="start")
+        assert consumers.stop(first, signal.SIGTERM) == 0
+    finally:
+        consumers.stop(first)
+    # Handed back: deliverable now, not after the lease.
+    assert HUEY.storage.leased_count() == 0
+    assert HUEY.storage.queue_size() == 1
+
+
+def test_concurrent_consumers_never_complete_a_message_twice(tmp_path):
+    log = tmp_path / "runs.log"
+    total = 60
+    for i in range(total):
+        # Some tasks outlive the 3 s lease: the heartbeat must keep them from redelivery.
+        record_run(str(log), f"m{i}", seconds=4.0 if i % 20 == 0 else 0.05)
+    workers = [consumers.start_consumer(tmp_path / f"c{n}.log", workers=4) for n in range(3)]
+    try:
+        consumers.wait_for(lambda: len(lines(log, "done")) >= total, 90, message="all done")
+        consumers.wait_for(lambda: HUEY.storage.leased_count() == 0, 10, message="acks")
+    finally:
+        for process in workers:
+            consumers.stop(process)
+    done = [line.split()[1] for line in lines(log, "done")]
+    assert sorted(done) == sorted(f"m{i}" for i in range(total))
+    started = [line.split()[1] for line in lines(log, "start")]
+    assert len(started) == total  # nothing was even started twice
+    assert HUEY.storage.queue_size() == 0

@@ -1,0 +1,30 @@
+"""Tasks used only by the queue tests: each records when it starts and when it completes."""
+
+import os
+import time
+
+from huey.contrib.djhuey import task
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@task()
+def record_run(log_path: str, key: str, seconds: float = 0.0) -> str:
+    _append(log_path, f"start {key} {os.getpid()}")
+    time.sleep(seconds)
+    _append(log_path, f"done {key} {os.getpid()}")
+    return key
+
+
+@task(retries=2, retry_delay=0)
+def fail_then_succeed(log_path: str, key: str, failures: int) -> str:
+    previous = open(log_path).read().count(f"attempt {key}") if os.path.exists(log_path) else 0
+    _append(log_path, f"attempt {key}")
+    if previous < failures:
+        raise RuntimeError(f"planned failure {previous + 1}")
+    return key
