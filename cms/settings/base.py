@@ -167,6 +167,85 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
 FAL_KEY = env.str("FAL_KEY", default="")
 
+# Providers, by name (as wagtail-ai configures its backends). A provider whose key is not
+# set is not offered; without keys the offline demo providers are the defaults.
+FAL_RESULT_HOSTS = ["fal.media", "*.fal.media", "fal.run", "*.fal.run", "storage.googleapis.com"]
+KARASU = {
+    "LLMS": {
+        "demo": {"CLASS": "generation.providers.demo.DemoLLM", "LABEL": "Demo (offline)"},
+        "claude": {
+            "CLASS": "generation.providers.claude.ClaudeLLM",
+            "LABEL": "Claude",
+            "MODEL": env.str("KARASU_CLAUDE_MODEL", default="claude-sonnet-4-6"),
+            "MAX_TOKENS": 8192,
+            "BATCH_SIZE": 25,
+            "TIMEOUT": 120,
+            "MAX_RETRIES": 2,
+        },
+        "openai": {
+            "CLASS": "generation.providers.openai_compatible.OpenAICompatibleLLM",
+            "LABEL": "OpenAI-compatible",
+            "MODEL": env.str("KARASU_OPENAI_MODEL", default="gpt-4o-mini"),
+            "BATCH_SIZE": 25,
+            "TIMEOUT": 120,
+            "MAX_RETRIES": 2,
+        },
+    },
+    "IMAGE_MODELS": {
+        "demo": {
+            "CLASS": "generation.providers.demo.DemoImageModel",
+            "LABEL": "Demo (offline)",
+            "LATENCY": env.float("KARASU_DEMO_LATENCY", default=0.0),
+            "FAILURE_RATE": env.float("KARASU_DEMO_FAILURE_RATE", default=0.0),
+            "REJECT_RATE": env.float("KARASU_DEMO_REJECT_RATE", default=0.0),
+            "CONCURRENCY": env.int("KARASU_DEMO_CONCURRENCY", default=16),
+        },
+        "flux-schnell": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "FLUX.1 [schnell]",
+            "ENDPOINT": "fal-ai/flux/schnell",
+            "ARGUMENTS": "flux",
+            "CONCURRENCY": 8,
+        },
+        "flux-dev": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "FLUX.1 [dev]",
+            "ENDPOINT": "fal-ai/flux/dev",
+            "ARGUMENTS": "flux",
+            "CONCURRENCY": 8,
+        },
+        "flux-pro": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "FLUX1.1 [pro]",
+            "ENDPOINT": "fal-ai/flux-pro/v1.1",
+            "ARGUMENTS": "flux-pro",
+            "CONCURRENCY": 4,
+        },
+        "flux-ultra": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "FLUX1.1 [pro] ultra",
+            "ENDPOINT": "fal-ai/flux-pro/v1.1-ultra",
+            "ARGUMENTS": "flux-ultra",
+            "CONCURRENCY": 4,
+        },
+        "nano-banana": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "Nano Banana",
+            "ENDPOINT": "fal-ai/nano-banana",
+            "ARGUMENTS": "nano-banana",
+            "CONCURRENCY": 4,
+            "REQUESTS_PER_MINUTE": 60,
+        },
+    },
+    "DEFAULT_LLM": "claude" if ANTHROPIC_API_KEY else ("openai" if OPENAI_API_KEY else "demo"),
+    "DEFAULT_IMAGE_MODEL": "flux-schnell" if FAL_KEY else "demo",
+    "DOWNLOAD": {
+        "ALLOWED_HOSTS": env.list("KARASU_DOWNLOAD_HOSTS", default=FAL_RESULT_HOSTS),
+        "MAX_BYTES": 25 * 1024 * 1024,
+        "MAX_PIXELS": 40_000_000,
+    },
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

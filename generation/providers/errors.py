@@ -1,0 +1,61 @@
+"""The two kinds of provider failure the pipeline distinguishes, with safe one-line reasons."""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+
+# Known key shapes, in case a provider echoes a key we were not configured with.
+_KEY_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|(?:key|Key)\s+[A-Za-z0-9:_\-]{16,})")
+MAX_REASON = 300
+
+
+def redact(text: str) -> str:
+    """Strip every configured secret and anything shaped like a key; one short line."""
+    for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAL_KEY"):
+        secret = getattr(settings, name, "")
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _KEY_PATTERNS.sub("[redacted]", text)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+class ProviderError(Exception):
+    def __init__(self, reason: str):
+        self.reason = redact(reason)
+        super().__init__(self.reason)
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying: rate limits, timeouts, overload, 5xx, connection trouble."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """Retrying cannot help: bad request, auth, content policy, invalid output, unsafe URL."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form); None if absent or a date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+TRANSIENT_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+
+
+def error_for_status(provider: str, status: int, detail: str, retry_after: str | None = None):
+    """Map an HTTP status to the right provider error."""
+    reason = f"{provider}: HTTP {status}: {detail}"
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return TransientProviderError(reason, retry_after=parse_retry_after(retry_after))
+    return PermanentProviderError(reason)

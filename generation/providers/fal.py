@@ -1,0 +1,164 @@
+"""FLUX and Nano Banana on fal.ai through the official fal-client, via its queue API."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import fal_client
+import fal_client.client
+import httpx
+from django.conf import settings
+
+from .base import GeneratedImage, ImageModel
+from .download import download_image
+from .errors import PermanentProviderError, TransientProviderError, error_for_status
+
+# FLUX endpoints name sizes; the others take an aspect ratio.
+FLUX_IMAGE_SIZES = {
+    "1:1": "square_hd",
+    "4:3": "landscape_4_3",
+    "3:4": "portrait_4_3",
+    "16:9": "landscape_16_9",
+    "9:16": "portrait_16_9",
+}
+CONTENT_POLICY_TYPES = {"content_policy_violation", "content_policy", "nsfw"}
+
+
+def flux_arguments(prompt, aspect_ratio, seed, options):
+    arguments = {
+        "prompt": prompt,
+        "image_size": FLUX_IMAGE_SIZES[aspect_ratio],
+        "num_images": 1,
+        "output_format": options.get("OUTPUT_FORMAT", "jpeg"),
+        "enable_safety_checker": True,
+    }
+    if seed is not None:
+        arguments["seed"] = seed
+    return arguments
+
+
+def flux_pro_arguments(prompt, aspect_ratio, seed, options):
+    arguments = flux_arguments(prompt, aspect_ratio, seed, options)
+    arguments["safety_tolerance"] = str(options.get("SAFETY_TOLERANCE", 2))
+    return arguments
+
+
+def flux_ultra_arguments(prompt, aspect_ratio, seed, options):
+    arguments = {
+        "prompt": prompt,
+        "aspect_ratio": aspect_ratio,
+        "num_images": 1,
+        "output_format": options.get("OUTPUT_FORMAT", "jpeg"),
+        "enable_safety_checker": True,
+        "safety_tolerance": str(options.get("SAFETY_TOLERANCE", 2)),
+    }
+    if seed is not None:
+        arguments["seed"] = seed
+    return arguments
+
+
+def nano_banana_arguments(prompt, aspect_ratio, seed, options):
+    # Nano Banana takes no seed.
+    return {
+        "prompt": prompt,
+        "aspect_ratio": aspect_ratio,
+        "num_images": 1,
+        "output_format": options.get("OUTPUT_FORMAT", "png"),
+    }
+
+
+ARGUMENT_BUILDERS = {
+    "flux": flux_arguments,
+    "flux-pro": flux_pro_arguments,
+    "flux-ultra": flux_ultra_arguments,
+    "nano-banana": nano_banana_arguments,
+}
+
+
+class FalImageModel(ImageModel):
+    requires_setting = "FAL_KEY"
+
+    def __init__(self, name: str, **options):
+        super().__init__(name, **options)
+        self.endpoint = options["ENDPOINT"]
+        self.build_arguments = ARGUMENT_BUILDERS[options.get("ARGUMENTS", "flux")]
+        self.timeout = float(options.get("TIMEOUT", 180))
+        self.poll_interval = float(options.get("POLL_INTERVAL", 1.0))
+        # fal-client retries 408/409/429 and connection errors itself, up to this module
+        # constant (it has no per-client setting); bounding it keeps a task's time predictable.
+        fal_client.client.MAX_ATTEMPTS = int(options.get("MAX_ATTEMPTS", 3))
+        self.client = fal_client.SyncClient(
+            key=settings.FAL_KEY or None, default_timeout=float(options.get("HTTP_TIMEOUT", 60))
+        )
+        download = settings.KARASU["DOWNLOAD"]
+        self.allowed_hosts = options.get("ALLOWED_HOSTS", download["ALLOWED_HOSTS"])
+        self.max_bytes = int(download["MAX_BYTES"])
+        self.max_pixels = int(download["MAX_PIXELS"])
+
+    def generate(self, prompt, *, aspect_ratio="1:1", seed=None):
+        arguments = self.build_arguments(prompt, aspect_ratio, seed, self.options)
+        try:
+            handle = self.client.submit(self.endpoint, arguments)
+            result = self._wait(handle)
+        except fal_client.client.FalClientHTTPError as exc:
+            raise self._http_error(exc) from None
+        except httpx.TimeoutException:
+            raise TransientProviderError(f"{self.name}: request timed out") from None
+        except httpx.HTTPError as exc:
+            raise TransientProviderError(f"{self.name}: connection failed: {exc}") from None
+        return self._image_from(result, handle.request_id, seed)
+
+    def _wait(self, handle) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            status = handle.status()
+            if isinstance(status, fal_client.Completed):
+                if status.error:
+                    raise self._completed_error(status.error, status.error_type)
+                return handle.get()
+            if time.monotonic() >= deadline:
+                # Best effort: the provider may have finished or be unreachable.
+                with contextlib.suppress(fal_client.client.FalClientError, httpx.HTTPError):
+                    handle.cancel()
+                raise TransientProviderError(
+                    f"{self.name}: no result after {self.timeout:.0f}s "
+                    f"(request {handle.request_id} cancelled)"
+                )
+            time.sleep(self.poll_interval)
+
+    def _completed_error(self, error, error_type):
+        if (error_type or "").lower() in CONTENT_POLICY_TYPES:
+            return PermanentProviderError(f"{self.name}: rejected by content policy: {error}")
+        return TransientProviderError(f"{self.name}: generation failed: {error}")
+
+    def _http_error(self, exc):
+        if (exc.error_type or "").lower() in CONTENT_POLICY_TYPES:
+            return PermanentProviderError(f"{self.name}: rejected by content policy")
+        return error_for_status(
+            self.name,
+            exc.status_code,
+            str(exc.message),
+            exc.response_headers.get("retry-after") or exc.response_headers.get("Retry-After"),
+        )
+
+    def _image_from(self, result: dict, request_id: str, seed: int | None) -> GeneratedImage:
+        images = result.get("images") if isinstance(result, dict) else None
+        if not images or not isinstance(images[0], dict) or not images[0].get("url"):
+            raise PermanentProviderError(f"{self.name}: result has no image")
+        if any(result.get("has_nsfw_concepts") or []):
+            raise PermanentProviderError(f"{self.name}: rejected by the safety checker")
+        data, content_type, width, height = download_image(
+            images[0]["url"],
+            allowed_hosts=self.allowed_hosts,
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+        )
+        return GeneratedImage(
+            data=data,
+            content_type=content_type,
+            width=width,
+            height=height,
+            seed=result.get("seed", seed),
+            provider_request_id=request_id,
+        )
