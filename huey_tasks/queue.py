@@ -53,6 +53,19 @@ class LeasingHuey(Huey):
         self._ensure_heartbeat()
         return task
 
+    def enqueue_many(self, tasks: list) -> None:
+        """Enqueue many tasks in one storage write; signals fire for each as usual."""
+        if not self.leasing or self._immediate:
+            for task in tasks:
+                self.enqueue(task)
+            return
+        for task in tasks:
+            if task.expires:
+                task.resolve_expires(self.utc)
+            self._emit(S.SIGNAL_ENQUEUED, task)
+        priority = tasks[0].priority if tasks else None
+        self.storage.enqueue_many([self.serialize_task(task) for task in tasks], priority)
+
     def execute(self, task, timestamp=None):
         delivery = getattr(task, "delivery", None)
         if delivery is None:

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -23,3 +25,32 @@ def admin_client_logged_in(client, django_user_model):
     user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def thread_consumer():
+    """A real Huey consumer (thread workers + scheduler) running in this process."""
+    from huey.contrib.djhuey import HUEY
+
+    HUEY.storage.flush_all()
+    consumer = HUEY.create_consumer(workers=8, initial_delay=0.01, max_delay=0.05, periodic=False)
+    # run() installs signal handlers, which only the main thread may do.
+    consumer._set_signal_handlers = lambda: None
+    runner = threading.Thread(target=consumer.run, daemon=True)
+    runner.start()
+    yield consumer
+    consumer.stop(graceful=True)
+    runner.join(30)
+    HUEY.storage.flush_all()
+
+
+@pytest.fixture
+def collections(db):
+    """The collections the data migrations create (a transactional test flushes them)."""
+    from wagtail.models import Collection
+
+    from cms.models import GENERATED_IMAGES_COLLECTION
+
+    root = Collection.get_first_root_node() or Collection.add_root(name="Root")
+    existing = root.get_children().filter(name=GENERATED_IMAGES_COLLECTION).first()
+    return existing or root.add_child(name=GENERATED_IMAGES_COLLECTION)

@@ -38,3 +38,6 @@ else:
     }
     # A file, not :memory:, so that worker threads and subprocesses share it.
     DATABASES["default"]["TEST"] = {"NAME": str(TEST_DATA_DIR / "test-karasu.sqlite3")}
+
+# Fast retries in tests; the policy (3 retries, exponential backoff, jitter) is the same.
+KARASU = {**KARASU, "RETRY": {"BACKOFF_BASE": 0.05, "BACKOFF_MAX": 0.2}}  # noqa: F405

@@ -12,7 +12,7 @@ import functools
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .base import ASPECT_RATIOS, LLM, GeneratedImage, ImageModel
+from .base import ASPECT_RATIOS, LLM, MAX_PROMPT_CHARS, GeneratedImage, ImageModel
 from .errors import PermanentProviderError, ProviderError, TransientProviderError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "GeneratedImage",
     "ImageModel",
     "LLM",
+    "MAX_PROMPT_CHARS",
     "PermanentProviderError",
     "ProviderError",
     "TransientProviderError",

@@ -65,6 +65,10 @@ class LeasingStorageMixin:
         return None if delivery is None else delivery.data
 
     # Messages -----------------------------------------------------------------------
+    def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
+        """Add many messages in one write (the fan-out of a generation request)."""
+        raise NotImplementedError
+
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:
         """Lease the next deliverable message (highest priority, oldest first)."""
         raise NotImplementedError

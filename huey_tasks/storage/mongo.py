@@ -104,6 +104,12 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
     def enqueue(self, data, priority=None):
         self.messages.insert_one(self._message(data, priority))
 
+    def enqueue_many(self, messages, priority=None):
+        if messages:
+            self.messages.insert_many(
+                [self._message(data, priority) for data in messages], ordered=True
+            )
+
     def claim(self, lease_seconds=None):
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         while True:

@@ -69,6 +69,15 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             commit=True,
         )
 
+    def enqueue_many(self, messages, priority=None):
+        now = time.time()
+        with self.db(commit=True) as curs:
+            curs.executemany(
+                "insert into karasu_message (queue, data, priority, enqueued_at)"
+                " values (?, ?, ?, ?)",
+                [(self.name, self.to_blob(data), priority or 0, now) for data in messages],
+            )
+
     def claim(self, lease_seconds=None):
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         while True:

@@ -28,18 +28,6 @@ def lines(path: Path, prefix: str, key: str | None = None) -> list[str]:
     ]
 
 
-@pytest.fixture
-def thread_consumer():
-    consumer = HUEY.create_consumer(workers=4, initial_delay=0.01, max_delay=0.05, periodic=False)
-    runner = threading.Thread(target=consumer.run, daemon=True)
-    # run() installs signal handlers, which only the main thread may do.
-    consumer._set_signal_handlers = lambda: None
-    runner.start()
-    yield consumer
-    consumer.stop(graceful=True)
-    runner.join(10)
-
-
 def test_thread_consumer_runs_and_acks_every_task(tmp_path, thread_consumer):
     log = tmp_path / "runs.log"
     results = [record_run(str(log), f"k{i}") for i in range(20)]

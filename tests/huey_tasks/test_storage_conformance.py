@@ -23,6 +23,14 @@ def test_priority_then_fifo_order(storage):
     assert [storage.dequeue() for _ in range(6)] == [b"d", b"b", b"e", b"a", b"c", None]
 
 
+def test_enqueue_many_keeps_order(storage):
+    storage.enqueue(b"first")
+    storage.enqueue_many([b"a", b"b", b"c"])
+    storage.enqueue_many([b"urgent"], priority=9)
+    storage.enqueue_many([])
+    assert [storage.dequeue() for _ in range(6)] == [b"urgent", b"first", b"a", b"b", b"c", None]
+
+
 def test_flush_queue(storage):
     storage.enqueue(b"x")
     storage.flush_queue()

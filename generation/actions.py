@@ -1,0 +1,93 @@
+"""What editors can do to a request. Views call these; they enqueue through huey_tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import transaction
+from huey.contrib.djhuey import HUEY
+
+from generation import services
+from generation.models import GenerationJob, GenerationRequest
+from huey_tasks.tasks import expand_prompt, queue_jobs
+
+Job = GenerationJob.Status
+Req = GenerationRequest.Status
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    label: str
+    icon: str
+    confirmation: str
+    allowed: Callable[[GenerationRequest], bool]
+    perform: Callable[[GenerationRequest], str]
+
+
+def generate(request: GenerationRequest) -> str:
+    if not services.start_request(request):
+        return ""
+    # After commit, so the worker finds the request queued.
+    transaction.on_commit(lambda: expand_prompt(request.pk))
+    return f"Writing {request.count} prompts for “{request}”."
+
+
+def generate_pending(request: GenerationRequest) -> str:
+    ids = list(request.jobs.filter(status=Job.PENDING).values_list("pk", flat=True))
+    transaction.on_commit(lambda: queue_jobs(ids))
+    return f"Generating {len(ids)} pending prompts."
+
+
+def cancel(request: GenerationRequest) -> str:
+    task_ids = services.cancel_request(request)
+    for task_id in task_ids:
+        HUEY.revoke_by_id(task_id)
+    return f"Cancelled “{request}”; {len(task_ids)} queued jobs revoked, running ones finish."
+
+
+def retry_failed(request: GenerationRequest) -> str:
+    ids = services.reset_jobs(request, [Job.FAILED])
+    transaction.on_commit(lambda: queue_jobs(ids))
+    return f"Retrying {len(ids)} failed jobs."
+
+
+ACTIONS = {
+    action.name: action
+    for action in [
+        Action(
+            "generate", "Generate", "resubmit",
+            "Ask the LLM for {count} prompts and, with auto-generate on, generate the images?",
+            lambda r: r.status in (Req.DRAFT, Req.FAILED) and r.jobs_total == 0,
+            generate,
+        ),
+        Action(
+            "generate_pending", "Generate pending prompts", "image",
+            "Generate an image for every pending prompt?",
+            lambda r: r.status != Req.CANCELLED and r.jobs.filter(status=Job.PENDING).exists(),
+            generate_pending,
+        ),
+        Action(
+            "cancel", "Cancel", "cross",
+            "Cancel this request? Pending and queued jobs are revoked; running ones finish.",
+            lambda r: r.status in GenerationRequest.ACTIVE
+            or (r.status == Req.DRAFT and r.jobs_total > 0),
+            cancel,
+        ),
+        Action(
+            "retry_failed", "Retry failed jobs", "rotate",
+            "Run every failed job of this request again?",
+            lambda r: r.jobs_failed > 0,
+            retry_failed,
+        ),
+    ]
+}
+
+
+def generate_job(job: GenerationJob) -> str:
+    """Generate a pending prompt, or regenerate a finished one with a new seed."""
+    if job.status != Job.PENDING and not services.regenerate_job(job):
+        return ""
+    transaction.on_commit(lambda: queue_jobs([job.pk]))
+    return f"Generating prompt #{job.index + 1}."

@@ -1,0 +1,65 @@
+"""File a generated image into the Wagtail image library, at most once per job."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+from wagtail.images import get_image_model
+
+from generation.models import GenerationJob
+from generation.providers import GeneratedImage
+
+TITLE_LENGTH = 255
+
+
+def image_filename(job: GenerationJob, extension: str) -> str:
+    slug = slugify(job.prompt)[:60].strip("-") or "image"
+    return f"{slug}-job{job.pk}.{extension}"
+
+
+def ingest(job: GenerationJob, generated: GeneratedImage):
+    """Create the library image for ``job``; a second call returns the first image.
+
+    The image model's unique ``generation_job_id`` makes this hold under concurrent
+    redelivery too: the loser's insert fails and it returns the winner's image.
+    """
+    Image = get_image_model()
+    existing = Image.objects.filter(generation_job_id=job.pk).first()
+    if existing is not None:
+        return existing
+    request = job.request
+    title = job.prompt if len(job.prompt) <= TITLE_LENGTH else job.prompt[: TITLE_LENGTH - 1] + "…"
+    image = Image(
+        title=title,
+        collection_id=request.collection_id,
+        width=generated.width,
+        height=generated.height,
+        file_size=len(generated.data),
+        file_hash=hashlib.sha1(generated.data).hexdigest(),
+        prompt=job.prompt,
+        image_model=request.image_model,
+        llm=request.llm,
+        seed=generated.seed,
+        generation_request_id=request.pk,
+        generation_job_id=job.pk,
+        provider_request_id=generated.provider_request_id,
+    )
+    image.file.save(
+        image_filename(job, generated.extension), ContentFile(generated.data), save=False
+    )
+    # Assigning the file resets the dimension fields; the provider already measured them.
+    image.width, image.height = generated.width, generated.height
+    try:
+        with transaction.atomic():
+            image.save()
+            image.tags.add(*request.tags.names(), request.image_model)
+    except IntegrityError:
+        image.file.delete(save=False)
+        winner = Image.objects.filter(generation_job_id=job.pk).first()
+        if winner is None:
+            raise  # not the one-image-per-job constraint
+        return winner
+    return image

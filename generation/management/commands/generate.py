@@ -1,0 +1,106 @@
+"""python manage.py generate "THEME" --count N [--llm] [--image-model] [--collection]
+[--wait] [--timeout S]"""
+
+from __future__ import annotations
+
+import time
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from tqdm import tqdm
+from wagtail.models import Collection
+
+from generation.actions import generate
+from generation.forms import GenerationRequestForm
+from generation.models import GenerationRequest
+
+
+class Command(BaseCommand):
+    help = "Create a generation request and start it; --wait shows its progress until done."
+
+    def add_arguments(self, parser):
+        parser.add_argument("theme")
+        parser.add_argument("--count", type=int, required=True)
+        parser.add_argument("--llm")
+        parser.add_argument("--image-model")
+        parser.add_argument("--collection", help="Collection name (default: Generated images)")
+        parser.add_argument("--aspect-ratio", default="1:1")
+        parser.add_argument("--style", default="")
+        parser.add_argument("--brief", default="")
+        parser.add_argument("--wait", action="store_true", help="Wait for the request to finish")
+        parser.add_argument("--timeout", type=float, default=3600, help="Seconds to --wait")
+
+    def handle(self, *args, **options):
+        request = self.create_request(options)
+        self.stdout.write(f"Request #{request.pk}: {request.count} images of “{request.theme}”")
+        if not options["wait"]:
+            return
+        request = self.wait(request, options["timeout"])
+        summary = (
+            f"Request #{request.pk} {request.get_status_display().lower()}: "
+            f"{request.jobs_succeeded} succeeded, {request.jobs_failed} failed, "
+            f"{request.jobs_cancelled} cancelled"
+        )
+        if request.status != GenerationRequest.Status.COMPLETED:
+            raise CommandError(summary)
+        self.stdout.write(self.style.SUCCESS(summary))
+
+    def create_request(self, options) -> GenerationRequest:
+        data = {
+            "theme": options["theme"],
+            "brief": options["brief"],
+            "style": options["style"],
+            "count": options["count"],
+            "llm": options["llm"] or GenerationRequest._meta.get_field("llm").get_default(),
+            "image_model": options["image_model"]
+            or GenerationRequest._meta.get_field("image_model").get_default(),
+            "aspect_ratio": options["aspect_ratio"],
+            "auto_generate": True,
+            "tags": "",
+        }
+        if options["collection"]:
+            collection = Collection.objects.filter(name=options["collection"]).first()
+            if collection is None:
+                raise CommandError(f"unknown collection {options['collection']!r}")
+            data["collection"] = collection.pk
+        else:
+            data["collection"] = GenerationRequest._meta.get_field("collection").get_default()
+        form = GenerationRequestForm(data=data)
+        if not form.is_valid():
+            raise CommandError(one_line(form.errors.as_data()))
+        with transaction.atomic():
+            request = form.save()
+            generate(request)
+        return request
+
+    def wait(self, request: GenerationRequest, timeout: float) -> GenerationRequest:
+        deadline = time.monotonic() + timeout
+        with tqdm(total=request.count, unit="img", desc="generating", dynamic_ncols=True,
+                  file=self.stderr._out) as bar:
+            while True:
+                request.refresh_from_db()
+                if request.jobs_total and bar.total != request.jobs_total:
+                    bar.total = request.jobs_total
+                bar.n = request.jobs_done
+                bar.set_postfix(done=request.jobs_succeeded, failed=request.jobs_failed,
+                                refresh=False)
+                bar.refresh()
+                if request.is_terminal:
+                    return request
+                if time.monotonic() >= deadline:
+                    raise CommandError(
+                        f"timed out after {timeout:.0f}s: request #{request.pk} is "
+                        f"{request.get_status_display().lower()} ({request.jobs_done}/"
+                        f"{request.jobs_total or request.count} done)"
+                    )
+                time.sleep(0.5)
+
+
+def one_line(errors: dict[str, list[ValidationError]]) -> str:
+    parts = []
+    for field, field_errors in errors.items():
+        for error in field_errors:
+            message = " ".join(error.messages)
+            parts.append(message if field == "__all__" else f"{field}: {message}")
+    return "; ".join(parts)

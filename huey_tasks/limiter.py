@@ -1,0 +1,60 @@
+"""Per-provider limits shared by every worker on every host.
+
+``ConcurrencyLimiter`` is a distributed semaphore kept in the queue storage: a slot is a
+lease with a TTL, so a crashed worker's slot frees itself. The requests-per-minute limit is
+Huey's own fixed-window ``RateLimit`` over the same storage's atomic counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+
+from huey.exceptions import RateLimitExceeded
+
+from .storage import LeasingStorageMixin
+
+DEFAULT_SLOT_WAIT = 1.0  # seconds before a task that found no free slot is tried again
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+
+
+class ConcurrencyLimiter:
+    def __init__(self, storage: LeasingStorageMixin, name: str, limit: int, ttl: float):
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.storage = storage
+        self.name = name
+        self.limit = limit
+        self.ttl = ttl
+
+    def try_acquire(self) -> tuple[int, str] | None:
+        holder = holder_id()
+        index = self.storage.acquire_slot(self.name, self.limit, holder, self.ttl)
+        return None if index is None else (index, holder)
+
+    def release(self, slot: tuple[int, str]) -> None:
+        self.storage.release_slot(self.name, *slot)
+
+    def in_use(self) -> int:
+        return self.storage.slots_in_use(self.name)
+
+    @contextlib.contextmanager
+    def slot(self, wait: float = DEFAULT_SLOT_WAIT) -> Iterator[int]:
+        """Hold a slot for the block; raise RateLimitExceeded (Huey re-schedules) if none.
+
+        Huey re-schedules a task that raises RateLimitExceeded without using up a retry.
+        """
+        slot = self.try_acquire()
+        if slot is None:
+            raise RateLimitExceeded(f"{self.name} concurrency", wait)
+        try:
+            yield slot[0]
+        finally:
+            self.release(slot)

@@ -1,0 +1,115 @@
+"""The task functions. They are thin: the work is in ``generation.services``."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+
+from django.conf import settings
+from huey.contrib.djhuey import HUEY, db_task
+from huey.exceptions import RetryTask
+
+from generation import services
+from generation.models import GenerationJob
+from generation.providers import (
+    ImageModel,
+    PermanentProviderError,
+    TransientProviderError,
+    get_image_model,
+)
+from huey_tasks.limiter import ConcurrencyLimiter
+
+logger = logging.getLogger(__name__)
+
+
+def retry_policy() -> dict:
+    return {"MAX_RETRIES": 3, "BACKOFF_BASE": 2.0, "BACKOFF_MAX": 60.0,
+            **settings.KARASU.get("RETRY", {})}
+
+
+@db_task(retries=2, retry_delay=10, context=True)
+def expand_prompt(request_id: int, task=None) -> int:
+    """Ask the LLM for the request's prompts; with auto-generate, fan out their jobs."""
+    try:
+        job_ids = services.expand_request(request_id)
+    except TransientProviderError as exc:
+        if task.retries:
+            services.note_request_error(request_id, f"{exc.reason} (will retry)")
+        else:
+            services.fail_request(request_id, exc.reason)
+        raise
+    except PermanentProviderError as exc:
+        services.fail_request(request_id, exc.reason)
+        task.retries = 0  # retrying cannot help
+        raise
+    if job_ids:
+        queue_jobs(job_ids)
+    return len(job_ids)
+
+
+def queue_jobs(job_ids: list[int]) -> None:
+    """The fan-out: one generate_image task per job, enqueued in one storage write.
+
+    Enqueue first, then record: a crash in between leaves runnable tasks, never jobs
+    that look queued with nothing in the queue.
+    """
+    if not job_ids:
+        return
+    task_ids = {job_id: f"generate_image-{job_id}-{uuid.uuid4().hex[:12]}" for job_id in job_ids}
+    HUEY.enqueue_many([generate_image.s(job_id, id=task_ids[job_id]) for job_id in job_ids])
+    services.mark_queued(job_ids, task_ids)
+
+
+@functools.cache
+def limiter_for(model_name: str) -> ConcurrencyLimiter:
+    model = get_image_model(model_name)
+    # A slot outlives the longest call a provider can make, then frees itself.
+    ttl = float(model.options.get("TIMEOUT", 180)) + 120
+    return ConcurrencyLimiter(HUEY.storage, f"image:{model_name}", model.concurrency, ttl)
+
+
+def rate_limit_for(model: ImageModel):
+    if model.requests_per_minute:
+        return HUEY.rate_limit(f"image:{model.name}", model.requests_per_minute, 60)
+    return None
+
+
+# retries=0: attempts are counted on the job; RetryTask and a full limiter re-schedule
+# without consuming Huey retries, and retry_delay stays 0 so their own delays apply.
+@db_task(retries=0, retry_delay=0, context=True)
+def generate_image(job_id: int, task=None) -> int | None:
+    """Generate and ingest one job's image. Re-running a finished job does nothing."""
+    job = services.runnable_job(job_id)
+    if job is None:
+        return None
+    model = get_image_model(job.request.image_model)
+    # No free slot or over the per-minute limit: RateLimitExceeded, re-scheduled by Huey.
+    with limiter_for(model.name).slot():
+        if rate_limit := rate_limit_for(model):
+            rate_limit.acquire()
+        job = services.start_job(job_id)
+        if job is None:
+            return None
+        try:
+            services.run_job(job, model)
+        except TransientProviderError as exc:
+            policy = retry_policy()
+            if job.attempts <= policy["MAX_RETRIES"]:
+                services.mark_retrying(job.pk, exc.reason)
+                delay = services.retry_delay(
+                    job.attempts, exc.retry_after, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"]
+                )
+                raise RetryTask(delay=delay) from exc
+            services.finish_job(job.pk, Failed, error=exc.reason)
+            raise
+        except PermanentProviderError as exc:
+            services.finish_job(job.pk, Failed, error=exc.reason)
+            raise
+        except Exception as exc:
+            services.finish_job(job.pk, Failed, error=f"internal error: {exc.__class__.__name__}")
+            raise
+    return job.pk
+
+
+Failed = GenerationJob.Status.FAILED

@@ -1,0 +1,324 @@
+"""The pipeline end to end: real admin views, real queue, a real consumer, demo providers."""
+
+import threading
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.urls import reverse
+from wagtail.images import get_image_model
+from wagtail.models import Collection
+
+from generation.models import GenerationJob, GenerationRequest
+from generation.providers import get_image_model as get_provider
+from generation.providers import reset_cache
+from huey_tasks.tasks import generate_image, limiter_for
+from tests.support.consumers import wait_for
+
+# Transactional, so that worker threads see committed data.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
+Image = get_image_model()
+Req = GenerationRequest.Status
+Job = GenerationJob.Status
+NS = "wagtailsnippets_generation_generationrequest"
+
+
+@pytest.fixture
+def demo(settings):
+    """Tune the demo image provider's knobs for one test."""
+
+    def configure(**knobs):
+        settings.KARASU["IMAGE_MODELS"]["demo"] = {
+            **settings.KARASU["IMAGE_MODELS"]["demo"], **{k.upper(): v for k, v in knobs.items()}
+        }
+        reset_cache()
+        limiter_for.cache_clear()
+
+    configure(latency=0, failure_rate=0, reject_rate=0, concurrency=8)
+    yield configure
+    reset_cache()
+    limiter_for.cache_clear()
+
+
+@pytest.fixture
+def editor(client, django_user_model):
+    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def create_request(client, **fields) -> GenerationRequest:
+    data = {
+        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 6, "llm": "demo",
+        "image_model": "demo", "aspect_ratio": "1:1",
+        "collection": Collection.objects.get(name="Generated images").pk,
+        "tags": "crows, kyoto", "auto_generate": "on",
+    }
+    data.update(fields)
+    response = client.post(reverse(f"{NS}:add"), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    return GenerationRequest.objects.latest("pk")
+
+
+def act(client, request, action):
+    return client.post(reverse(f"{NS}:action", args=[request.pk, action]))
+
+
+def wait_terminal(request, timeout=60):
+    def terminal():
+        request.refresh_from_db()
+        return request.is_terminal
+
+    wait_for(terminal, timeout, message=f"request {request.pk} to finish ({request.status})")
+    return request
+
+
+def test_generate_from_the_admin_files_every_image_with_provenance(
+    editor, demo, thread_consumer
+):
+    request = create_request(editor)
+    assert request.status == Req.DRAFT
+    confirm = editor.get(reverse(f"{NS}:action", args=[request.pk, "generate"]))
+    assert confirm.status_code == 200 and b"Ask the LLM for 6 prompts" in confirm.content
+    response = act(editor, request, "generate")
+    assert response.status_code == 302
+    request = wait_terminal(request)
+    assert request.status == Req.COMPLETED
+    assert (request.jobs_total, request.jobs_succeeded, request.jobs_failed) == (6, 6, 0)
+
+    images = Image.objects.filter(generation_request_id=request.pk).order_by("generation_job_id")
+    assert images.count() == 6
+    job = request.jobs.get(index=0)
+    image = job.image
+    assert image.prompt == job.prompt == image.title
+    assert image.collection.name == "Generated images"
+    assert (image.image_model, image.llm, image.generation_job_id) == ("demo", "demo", job.pk)
+    assert image.seed == job.seed and image.provider_request_id.startswith("demo-")
+    assert sorted(image.tags.names()) == ["crows", "demo", "kyoto"]
+    assert image.file_size == len(image.file.read()) and len(image.file_hash) == 40
+    assert f"-job{job.pk}.jpg" in image.file.name
+    assert image.pk in [found.pk for found in Image.objects.search(job.prompt)]
+
+    page = editor.get(reverse(f"{NS}:inspect", args=[request.pk]))
+    assert page.status_code == 200
+    assert page.content.decode().count(reverse("wagtailimages:edit", args=[image.pk])) == 1
+    listing = editor.get(reverse(f"{NS}:list"))
+    assert b"6 done / 6" in listing.content
+
+
+def test_review_prompts_edit_one_then_generate_pending(editor, demo, thread_consumer):
+    request = create_request(editor, count=3, auto_generate="")
+    act(editor, request, "generate")
+
+    def drafted():
+        request.refresh_from_db()
+        return request.jobs_total == 3 and request.status == Req.DRAFT
+
+    wait_for(drafted, 30, message="prompts written")
+    assert not request.jobs.exclude(status=Job.PENDING).exists()
+    job = request.jobs.get(index=1)
+    too_short = editor.post(reverse(f"{NS}:job_prompt", args=[job.pk]), {"prompt": "crow"})
+    assert too_short.status_code == 302
+    job.refresh_from_db()
+    assert job.prompt != "crow"
+    editor.post(reverse(f"{NS}:job_prompt", args=[job.pk]),
+                {"prompt": "A single crow on a snowy torii gate at dawn"})
+    job.refresh_from_db()
+    assert job.prompt == "A single crow on a snowy torii gate at dawn"
+    act(editor, request, "generate_pending")
+    request = wait_terminal(request)
+    assert request.status == Req.COMPLETED
+    job.refresh_from_db()
+    assert job.image.prompt == "A single crow on a snowy torii gate at dawn"
+    # Not pending any more: the prompt can no longer be edited.
+    editor.post(reverse(f"{NS}:job_prompt", args=[job.pk]), {"prompt": "something else entirely"})
+    job.refresh_from_db()
+    assert job.prompt == "A single crow on a snowy torii gate at dawn"
+
+
+def test_cancel_midway(editor, demo, thread_consumer):
+    demo(latency=0.3, concurrency=2)
+    request = create_request(editor, count=20)
+    act(editor, request, "generate")
+    wait_for(lambda: Image.objects.filter(generation_request_id=request.pk).count() >= 2, 30,
+             message="first images")
+    assert act(editor, request, "cancel").status_code == 302
+    request.refresh_from_db()
+    assert request.status == Req.CANCELLED
+    wait_for(lambda: not request.jobs.filter(status__in=[Job.RUNNING]).exists(), 30,
+             message="running jobs to finish")
+    request.refresh_from_db()
+    succeeded = request.jobs.filter(status=Job.SUCCEEDED).count()
+    cancelled = request.jobs.filter(status=Job.CANCELLED).count()
+    assert succeeded + cancelled == 20 and cancelled > 0
+    assert (request.jobs_succeeded, request.jobs_cancelled) == (succeeded, cancelled)
+    threading.Event().wait(1.5)  # revoked tasks stay revoked
+    assert Image.objects.filter(generation_request_id=request.pk).count() == succeeded
+    assert request.status == Req.CANCELLED
+
+
+def test_retry_failed_then_regenerate_one(editor, demo, thread_consumer):
+    demo(reject_rate=1.0)
+    request = create_request(editor, count=4)
+    act(editor, request, "generate")
+    request = wait_terminal(request)
+    assert request.status == Req.FAILED
+    assert request.jobs_failed == 4
+    assert set(request.jobs.values_list("error", flat=True)) == {
+        "demo: rejected by content policy (simulated)"
+    }
+    assert all(job.attempts == 1 for job in request.jobs.all())  # permanent: no retries
+
+    demo(reject_rate=0.0)
+    act(editor, request, "retry_failed")
+    request = wait_terminal(request)
+    assert request.status == Req.COMPLETED and request.jobs_failed == 0
+
+    job = request.jobs.get(index=2)
+    old_image = job.image
+    response = editor.post(reverse(f"{NS}:job_generate", args=[job.pk]))
+    assert response.status_code == 302
+    request = wait_terminal(request)
+    job.refresh_from_db()
+    old_image.refresh_from_db()
+    assert job.image_id != old_image.pk and job.status == Job.SUCCEEDED
+    assert old_image.generation_job_id is None  # kept in the library, detached
+    assert request.jobs_succeeded == 4
+    assert Image.objects.filter(generation_request_id=request.pk).count() == 5
+
+
+def test_transient_failures_still_end_with_every_image(editor, demo, thread_consumer):
+    demo(failure_rate=0.3)
+    request = create_request(editor, count=20)
+    act(editor, request, "generate")
+    request = wait_terminal(request, timeout=120)
+    assert request.status == Req.COMPLETED
+    assert Image.objects.filter(generation_request_id=request.pk).count() == 20
+    assert request.jobs.filter(attempts__gt=1).exists()
+
+
+def test_limiter_never_exceeds_its_limit_across_threads(editor, demo, thread_consumer,
+                                                        monkeypatch):
+    demo(latency=0.15, concurrency=3)
+    model = get_provider("demo")
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    original = model.generate
+
+    def counting_generate(*args, **kwargs):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(model, "generate", counting_generate)
+    request = create_request(editor, count=15)
+    act(editor, request, "generate")
+    request = wait_terminal(request, timeout=120)
+    assert request.status == Req.COMPLETED
+    assert peak[0] == 3  # 8 worker threads, never more than the 3 slots
+
+
+def test_redelivered_generate_image_creates_no_second_image(editor, demo, thread_consumer):
+    request = create_request(editor, count=2)
+    act(editor, request, "generate")
+    request = wait_terminal(request)
+    job = request.jobs.first()
+    assert generate_image.call_local(job.pk) is None  # a second delivery changes nothing
+    assert Image.objects.filter(generation_request_id=request.pk).count() == 2
+
+    # A crash after ingest but before the job was marked: the redelivery adopts the image.
+    image = job.image
+    GenerationJob.objects.filter(pk=job.pk).update(status=Job.RUNNING, image=None)
+    GenerationRequest.objects.filter(pk=request.pk).update(
+        jobs_succeeded=1, status=Req.GENERATING
+    )
+    assert generate_image.call_local(job.pk) is None
+    job.refresh_from_db()
+    request.refresh_from_db()
+    assert job.image_id == image.pk and job.status == Job.SUCCEEDED
+    assert request.status == Req.COMPLETED and request.jobs_succeeded == 2
+    assert Image.objects.filter(generation_request_id=request.pk).count() == 2
+
+
+def test_the_database_refuses_two_images_for_one_job(demo):
+    from django.db import IntegrityError, transaction
+
+    Image.objects.create(title="a", file="original_images/a.jpg", width=1, height=1,
+                         generation_job_id=99)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Image.objects.create(title="b", file="original_images/b.jpg", width=1, height=1,
+                             generation_job_id=99)
+
+
+@pytest.mark.parametrize(
+    "fields, field, message",
+    [
+        ({"theme": ""}, "theme", "This field is required"),
+        ({"theme": "   "}, "theme", "This field is required"),
+        ({"theme": "x" * 501}, "theme", "at most 500 characters"),
+        ({"count": 0}, "count", "greater than or equal to 1"),
+        ({"count": 501}, "count", "less than or equal to 500"),
+        ({"count": "many"}, "count", "Enter a whole number"),
+        ({"llm": "gpt-99"}, "llm", "Select a valid choice"),
+        ({"image_model": "flux-schnell"}, "image_model", "Select a valid choice"),
+        ({"aspect_ratio": "2:1"}, "aspect_ratio", "Select a valid choice"),
+        ({"collection": ""}, "collection", "This field is required"),
+    ],
+)
+def test_form_validation(editor, fields, field, message):
+    data = {
+        "theme": "Crows", "count": 5, "llm": "demo", "image_model": "demo",
+        "aspect_ratio": "1:1", "collection": Collection.objects.get(name="Generated images").pk,
+        "tags": "", **fields,
+    }
+    response = editor.post(reverse(f"{NS}:add"), data)
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert message in " ".join(response.context["form"].errors[field])
+    assert not GenerationRequest.objects.exists()
+
+
+def test_editor_without_snippet_permissions_is_denied(client, django_user_model):
+    request = GenerationRequest.objects.create(theme="Crows", count=2)
+    user = django_user_model.objects.create_user("ed", "ed@example.com", "pw")
+    editors, _ = Group.objects.get_or_create(name="Editors")
+    editors.permissions.add(Permission.objects.get(codename="access_admin"))
+    user.groups.add(editors)
+    client.force_login(user)
+    for url in [reverse(f"{NS}:list"), reverse(f"{NS}:inspect", args=[request.pk]),
+                reverse(f"{NS}:action", args=[request.pk, "generate"])]:
+        response = client.get(url)
+        assert response.status_code in (302, 403), url
+    assert act(client, request, "generate").status_code in (302, 403)
+    request.refresh_from_db()
+    assert request.status == Req.DRAFT
+
+    # With view permission only: the page shows, actions do not, and POSTs are refused.
+    editors.permissions.add(Permission.objects.get(codename="view_generationrequest"))
+    user = django_user_model.objects.get(pk=user.pk)
+    client.force_login(user)
+    page = client.get(reverse(f"{NS}:inspect", args=[request.pk]))
+    assert page.status_code == 200
+    assert reverse(f"{NS}:action", args=[request.pk, "generate"]).encode() not in page.content
+    act(client, request, "generate")
+    request.refresh_from_db()
+    assert request.status == Req.DRAFT
+
+
+def test_actions_need_post_and_csrf(editor, demo, django_user_model):
+    from django.test import Client
+
+    request = GenerationRequest.objects.create(theme="Crows", count=2)
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(django_user_model.objects.get(username="editor"))
+    response = strict.post(reverse(f"{NS}:action", args=[request.pk, "generate"]))
+    assert response.status_code == 403
+    request.refresh_from_db()
+    assert request.status == Req.DRAFT
+    unknown = editor.post(reverse(f"{NS}:action", args=[request.pk, "explode"]))
+    assert unknown.status_code == 302
+    not_now = editor.post(reverse(f"{NS}:action", args=[request.pk, "retry_failed"]))
+    assert not_now.status_code == 302
