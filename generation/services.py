@@ -106,6 +106,20 @@ def settle_request(request_id: int) -> None:
     )
 
 
+def settle_finished_requests() -> int:
+    """Settle every generating request whose jobs are all finished (a safety net)."""
+    ids = list(
+        GenerationRequest.objects.filter(
+            status=Req.GENERATING,
+            jobs_total__gt=0,
+            jobs_total__lte=F("jobs_succeeded") + F("jobs_failed") + F("jobs_cancelled"),
+        ).values_list("pk", flat=True)
+    )
+    for request_id in ids:
+        settle_request(request_id)
+    return len(ids)
+
+
 # Jobs -------------------------------------------------------------------------------------
 def mark_queued(job_ids: list[int], task_ids: dict[int, str]) -> None:
     """Record task ids; pending jobs become queued (a worker may have started already)."""

@@ -16,6 +16,7 @@ import threading
 from huey import Huey
 from huey import signals as S
 from huey.api import TaskLock
+from huey.consumer import Consumer
 
 from .storage import LeasingSqliteStorage, MongoStorage
 
@@ -31,6 +32,7 @@ class LeasingHuey(Huey):
         self._leases_lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._heartbeat_stop = threading.Event()
+        self._consumer_listeners: list = []
         super().__init__(*args, **kwargs)
         self._signal.connect(self._on_interrupted, S.SIGNAL_INTERRUPTED)
 
@@ -138,9 +140,43 @@ class LeasingHuey(Huey):
         self._heartbeat_stop.set()
         self._heartbeat_pid = None
 
+    # Consumer lifecycle ---------------------------------------------------------------
+    def on_consumer_event(self, listener):
+        """Register ``listener(event, consumer)`` for "start", "beat" and "stop"."""
+        self._consumer_listeners.append(listener)
+        return listener
+
+    def notify_consumer(self, event: str, consumer) -> None:
+        for listener in self._consumer_listeners:
+            listener(event, consumer)
+
+    def create_consumer(self, **options):
+        return LeasingConsumer(self, **options)
+
     # Locks get a TTL so that a crashed worker's lock frees itself.
     def lock_task(self, lock_name, ttl=None):
         return TaskLock(self, lock_name, self.lock_ttl if ttl is None else ttl)
+
+
+class LeasingConsumer(Consumer):
+    """Huey's consumer, announcing itself so the monitor can show which workers are alive."""
+
+    beat_interval = 10.0
+
+    def start(self):
+        super().start()
+        self.huey.notify_consumer("start", self)
+        threading.Thread(target=self._beat, name="huey-consumer-beat", daemon=True).start()
+
+    def _beat(self):
+        while not self.stop_flag.wait(self.beat_interval):
+            self.huey.notify_consumer("beat", self)
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.huey.notify_consumer("stop", self)
 
 
 class SqliteLeasingHuey(LeasingHuey):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import uuid
 
 from django.conf import settings
-from huey.contrib.djhuey import HUEY, db_task
+from huey import crontab
+from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
 from huey.exceptions import RetryTask
 
 from generation import services
@@ -18,6 +20,7 @@ from generation.providers import (
     TransientProviderError,
     get_image_model,
 )
+from huey_tasks import ledger
 from huey_tasks.limiter import ConcurrencyLimiter
 
 logger = logging.getLogger(__name__)
@@ -57,7 +60,10 @@ def queue_jobs(job_ids: list[int]) -> None:
     if not job_ids:
         return
     task_ids = {job_id: f"generate_image-{job_id}-{uuid.uuid4().hex[:12]}" for job_id in job_ids}
-    HUEY.enqueue_many([generate_image.s(job_id, id=task_ids[job_id]) for job_id in job_ids])
+    with ledger.bulk_enqueue():
+        HUEY.enqueue_many(
+            [generate_image.s(job_id, id=task_ids[job_id]) for job_id in job_ids]
+        )
     services.mark_queued(job_ids, task_ids)
 
 
@@ -97,6 +103,7 @@ def generate_image(job_id: int, task=None) -> int | None:
             policy = retry_policy()
             if job.attempts <= policy["MAX_RETRIES"]:
                 services.mark_retrying(job.pk, exc.reason)
+                task.retry_reason = exc.reason  # for the ledger's RETRYING entry
                 delay = services.retry_delay(
                     job.attempts, exc.retry_after, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"]
                 )
@@ -113,3 +120,24 @@ def generate_image(job_id: int, task=None) -> int | None:
 
 
 Failed = GenerationJob.Status.FAILED
+
+
+@db_periodic_task(crontab(minute="*/5"))
+def maintenance() -> dict:
+    """Housekeeping: retention of ledger rows, results and worker records; dead letters
+    marked in the ledger; requests whose jobs are all finished marked finished.
+
+    Expired leases need no sweep: both storages redeliver them on dequeue.
+    """
+    retention = settings.KARASU.get("RETENTION", {})
+    return {
+        "runs_deleted": ledger.purge_finished_runs(
+            datetime.timedelta(days=retention.get("RUN_DAYS", 7))
+        ),
+        "workers_deleted": ledger.purge_stopped_workers(datetime.timedelta(days=1)),
+        "results_deleted": HUEY.storage.purge_results(
+            retention.get("RESULT_HOURS", 24) * 3600
+        ),
+        "dead_marked": ledger.mark_dead_letters(HUEY.storage, HUEY),
+        "requests_settled": services.settle_finished_requests(),
+    }

@@ -28,3 +28,16 @@ def fail_then_succeed(log_path: str, key: str, failures: int) -> str:
     if previous < failures:
         raise RuntimeError(f"planned failure {previous + 1}")
     return key
+
+
+@task()
+def cancel_me(log_path: str) -> None:
+    from huey.exceptions import CancelExecution
+
+    _append(log_path, "cancelling")
+    raise CancelExecution(retry=False)
+
+
+@task()
+def always_fail(message: str) -> None:
+    raise ValueError(message)

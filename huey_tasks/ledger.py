@@ -1,0 +1,235 @@
+"""The TaskRun ledger, written from Huey's signals: one cheap UPDATE per state change.
+
+Enqueues happen in the producer; everything else in the consumer. A fan-out records its
+tasks with one bulk INSERT (see ``bulk_enqueue``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import traceback as tb
+from collections.abc import Iterator
+
+from django.db import close_old_connections
+from django.db.models import F, Value
+from django.db.models.functions import Concat, Right
+from django.utils import timezone
+from huey import signals as S
+
+from generation.models import GenerationJob
+from generation.providers.errors import redact
+from huey_tasks.models import TaskRun, WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
+Status = TaskRun.Status
+LOG_LIMIT = 4000
+HOST = socket.gethostname()
+_batch = threading.local()
+
+# Signal -> (status, finished?) for the simple transitions.
+SIMPLE = {
+    S.SIGNAL_COMPLETE: (Status.SUCCEEDED, True),
+    S.SIGNAL_CANCELED: (Status.CANCELLED, True),
+    S.SIGNAL_REVOKED: (Status.REVOKED, True),
+    S.SIGNAL_EXPIRED: (Status.EXPIRED, True),
+    S.SIGNAL_RATE_LIMITED: (Status.RATE_LIMITED, False),
+    S.SIGNAL_LOCKED: (Status.LOCKED, True),
+    S.SIGNAL_INTERRUPTED: (Status.QUEUED, False),
+}
+
+
+def short_name(task) -> str:
+    return task.name.rsplit(".", 1)[-1]
+
+
+def safe_args(task) -> list:
+    """Arguments as JSON, each value redacted; non-JSON values as their repr."""
+    values = list(task.args) + [{k: v} for k, v in sorted(task.kwargs.items())]
+    out = []
+    for value in values:
+        if isinstance(value, int | float | bool) or value is None:
+            out.append(value)
+        else:
+            out.append(redact(repr(value) if not isinstance(value, str) else value))
+    return out
+
+
+def _links(tasks) -> dict[str, dict]:
+    """Generation request/job ids for the tasks that belong to one (one query per batch)."""
+    links: dict[str, dict] = {}
+    job_ids = {}
+    for task in tasks:
+        name = short_name(task)
+        if name == "expand_prompt" and task.args:
+            links[task.id] = {"generation_request_id": task.args[0]}
+        elif name == "generate_image" and task.args:
+            job_ids[task.id] = task.args[0]
+    if job_ids:
+        requests = dict(
+            GenerationJob.objects.filter(pk__in=job_ids.values()).values_list("pk", "request_id")
+        )
+        for task_id, job_id in job_ids.items():
+            links[task_id] = {
+                "generation_job_id": job_id, "generation_request_id": requests.get(job_id)
+            }
+    return links
+
+
+def record_enqueued(tasks: list) -> None:
+    if not tasks:
+        return
+    now = timezone.now()
+    links = _links(tasks)
+    TaskRun.objects.bulk_create(
+        [
+            TaskRun(task_name=task.name, task_id=task.id, status=Status.QUEUED,
+                    args=safe_args(task), enqueued_at=now, **links.get(task.id, {}))
+            for task in tasks
+        ],
+        update_conflicts=True,
+        unique_fields=["task_id"],
+        update_fields=["status"],
+        batch_size=500,
+    )
+
+
+@contextlib.contextmanager
+def bulk_enqueue() -> Iterator[None]:
+    """Collect the ENQUEUED signals of a fan-out and write them in one INSERT."""
+    _batch.tasks = []
+    try:
+        yield
+        tasks = _batch.tasks
+    finally:
+        _batch.tasks = None
+    record_enqueued(tasks)
+
+
+def _log_line(text: str):
+    line = f"{timezone.now():%H:%M:%S} {text}\n"
+    return Right(Concat(F("log"), Value(line)), LOG_LIMIT)
+
+
+def _update(task, **fields) -> int:
+    return TaskRun.objects.filter(task_id=task.id).update(**fields)
+
+
+def on_signal(signal: str, task, *args) -> None:
+    try:
+        handle(signal, task, *args)
+    except Exception:  # the ledger must never break a task
+        logger.exception("Could not record %s for task %s", signal, task.id)
+
+
+def handle(signal: str, task, *args) -> None:
+    if signal == S.SIGNAL_ENQUEUED:
+        if getattr(_batch, "tasks", None) is not None:
+            _batch.tasks.append(task)
+        else:
+            record_enqueued([task])
+        return
+
+    if signal == S.SIGNAL_EXECUTING:
+        close_old_connections()
+        task._ledger_started = time.monotonic()
+        delivery = getattr(task, "delivery", None)
+        fields = dict(
+            status=Status.RUNNING, started_at=timezone.now(), finished_at=None,
+            attempts=F("attempts") + 1, worker_host=HOST, worker_pid=os.getpid(),
+            worker_thread=threading.current_thread().name,
+            deliveries=delivery.deliveries if delivery else F("deliveries"),
+        )
+        if not _update(task, log=_log_line(f"running on {HOST}:{os.getpid()}"), **fields):
+            # Enqueued where no ledger was listening (e.g. a periodic task): start a row.
+            record_enqueued([task])
+            _update(task, **fields)
+        return
+
+    duration = None
+    if started := getattr(task, "_ledger_started", None):
+        duration = time.monotonic() - started
+
+    if signal == S.SIGNAL_ERROR:
+        exc = args[0] if args else None
+        message = redact(str(exc)) if exc is not None else ""
+        _update(
+            task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
+            error_class=exc.__class__.__name__ if exc is not None else "",
+            error_message=message[:500],
+            traceback=redact_traceback(exc),
+            log=_log_line(f"error: {exc.__class__.__name__}: {message}"),
+        )
+    elif signal == S.SIGNAL_RETRYING:
+        reason = getattr(task, "retry_reason", "") or "will retry"
+        _update(task, status=Status.RETRYING, finished_at=None, duration=duration,
+                log=_log_line(f"retrying: {redact(reason)}"))
+    elif signal == S.SIGNAL_TIMEOUT:
+        _update(task, log=_log_line("timed out"))
+    elif signal in SIMPLE:
+        status, finished = SIMPLE[signal]
+        fields = {"status": status, "duration": duration}
+        if finished:
+            fields["finished_at"] = timezone.now()
+        _update(task, log=_log_line(status.label.lower()), **fields)
+
+
+def redact_traceback(exc) -> str:
+    if exc is None:
+        return ""
+    text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    return "\n".join(redact(line) for line in text.splitlines()[-60:])
+
+
+# Workers -----------------------------------------------------------------------------------
+def worker_event(event: str, consumer) -> None:
+    """Consumer lifecycle: "start", "beat" (periodically) and "stop"."""
+    try:
+        close_old_connections()
+        now = timezone.now()
+        key = getattr(consumer, "_ledger_worker_id", None)
+        if event == "start" or key is None:
+            worker = WorkerHeartbeat.objects.create(
+                host=HOST, pid=os.getpid(), workers=consumer.workers,
+                worker_type=consumer.worker_type, started_at=now, last_seen=now,
+            )
+            consumer._ledger_worker_id = worker.pk
+        elif event == "beat":
+            WorkerHeartbeat.objects.filter(pk=key).update(last_seen=now)
+        elif event == "stop":
+            WorkerHeartbeat.objects.filter(pk=key).update(last_seen=now, stopped_at=now)
+    except Exception:
+        logger.exception("Could not record worker %s", event)
+
+
+def mark_dead_letters(storage, huey) -> int:
+    """Mark the ledger rows of dead-lettered messages as dead."""
+    task_ids = []
+    for letter in storage.dead_letters(limit=1000):
+        try:
+            task_ids.append(huey.deserialize_task(letter.data).id)
+        except Exception:  # an undecodable message has no ledger row to mark
+            continue
+    if not task_ids:
+        return 0
+    return TaskRun.objects.filter(task_id__in=task_ids).exclude(status=Status.DEAD).update(
+        status=Status.DEAD, finished_at=timezone.now()
+    )
+
+
+def purge_finished_runs(older_than) -> int:
+    cutoff = timezone.now() - older_than
+    deleted, _ = TaskRun.objects.filter(
+        status__in=TaskRun.FINISHED, finished_at__lt=cutoff
+    ).delete()
+    return deleted
+
+
+def purge_stopped_workers(older_than) -> int:
+    cutoff = timezone.now() - older_than
+    deleted, _ = WorkerHeartbeat.objects.filter(last_seen__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class TaskRun(models.Model):
+    """One row per Huey task id: what happened to it, written from Huey's signals."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        RETRYING = "retrying", "Retrying"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        REVOKED = "revoked", "Revoked"
+        EXPIRED = "expired", "Expired"
+        RATE_LIMITED = "rate_limited", "Waiting for a slot"
+        LOCKED = "locked", "Locked"
+        DEAD = "dead", "Dead letter"
+
+    FINISHED = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.REVOKED,
+                Status.EXPIRED, Status.DEAD}
+
+    task_name = models.CharField(max_length=200, db_index=True)
+    task_id = models.CharField(max_length=64, unique=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    deliveries = models.PositiveIntegerField(default=0)
+    args = models.JSONField(default=list, blank=True, help_text="Arguments, secrets redacted.")
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True, help_text="Seconds, last attempt.")
+    worker_host = models.CharField(max_length=255, blank=True)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    worker_thread = models.CharField(max_length=100, blank=True)
+    error_class = models.CharField(max_length=200, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    traceback = models.TextField(blank=True)
+    log = models.TextField(blank=True)
+    generation_request = models.ForeignKey(
+        "generation.GenerationRequest",
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="task_runs",
+        db_constraint=False,
+    )
+    generation_job = models.ForeignKey(
+        "generation.GenerationJob",
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="task_runs",
+        db_constraint=False,
+    )
+
+    class Meta:
+        ordering = ["-enqueued_at", "-pk"]
+        indexes = [
+            models.Index(fields=["-enqueued_at", "-id"], name="taskrun_recent"),
+            models.Index(fields=["status", "-enqueued_at"], name="taskrun_status"),
+            models.Index(fields=["task_name", "-enqueued_at"], name="taskrun_task"),
+            models.Index(fields=["status", "finished_at"], name="taskrun_finished"),
+            models.Index(fields=["generation_request", "status"], name="taskrun_request"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.short_name} {self.task_id}"
+
+    @property
+    def short_name(self) -> str:
+        return self.task_name.rsplit(".", 1)[-1]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class WorkerHeartbeat(models.Model):
+    """A live consumer process: written when it starts, refreshed while it runs."""
+
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    workers = models.PositiveIntegerField()
+    worker_type = models.CharField(max_length=20, default="thread")
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["host", "pid", "started_at"], name="worker_unique")
+        ]
+        ordering = ["-last_seen"]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"

@@ -1,0 +1,88 @@
+"""What the job monitor shows. Each figure is one query (or one storage call), so the number
+of queries does not grow with the data."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.db.models import Case, Count, Q, Value, When
+from django.utils import timezone
+from huey.contrib.djhuey import HUEY
+
+from generation.models import GenerationRequest
+from huey_tasks.models import TaskRun, WorkerHeartbeat
+
+Status = TaskRun.Status
+LIVE_WORKER_SECONDS = 30
+DURATION_SAMPLE = 5000
+
+
+@dataclass
+class DurationStats:
+    task: str
+    count: int
+    p50: float
+    p95: float
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    index = max(0, math.ceil(fraction * len(sorted_values)) - 1)
+    return sorted_values[index]
+
+
+def headline() -> dict:
+    now = timezone.now()
+    storage = HUEY.storage
+    day_ago, hour_ago = now - datetime.timedelta(hours=24), now - datetime.timedelta(hours=1)
+    counts = TaskRun.objects.aggregate(
+        retrying=Count("pk", filter=Q(status=Status.RETRYING)),
+        waiting=Count("pk", filter=Q(status=Status.RATE_LIMITED)),
+    )
+    failed_24h = TaskRun.objects.filter(status=Status.FAILED, finished_at__gte=day_ago).count()
+    done_hour = TaskRun.objects.filter(status=Status.SUCCEEDED, finished_at__gte=hour_ago).count()
+    samples = defaultdict(list)
+    for name, duration in (
+        TaskRun.objects.filter(status=Status.SUCCEEDED, finished_at__gte=day_ago)
+        .exclude(duration=None)
+        .order_by("-finished_at")
+        .values_list("task_name", "duration")[:DURATION_SAMPLE]
+    ):
+        samples[name.rsplit(".", 1)[-1]].append(duration)
+    durations = [
+        DurationStats(name, len(values), percentile(values, 0.5), percentile(values, 0.95))
+        for name, values in sorted(samples.items())
+        for values in [sorted(values)]
+    ]
+    workers = list(
+        WorkerHeartbeat.objects.filter(
+            stopped_at=None, last_seen__gte=now - datetime.timedelta(seconds=LIVE_WORKER_SECONDS)
+        )
+    )
+    return {
+        "queued": storage.queue_size(),
+        "scheduled": storage.schedule_size(),
+        "running": storage.leased_count(),
+        "retrying": counts["retrying"],
+        "waiting": counts["waiting"],
+        "failed_24h": failed_24h,
+        "dead_letters": storage.dead_letter_count(),
+        "throughput_per_minute": done_hour / 60,
+        "durations": durations,
+        "workers": workers,
+    }
+
+
+def recent_requests(limit: int = 10) -> list[GenerationRequest]:
+    """Requests in flight first, then those finished in the last hour (one query)."""
+    hour_ago = timezone.now() - datetime.timedelta(hours=1)
+    in_flight = Q(status__in=GenerationRequest.ACTIVE)
+    return list(
+        GenerationRequest.objects.filter(
+            in_flight | Q(status__in=GenerationRequest.TERMINAL, finished_at__gte=hour_ago)
+        )
+        .annotate(in_flight=Case(When(in_flight, then=Value(0)), default=Value(1)))
+        .order_by("in_flight", "-created_at")[:limit]
+    )

@@ -1,0 +1,264 @@
+"""The job monitor in the Wagtail admin: /admin/job-monitor/."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.views.generic import TemplateView
+from huey.contrib.djhuey import HUEY
+from wagtail.admin.views.generic import WagtailAdminTemplateMixin
+from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
+from wagtail.permission_policies import ModelPermissionPolicy
+
+from generation import actions as request_actions
+from generation import services
+from generation.models import GenerationJob, GenerationRequest
+from huey_tasks.filters import TaskRunFilterSet
+from huey_tasks.models import TaskRun
+from huey_tasks.monitor import headline, recent_requests
+from huey_tasks.tasks import queue_jobs
+
+permission_policy = ModelPermissionPolicy(TaskRun)
+Status = TaskRun.Status
+RETRYABLE = {Status.FAILED, Status.DEAD, Status.CANCELLED, Status.REVOKED, Status.EXPIRED}
+REVOCABLE = {Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED}
+RUNS_PER_PAGE = 50
+
+
+class MonitorMixin(PermissionCheckedMixin, WagtailAdminTemplateMixin):
+    permission_policy = permission_policy
+    permission_required = "view"
+    header_icon = "tasks"
+
+    def can_change(self) -> bool:
+        return permission_policy.user_has_permission(self.request.user, "change")
+
+    def get_breadcrumbs_items(self):
+        items = list(self.breadcrumbs_items)
+        if not isinstance(self, MonitorView):
+            items.append({"url": reverse("job_monitor:index"), "label": "Job monitor"})
+        return items + [{"url": "", "label": self.get_page_title()}]
+
+
+class MonitorView(MonitorMixin, TemplateView):
+    template_name = "huey_tasks/monitor.html"
+    page_title = "Job monitor"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        filters = TaskRunFilterSet(self.request.GET or None, queryset=TaskRun.objects.all())
+        runs = filters.qs if filters.is_bound and filters.is_valid() else TaskRun.objects.all()
+        page = Paginator(
+            runs.only(
+                "pk", "task_name", "task_id", "status", "attempts", "deliveries", "enqueued_at",
+                "duration", "worker_host", "worker_pid", "error_message",
+                "generation_request_id", "generation_job_id",
+            ),
+            RUNS_PER_PAGE,
+        ).get_page(self.request.GET.get("p"))
+        query = self.request.GET.copy()
+        query.pop("p", None)
+        context.update(
+            stats=headline(),
+            requests=recent_requests(),
+            filters=filters,
+            page=page,
+            query=query.urlencode(),
+            can_change=self.can_change(),
+            live_url=reverse("job_monitor:live"),
+        )
+        return context
+
+
+class LiveView(MonitorMixin, TemplateView):
+    """The self-refreshing part of the monitor (headline and requests), for w-swap."""
+
+    template_name = "huey_tasks/monitor_live.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.update(stats=headline(), requests=recent_requests())
+        return context
+
+
+class RunDetailView(MonitorMixin, TemplateView):
+    template_name = "huey_tasks/run_detail.html"
+    page_title = "Task run"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        run = get_object_or_404(
+            TaskRun.objects.select_related("generation_request", "generation_job__image"),
+            pk=kwargs["pk"],
+        )
+        context.update(
+            run=run,
+            can_change=self.can_change(),
+            can_retry=run.status in RETRYABLE,
+            can_revoke=run.status in REVOCABLE,
+        )
+        return context
+
+    def get_page_subtitle(self):
+        return self.kwargs["pk"]
+
+
+class ActionView(MonitorMixin, TemplateView):
+    """GET asks for confirmation; POST (CSRF-checked) acts and returns to the monitor."""
+
+    permission_required = "change"
+    template_name = "huey_tasks/confirm.html"
+    confirmation = ""
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.update(confirmation=self.get_confirmation(), back_url=self.back_url())
+        return context
+
+    def get_confirmation(self) -> str:
+        return self.confirmation
+
+    def back_url(self) -> str:
+        return reverse("job_monitor:index")
+
+    def post(self, request, *args, **kwargs):
+        message, ok = self.perform()
+        (messages.success if ok else messages.error)(request, message)
+        return redirect(self.back_url())
+
+    def perform(self) -> tuple[str, bool]:
+        raise NotImplementedError
+
+
+class RunActionView(ActionView):
+    def setup(self, request, *args, **kwargs):
+        super().setup(request, *args, **kwargs)
+        self.run = get_object_or_404(TaskRun, pk=kwargs["pk"])
+
+    def back_url(self):
+        return reverse("job_monitor:run", args=[self.run.pk])
+
+
+class RetryRunView(RunActionView):
+    page_title = "Retry task"
+
+    def get_confirmation(self):
+        return f"Run {self.run.short_name} {self.run.task_id} again?"
+
+    def perform(self):
+        run = self.run
+        if run.status not in RETRYABLE:
+            return f"A {run.get_status_display().lower()} run cannot be retried.", False
+        if run.generation_job_id:
+            job = GenerationJob.objects.filter(pk=run.generation_job_id).first()
+            if job is None or not services.regenerate_job(job):
+                return "Its job is not finished, so there is nothing to retry.", False
+            queue_jobs([job.pk])
+            return f"Job #{job.index + 1} of request #{job.request_id} queued again.", True
+        if run.generation_request_id and run.short_name == "expand_prompt":
+            generation_request = GenerationRequest.objects.get(pk=run.generation_request_id)
+            message = request_actions.generate(generation_request)
+            return (message, True) if message else ("The request has prompts already.", False)
+        try:
+            task_class = HUEY._registry.string_to_task(run.task_name)
+        except Exception:
+            return f"Unknown task {run.task_name}.", False
+        args = [a for a in run.args if not isinstance(a, dict)]
+        kwargs = {k: v for a in run.args if isinstance(a, dict) for k, v in a.items()}
+        HUEY.enqueue(task_class(args, kwargs))
+        return f"{run.short_name} queued again.", True
+
+
+class RevokeRunView(RunActionView):
+    page_title = "Revoke task"
+
+    def get_confirmation(self):
+        return f"Revoke {self.run.short_name} {self.run.task_id}? It will not run."
+
+    def perform(self):
+        run = self.run
+        if run.status not in REVOCABLE:
+            return f"A {run.get_status_display().lower()} run cannot be revoked.", False
+        HUEY.revoke_by_id(run.task_id)
+        TaskRun.objects.filter(pk=run.pk).update(status=Status.REVOKED)
+        if run.generation_job_id:
+            services.finish_job(run.generation_job_id, GenerationJob.Status.CANCELLED)
+        return f"{run.short_name} {run.task_id} revoked.", True
+
+
+class RetryRequestFailedView(ActionView):
+    page_title = "Retry failed jobs"
+
+    def setup(self, request, *args, **kwargs):
+        super().setup(request, *args, **kwargs)
+        self.generation_request = get_object_or_404(GenerationRequest, pk=kwargs["pk"])
+
+    def get_confirmation(self):
+        return (
+            f"Retry all {self.generation_request.jobs_failed} failed jobs of "
+            f"“{self.generation_request}”?"
+        )
+
+    def perform(self):
+        if not self.generation_request.jobs_failed:
+            return "This request has no failed jobs.", False
+        return request_actions.retry_failed(self.generation_request), True
+
+
+class DeadLettersView(MonitorMixin, TemplateView):
+    template_name = "huey_tasks/dead_letters.html"
+    page_title = "Dead letters"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        letters = []
+        for letter in HUEY.storage.dead_letters(limit=200):
+            try:
+                task = HUEY.deserialize_task(letter.data)
+                name, task_id = task.name.rsplit(".", 1)[-1], task.id
+            except Exception as exc:
+                name, task_id = f"(undecodable: {exc.__class__.__name__})", ""
+            letters.append({"letter": letter, "name": name, "task_id": task_id})
+        context.update(
+            letters=letters,
+            total=HUEY.storage.dead_letter_count(),
+            can_change=self.can_change(),
+        )
+        return context
+
+
+class DeadLetterActionView(ActionView):
+    """requeue/purge one dead letter (``message_id``) or all of them."""
+
+    def setup(self, request, *args, **kwargs):
+        super().setup(request, *args, **kwargs)
+        if kwargs["action"] not in ("requeue", "purge"):
+            raise Http404
+        self.action = kwargs["action"]
+        self.message_id = kwargs.get("message_id")
+
+    def get_page_title(self):
+        return f"{self.action.capitalize()} dead letters"
+
+    def back_url(self):
+        return reverse("job_monitor:dead_letters")
+
+    def get_confirmation(self):
+        target = "this dead letter" if self.message_id else "every dead letter"
+        if self.action == "requeue":
+            return f"Put {target} back on the queue with a fresh delivery count?"
+        return f"Delete {target} for good?"
+
+    def perform(self):
+        storage = HUEY.storage
+        ids = [self.message_id] if self.message_id else [
+            letter.message_id for letter in storage.dead_letters()
+        ]
+        if self.action == "requeue":
+            done = sum(storage.requeue_dead_letter(message_id) for message_id in ids)
+            return f"{done} dead letters requeued.", bool(done)
+        done = storage.purge_dead_letters(ids)
+        return f"{done} dead letters purged.", bool(done)

@@ -1,0 +1,88 @@
+"""One end-to-end test in a real browser: Debian's Chromium driven by Playwright."""
+
+import os
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("collections"),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason="Debian's chromium is not installed (apt-get install -y chromium)",
+    ),
+]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls
+    # are still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_monitor_shows_a_request_reach_100_percent_without_reloading(
+    browser, live_server, thread_consumer, django_user_model, settings, tmp_path
+):
+    from generation.providers import reset_cache
+    from huey_tasks.tasks import limiter_for
+
+    settings.KARASU["IMAGE_MODELS"]["demo"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0.2, "CONCURRENCY": 2
+    }
+    reset_cache()
+    limiter_for.cache_clear()
+    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
+
+    context = browser.new_context()
+    monitor = context.new_page()
+    monitor.goto(f"{live_server.url}/admin/login/")
+    monitor.fill("#id_username", "admin")
+    monitor.fill("#id_password", "secret-pass")
+    monitor.click("button[type=submit]")
+    monitor.goto(f"{live_server.url}/admin/job-monitor/")
+    monitor.wait_for_selector("text=Generation requests")
+    monitor.evaluate("window.__karasuNotReloaded = true")
+
+    # An editor starts a demo request in another tab.
+    editor = context.new_page()
+    editor.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/add/")
+    editor.fill("#id_theme", "Crows over <Kyoto>")
+    editor.fill("#id_count", "6")
+    editor.click("button[type=submit]:has-text('Save')")
+    editor.wait_for_url("**/generationrequest/")
+    # The listing row's "more" menu offers Generate, which asks for confirmation.
+    editor.click("button[aria-label^='More options for']")
+    editor.click("a:has-text('Generate')")
+    editor.wait_for_selector("text=Ask the LLM for 6 prompts")
+    editor.click("form button[type=submit]:has-text('Generate')")
+    editor.wait_for_selector("text=Writing 6 prompts")
+
+    bar = monitor.locator(".karasu-progress").first
+    bar.wait_for(timeout=30_000)
+    monitor.wait_for_function(
+        """() => {
+            const bar = document.querySelector('.karasu-progress');
+            return bar && bar.getAttribute('aria-valuenow') === '6'
+                && bar.getAttribute('aria-valuemax') === '6';
+        }""",
+        timeout=60_000,
+    )
+    assert "6 done / 6" in bar.inner_text()
+    assert monitor.evaluate("window.__karasuNotReloaded") is True
+    assert "Crows over <Kyoto>" in monitor.inner_text("#karasu-monitor-live")
+    monitor.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
+    context.close()
