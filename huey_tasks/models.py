@@ -66,6 +66,9 @@ class TaskRun(models.Model):
 
     @property
     def short_name(self) -> str:
+        # Wagtail's django-tasks all run through Huey's one "djtasks.run" shim.
+        if self.task_name.endswith("djtasks.run") and self.args:
+            return str(self.args[0]).rsplit(".", 1)[-1]
         return self.task_name.rsplit(".", 1)[-1]
 
     @property

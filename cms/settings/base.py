@@ -155,7 +155,23 @@ HUEY = {
     # a message delivered this many times without finishing goes to the dead letters.
     "lease_seconds": env.float("KARASU_LEASE_SECONDS", default=30.0),
     "max_deliveries": env.int("KARASU_MAX_DELIVERIES", default=5),
-    "consumer": {"workers": env.int("KARASU_WORKERS", default=16), "worker_type": "thread"},
+    # Threads suit I/O-bound generation: a worker mostly waits on a provider. SIGTERM (what
+    # process managers send) finishes running tasks for up to KARASU_SHUTDOWN_TIMEOUT seconds,
+    # then hands the rest back to the queue; SIGINT hands them back at once.
+    "consumer": {
+        "workers": env.int("KARASU_WORKERS", default=16),
+        "worker_type": "thread",
+        "graceful_signal": "TERM",
+        "shutdown_timeout": env.float("KARASU_SHUTDOWN_TIMEOUT", default=30.0),
+    },
+}
+# Wagtail's own background tasks (search and reference index, file deletion, focal points)
+# run on the same Huey queue, so one worker fleet and one monitor cover everything.
+TASKS = {
+    "default": {
+        "BACKEND": "huey.contrib.djhuey.tasks_backend.HueyBackend",
+        "ENQUEUE_ON_COMMIT": True,
+    }
 }
 if MONGODB_URI:
     HUEY.update(huey_class="huey_tasks.queue.MongoLeasingHuey", url=MONGODB_URI)

@@ -24,6 +24,7 @@ HUEY = {
     "huey_class": "huey_tasks.queue.SqliteLeasingHuey",
     "filename": str(HUEY_QUEUE_FILE),
     "lease_seconds": 3.0,
+    "consumer": {**HUEY["consumer"], "shutdown_timeout": 2.0},
 }
 
 # A worker subprocess of the suite is pointed at the suite's test database.

@@ -90,18 +90,6 @@ def test_image_edit_view_shows_provenance_read_only(admin_client_logged_in):
     assert 'name="prompt"' not in body
 
 
-@pytest.mark.django_db
-def test_prompt_is_searchable():
-    KarasuImage.objects.create(
-        title="untitled",
-        file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png"),
-        prompt="an origami crane over Kyoto",
-        generation_job_id=1,
-    )
-    results = KarasuImage.objects.search("origami")
-    assert [image.title for image in results] == ["untitled"]
-
-
 def test_production_settings_refuse_to_start_without_secret_key(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "KARASU_DATA_DIR": str(tmp_path), "SECRET_KEY": ""}
     result = subprocess.run(

@@ -96,7 +96,9 @@ def test_generate_from_the_admin_files_every_image_with_provenance(
     assert sorted(image.tags.names()) == ["crows", "demo", "kyoto"]
     assert image.file_size == len(image.file.read()) and len(image.file_hash) == 40
     assert f"-job{job.pk}.jpg" in image.file.name
-    assert image.pk in [found.pk for found in Image.objects.search(job.prompt)]
+    # Wagtail's index update runs as a task on the same queue.
+    wait_for(lambda: image.pk in [found.pk for found in Image.objects.search(job.prompt)], 10,
+             message="the image in the search index")
 
     page = editor.get(reverse(f"{NS}:inspect", args=[request.pk]))
     assert page.status_code == 200

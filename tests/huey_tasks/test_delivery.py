@@ -85,13 +85,28 @@ def test_sigkill_mid_task_is_finished_exactly_once_by_another_consumer(tmp_path)
     assert HUEY.storage.dead_letter_count() == 0
 
 
-def test_sigterm_hands_running_task_back_at_once(tmp_path):
+def test_sigterm_finishes_a_short_task(tmp_path):
+    log = tmp_path / "runs.log"
+    record_run(str(log), "short", seconds=1)
+    first = consumers.start_consumer(tmp_path / "first.log", workers=1)
+    try:
+        consumers.wait_for(lambda: lines(log, "start"), 30, message="start")
+        assert consumers.stop(first, signal.SIGTERM) == 0
+    finally:
+        consumers.stop(first)
+    assert len(lines(log, "done", "short")) == 1
+    assert HUEY.storage.leased_count() == 0 and HUEY.storage.queue_size() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_hands_a_long_task_back(tmp_path, sig):
     log = tmp_path / "runs.log"
     record_run(str(log), "handed-back", seconds=30)
     first = consumers.start_consumer(tmp_path / "first.log", workers=1)
     try:
         consumers.wait_for(lambda: lines(log, "start"), 30, message="start")
-        assert consumers.stop(first, signal.SIGTERM) == 0
+        # SIGTERM waits out the shutdown timeout (2 s in tests); SIGINT does not wait.
+        assert consumers.stop(first, sig) == 0
     finally:
         consumers.stop(first)
     # Handed back: deliverable now, not after the lease.

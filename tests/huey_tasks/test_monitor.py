@@ -13,6 +13,7 @@ from huey.contrib.djhuey import HUEY
 
 from generation.models import GenerationJob, GenerationRequest
 from huey_tasks.models import TaskRun, WorkerHeartbeat
+from tests.support.consumers import queued_tasks
 
 Status = TaskRun.Status
 MONITOR = "/admin/job-monitor/"
@@ -92,7 +93,7 @@ def test_changer_retries_a_failed_run(make_user):
     assert response.status_code == 302
     job = GenerationJob.objects.get()
     assert job.status == GenerationJob.Status.QUEUED
-    assert HUEY.storage.queue_size() == 1
+    assert [task.args for task in queued_tasks("generate_image")] == [(job.pk,)]
     new_run = TaskRun.objects.get(task_id=job.task_id)
     assert new_run.status == Status.QUEUED and new_run.generation_request_id == job.request_id
     request = GenerationRequest.objects.get()

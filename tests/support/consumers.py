@@ -69,3 +69,27 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def queued_tasks(name: str) -> list:
+    """Queued tasks called ``name`` (Wagtail's own index tasks share the queue)."""
+    from huey.contrib.djhuey import HUEY
+
+    tasks = [HUEY.deserialize_task(data) for data in HUEY.storage.enqueued_items()]
+    return [task for task in tasks if task.name.rsplit(".", 1)[-1] == name]
+
+
+def bury(task_id: str) -> None:
+    """Let a message's leases run out until the storage dead-letters it."""
+    from huey.contrib.djhuey import HUEY
+
+    storage = HUEY.storage
+
+    def buried():
+        if any(HUEY.deserialize_task(d.data).id == task_id for d in storage.dead_letters()):
+            return True
+        storage.claim(lease_seconds=0.001)
+        time.sleep(0.002)
+        return False
+
+    wait_for(buried, 10, interval=0, message=f"{task_id} dead-lettered")
