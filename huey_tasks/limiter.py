@@ -1,8 +1,9 @@
 """Per-provider limits shared by every worker on every host.
 
 ``ConcurrencyLimiter`` is a distributed semaphore kept in the queue storage: a slot is a
-lease with a TTL, so a crashed worker's slot frees itself. The requests-per-minute limit is
-Huey's own fixed-window ``RateLimit`` over the same storage's atomic counters.
+lease as long as a message lease, kept alive by the worker's heartbeat while its task runs,
+so a crashed worker's slot frees itself as soon as its messages do. The requests-per-minute
+limit is Huey's own fixed-window ``RateLimit`` over the same storage's atomic counters.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 from huey.exceptions import RateLimitExceeded
 
-from .storage import LeasingStorageMixin
+from .queue import LeasingHuey
 
 DEFAULT_SLOT_WAIT = 1.0  # seconds before a task that found no free slot is tried again
 
@@ -26,20 +27,25 @@ def holder_id() -> str:
 
 
 class ConcurrencyLimiter:
-    def __init__(self, storage: LeasingStorageMixin, name: str, limit: int, ttl: float):
+    def __init__(self, huey: LeasingHuey, name: str, limit: int):
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        self.storage = storage
+        self.huey = huey
+        self.storage = huey.storage
         self.name = name
         self.limit = limit
-        self.ttl = ttl
 
     def try_acquire(self) -> tuple[int, str] | None:
         holder = holder_id()
-        index = self.storage.acquire_slot(self.name, self.limit, holder, self.ttl)
-        return None if index is None else (index, holder)
+        ttl = self.storage.lease_seconds
+        index = self.storage.acquire_slot(self.name, self.limit, holder, ttl)
+        if index is None:
+            return None
+        self.huey.hold_slot((self.name, index, holder))
+        return index, holder
 
     def release(self, slot: tuple[int, str]) -> None:
+        self.huey.drop_slot((self.name, *slot))
         self.storage.release_slot(self.name, *slot)
 
     def in_use(self) -> int:

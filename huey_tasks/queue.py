@@ -29,6 +29,7 @@ class LeasingHuey(Huey):
     def __init__(self, *args, lock_ttl: float = DEFAULT_LOCK_TTL, **kwargs):
         self.lock_ttl = lock_ttl
         self._leases: dict[object, str] = {}  # task -> message id, for the heartbeat
+        self._slots: set[tuple[str, int, str]] = set()  # limiter slots held, ditto
         self._leases_lock = threading.Lock()
         self._heartbeat_pid: int | None = None
         self._heartbeat_stop = threading.Event()
@@ -67,6 +68,23 @@ class LeasingHuey(Huey):
             self._emit(S.SIGNAL_ENQUEUED, task)
         priority = tasks[0].priority if tasks else None
         self.storage.enqueue_many([self.serialize_task(task) for task in tasks], priority)
+
+    def read_schedule(self, timestamp=None):
+        """The scheduler's step: move due tasks onto the queue in one atomic storage step.
+
+        Huey's scheduler enqueues whatever this returns; returning [] after moving them
+        ourselves closes the window in which a killed scheduler would lose them.
+        """
+        if not self.leasing:
+            return super().read_schedule(timestamp)
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        for data in self.storage.promote_due(timestamp):
+            try:
+                self._emit(S.SIGNAL_ENQUEUED, self.deserialize_task(data))
+            except Exception:  # already queued; only the signal is missed
+                logger.exception("Could not announce a promoted task.")
+        return []
 
     def execute(self, task, timestamp=None):
         delivery = getattr(task, "delivery", None)
@@ -124,15 +142,27 @@ class LeasingHuey(Huey):
             )
             thread.start()
 
+    def hold_slot(self, slot: tuple[str, int, str]) -> None:
+        """Keep a limiter slot (name, index, holder) alive while its task runs."""
+        with self._leases_lock:
+            self._slots.add(slot)
+        self._ensure_heartbeat()
+
+    def drop_slot(self, slot: tuple[str, int, str]) -> None:
+        with self._leases_lock:
+            self._slots.discard(slot)
+
     def _heartbeat(self) -> None:
         interval = self.storage.lease_seconds / 3
         stop = self._heartbeat_stop
         while not stop.wait(interval):
-            ids = self.running_message_ids()
-            if not ids:
-                continue
+            with self._leases_lock:
+                ids, slots = list(self._leases.values()), list(self._slots)
             try:
-                self.storage.extend_leases(ids)
+                if ids:
+                    self.storage.extend_leases(ids)
+                for name, index, holder in slots:
+                    self.storage.extend_slot(name, index, holder, self.storage.lease_seconds)
             except Exception:
                 logger.exception("Lease heartbeat failed; will retry.")
 

@@ -70,9 +70,7 @@ def queue_jobs(job_ids: list[int]) -> None:
 @functools.cache
 def limiter_for(model_name: str) -> ConcurrencyLimiter:
     model = get_image_model(model_name)
-    # A slot outlives the longest call a provider can make, then frees itself.
-    ttl = float(model.options.get("TIMEOUT", 180)) + 120
-    return ConcurrencyLimiter(HUEY.storage, f"image:{model_name}", model.concurrency, ttl)
+    return ConcurrencyLimiter(HUEY, f"image:{model_name}", model.concurrency)
 
 
 def rate_limit_for(model: ImageModel):

@@ -69,6 +69,14 @@ class LeasingStorageMixin:
         """Add many messages in one write (the fan-out of a generation request)."""
         raise NotImplementedError
 
+    def promote_due(self, ts) -> list[bytes]:
+        """Move every scheduled message due at ``ts`` onto the queue, atomically.
+
+        Huey's own scheduler reads the schedule, then enqueues what it read: a worker killed
+        in between loses those messages. This does both in one step and returns what moved.
+        """
+        raise NotImplementedError
+
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:
         """Lease the next deliverable message (highest priority, oldest first)."""
         raise NotImplementedError

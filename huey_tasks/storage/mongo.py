@@ -18,7 +18,7 @@ from bson.errors import InvalidId
 from huey.constants import EmptyData
 from huey.storage import BaseStorage
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from .base import DeadLetter, Delivery, LeasingStorageMixin, utc_from_timestamp
 
@@ -187,9 +187,9 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
     def add_to_schedule(self, data, ts):
         self.schedule.insert_one({"data": bytes(data), "ts": ts.timestamp(), "claim": None})
 
-    def read_schedule(self, ts):
-        # Tag what is due with a token, read it, delete it: each entry goes to exactly one
-        # of several concurrent schedulers. A tag left by a crashed reader goes stale.
+    def _claim_due(self, ts) -> tuple[str, list[dict]]:
+        # Tag what is due with a token, then read it: each entry goes to exactly one of
+        # several concurrent schedulers. A tag left by a crashed reader goes stale.
         token = uuid.uuid4().hex
         now = time.time()
         self.schedule.update_many(
@@ -200,8 +200,29 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             {"$set": {"claim": token, "claimed_at": now}},
         )
         docs = list(self.schedule.find({"claim": token}, sort=[("ts", ASCENDING), ("_id", 1)]))
+        return token, docs
+
+    def read_schedule(self, ts):
+        token, docs = self._claim_due(ts)
         if docs:
             self.schedule.delete_many({"claim": token})
+        return [bytes(doc["data"]) for doc in docs]
+
+    def promote_due(self, ts):
+        token, docs = self._claim_due(ts)
+        if not docs:
+            return []
+        # The schedule entry's _id becomes the message's: promoting again after a crash
+        # between these two commands collides instead of duplicating.
+        try:
+            self.messages.insert_many(
+                [{**self._message(doc["data"], 0), "_id": doc["_id"]} for doc in docs],
+                ordered=False,
+            )
+        except BulkWriteError as exc:
+            if any(error["code"] != 11000 for error in exc.details["writeErrors"]):
+                raise
+        self.schedule.delete_many({"claim": token})
         return [bytes(doc["data"]) for doc in docs]
 
     def schedule_size(self):

@@ -184,6 +184,22 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             )
             return [bytes(data) for _, _, data in sorted(curs.fetchall())]
 
+    def promote_due(self, ts):
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "delete from karasu_schedule where queue = ? and timestamp <= ?"
+                " returning timestamp, id, data",
+                (self.name, ts.timestamp()),
+            )
+            due = [bytes(data) for _, _, data in sorted(curs.fetchall())]
+            now = time.time()
+            curs.executemany(
+                "insert into karasu_message (queue, data, priority, enqueued_at)"
+                " values (?, ?, 0, ?)",
+                [(self.name, data, now) for data in due],
+            )
+            return due
+
     def schedule_size(self):
         return self.sql(
             "select count(*) from karasu_schedule where queue = ?", (self.name,), results=True

@@ -154,6 +154,16 @@ def test_schedule_returns_and_removes_only_what_is_due(storage):
     assert storage.schedule_size() == 0
 
 
+def test_promote_due_moves_schedule_to_queue(storage):
+    base = now()
+    storage.add_to_schedule(b"due", base - datetime.timedelta(seconds=1))
+    storage.add_to_schedule(b"later", base + datetime.timedelta(seconds=60))
+    assert storage.promote_due(base) == [b"due"]
+    assert storage.promote_due(base) == []
+    assert storage.schedule_size() == 1
+    assert storage.enqueued_items() == [b"due"]
+
+
 def test_schedule_read_is_atomic_across_threads(storage):
     base = now()
     for i in range(100):
