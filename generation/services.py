@@ -14,7 +14,7 @@ from wagtail.images import get_image_model
 
 from generation.ingest import ingest
 from generation.models import GenerationJob, GenerationRequest
-from generation.providers import ImageModel, get_llm
+from generation.providers import GeneratedImage, ImageModel, get_llm
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +162,14 @@ def start_job(job_id: int) -> GenerationJob | None:
     return GenerationJob.objects.select_related("request").get(pk=job_id)
 
 
-def run_job(job: GenerationJob, model: ImageModel) -> None:
-    """Call the image model and ingest the result. Provider errors propagate."""
-    generated = model.generate(job.prompt, aspect_ratio=job.request.aspect_ratio, seed=job.seed)
-    image = ingest(job, generated)
-    finish_job(job.pk, Job.SUCCEEDED, image=image)
+def generate(job: GenerationJob, model: ImageModel) -> GeneratedImage:
+    """Call the image model for a started job. Provider errors propagate."""
+    return model.generate(job.prompt, aspect_ratio=job.request.aspect_ratio, seed=job.seed)
+
+
+def store(job: GenerationJob, generated: GeneratedImage) -> None:
+    """File the image in the library and mark the job succeeded."""
+    finish_job(job.pk, Job.SUCCEEDED, image=ingest(job, generated))
 
 
 def mark_retrying(job_id: int, reason: str) -> None:

@@ -7,10 +7,13 @@ class HueyTasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
         from huey.contrib.djhuey import HUEY
 
         from huey_tasks import ledger
 
+        if not settings.KARASU.get("LEDGER", True):
+            return  # the job monitor then shows queue figures only
         HUEY.signal()(ledger.on_signal)
         if hasattr(HUEY, "on_consumer_event"):
             HUEY.on_consumer_event(ledger.worker_event)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -19,7 +20,8 @@ from huey.exceptions import RateLimitExceeded
 
 from .queue import LeasingHuey
 
-DEFAULT_SLOT_WAIT = 1.0  # seconds before a task that found no free slot is tried again
+SLOT_POLL = 0.02  # seconds between tries while waiting briefly for a slot in-thread
+DEFAULT_SLOT_WAIT = 1.0  # then: seconds before a task that found no slot is tried again
 
 
 def holder_id() -> str:
@@ -52,14 +54,17 @@ class ConcurrencyLimiter:
         return self.storage.slots_in_use(self.name)
 
     @contextlib.contextmanager
-    def slot(self, wait: float = DEFAULT_SLOT_WAIT) -> Iterator[int]:
-        """Hold a slot for the block; raise RateLimitExceeded (Huey re-schedules) if none.
+    def slot(self, patience: float = 2.0, wait: float = DEFAULT_SLOT_WAIT) -> Iterator[int]:
+        """Hold a slot for the block, waiting up to ``patience`` seconds for one to free.
 
-        Huey re-schedules a task that raises RateLimitExceeded without using up a retry.
+        With none free after that, raise RateLimitExceeded: Huey re-schedules the task in
+        ``wait`` seconds without using up a retry.
         """
-        slot = self.try_acquire()
-        if slot is None:
-            raise RateLimitExceeded(f"{self.name} concurrency", wait)
+        deadline = time.monotonic() + patience
+        while (slot := self.try_acquire()) is None:
+            if time.monotonic() >= deadline:
+                raise RateLimitExceeded(f"{self.name} concurrency", wait)
+            time.sleep(SLOT_POLL)
         try:
             yield slot[0]
         finally:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import time
 import uuid
 
 from django.conf import settings
 from huey import crontab
 from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
-from huey.exceptions import RetryTask
+from huey.exceptions import RateLimitExceeded, RetryTask
 
 from generation import services
 from generation.models import GenerationJob
@@ -32,8 +33,9 @@ def retry_policy() -> dict:
 
 
 @db_task(retries=2, retry_delay=10, context=True)
-def expand_prompt(request_id: int, task=None) -> int:
+def expand_prompt(request_id: int, task=None) -> dict:
     """Ask the LLM for the request's prompts; with auto-generate, fan out their jobs."""
+    started = time.monotonic()
     try:
         job_ids = services.expand_request(request_id)
     except TransientProviderError as exc:
@@ -46,9 +48,18 @@ def expand_prompt(request_id: int, task=None) -> int:
         services.fail_request(request_id, exc.reason)
         task.retries = 0  # retrying cannot help
         raise
-    if job_ids:
-        queue_jobs(job_ids)
-    return len(job_ids)
+    expanded = time.monotonic()
+    queue_jobs(job_ids)
+    return {
+        "jobs": len(job_ids),
+        "expand_seconds": expanded - started,
+        "fan_out_seconds": time.monotonic() - expanded,
+    }
+
+
+# Generation goes ahead of housekeeping (e.g. Wagtail's index updates for new images),
+# which catches up as soon as a provider's slots are full.
+GENERATION_PRIORITY = 10
 
 
 def queue_jobs(job_ids: list[int]) -> None:
@@ -62,7 +73,8 @@ def queue_jobs(job_ids: list[int]) -> None:
     task_ids = {job_id: f"generate_image-{job_id}-{uuid.uuid4().hex[:12]}" for job_id in job_ids}
     with ledger.bulk_enqueue():
         HUEY.enqueue_many(
-            [generate_image.s(job_id, id=task_ids[job_id]) for job_id in job_ids]
+            [generate_image.s(job_id, id=task_ids[job_id], priority=GENERATION_PRIORITY)
+             for job_id in job_ids]
         )
     services.mark_queued(job_ids, task_ids)
 
@@ -88,32 +100,36 @@ def generate_image(job_id: int, task=None) -> int | None:
     if job is None:
         return None
     model = get_image_model(job.request.image_model)
-    # No free slot or over the per-minute limit: RateLimitExceeded, re-scheduled by Huey.
-    with limiter_for(model.name).slot():
-        if rate_limit := rate_limit_for(model):
-            rate_limit.acquire()
-        job = services.start_job(job_id)
-        if job is None:
-            return None
-        try:
-            services.run_job(job, model)
-        except TransientProviderError as exc:
-            policy = retry_policy()
-            if job.attempts <= policy["MAX_RETRIES"]:
-                services.mark_retrying(job.pk, exc.reason)
-                task.retry_reason = exc.reason  # for the ledger's RETRYING entry
-                delay = services.retry_delay(
-                    job.attempts, exc.retry_after, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"]
-                )
-                raise RetryTask(delay=delay) from exc
-            services.finish_job(job.pk, Failed, error=exc.reason)
-            raise
-        except PermanentProviderError as exc:
-            services.finish_job(job.pk, Failed, error=exc.reason)
-            raise
-        except Exception as exc:
-            services.finish_job(job.pk, Failed, error=f"internal error: {exc.__class__.__name__}")
-            raise
+    try:
+        # The slot covers the provider call only; filing the image needs no slot.
+        # No free slot, or over the per-minute limit: RateLimitExceeded, re-scheduled.
+        with limiter_for(model.name).slot():
+            if rate_limit := rate_limit_for(model):
+                rate_limit.acquire()
+            job = services.start_job(job_id)
+            if job is None:
+                return None
+            generated = services.generate(job, model)
+        services.store(job, generated)
+    except TransientProviderError as exc:
+        policy = retry_policy()
+        if job.attempts <= policy["MAX_RETRIES"]:
+            services.mark_retrying(job.pk, exc.reason)
+            task.retry_reason = exc.reason  # for the ledger's RETRYING entry
+            delay = services.retry_delay(
+                job.attempts, exc.retry_after, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"]
+            )
+            raise RetryTask(delay=delay) from exc
+        services.finish_job(job.pk, Failed, error=exc.reason)
+        raise
+    except PermanentProviderError as exc:
+        services.finish_job(job.pk, Failed, error=exc.reason)
+        raise
+    except RateLimitExceeded:
+        raise  # waiting for a slot is not a failure
+    except Exception as exc:
+        services.finish_job(job.pk, Failed, error=f"internal error: {exc.__class__.__name__}")
+        raise
     return job.pk
 
 

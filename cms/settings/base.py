@@ -96,9 +96,10 @@ def database_config(url: str) -> dict:
     config = environ.Env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
-    else:
-        config.setdefault("CONN_MAX_AGE", 60)
-        config.setdefault("CONN_HEALTH_CHECKS", True)
+    # Persistent connections: a worker thread runs hundreds of short tasks, and opening a
+    # connection (with its PRAGMAs) per task costs more than the task's own queries.
+    config.setdefault("CONN_MAX_AGE", 300)
+    config.setdefault("CONN_HEALTH_CHECKS", True)
     return config
 
 
@@ -159,7 +160,7 @@ HUEY = {
     # process managers send) finishes running tasks for up to KARASU_SHUTDOWN_TIMEOUT seconds,
     # then hands the rest back to the queue; SIGINT hands them back at once.
     "consumer": {
-        "workers": env.int("KARASU_WORKERS", default=16),
+        "workers": env.int("KARASU_WORKERS", default=20),
         "worker_type": "thread",
         "graceful_signal": "TERM",
         "shutdown_timeout": env.float("KARASU_SHUTDOWN_TIMEOUT", default=30.0),
@@ -254,6 +255,8 @@ KARASU = {
             "REQUESTS_PER_MINUTE": 60,
         },
     },
+    # The TaskRun ledger behind the job monitor (KARASU_LEDGER=false switches it off).
+    "LEDGER": env.bool("KARASU_LEDGER", default=True),
     "DEFAULT_LLM": "claude" if ANTHROPIC_API_KEY else ("openai" if OPENAI_API_KEY else "demo"),
     "DEFAULT_IMAGE_MODEL": "flux-schnell" if FAL_KEY else "demo",
     "DOWNLOAD": {

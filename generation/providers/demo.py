@@ -118,7 +118,7 @@ def render(prompt: str, aspect_ratio: str, seed: int) -> bytes:
     column.putdata(
         [tuple(top[c] + (bottom[c] - top[c]) * y // 255 for c in range(3)) for y in range(256)]
     )
-    image = column.resize((width, height))
+    image = column.resize((width, height), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     for _ in range(rng.randrange(4, 9)):
         x, y = rng.randrange(width), rng.randrange(height)

@@ -60,6 +60,13 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
         kwargs.setdefault("timeout", 30)
         super().__init__(name, filename, **kwargs)
 
+    def _create_connection(self):
+        conn = super()._create_connection()
+        # WAL's recommended durability: a commit survives the process being killed (the
+        # case leases exist for); only an OS crash may lose the last few commits.
+        conn.execute("pragma synchronous=NORMAL")
+        return conn
+
     # Queue --------------------------------------------------------------------------
     def enqueue(self, data, priority=None):
         self.sql(

@@ -132,7 +132,7 @@ def test_sqlite_connection_is_in_wal_mode():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_threads_writing_at_once_do_not_lock():
+def test_two_threads_writing_at_once_do_not_lock(collections):
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
 
