@@ -44,6 +44,8 @@ test: lint check
 
 bench: $(VENV)/.dev
 	$(PY) bench/queue.py
+	$(PY) bench/monitor.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
