@@ -218,3 +218,40 @@ def test_raw_task_run_browser(make_user):
     assert index.status_code == 200 and b"t-failed" in index.content
     inspect = client.get(f"/admin/huey_tasks/taskrun/inspect/{run.pk}/")
     assert inspect.status_code == 200 and b"demo: rejected" in inspect.content
+
+
+@pytest.mark.django_db
+def test_every_action_is_refused_without_the_change_permission(make_user):
+    from tests.support.tasks import record_run
+
+    run = failed_job_run()
+    queued = TaskRun.objects.create(task_name="record_run", task_id="t-queued",
+                                    status=Status.QUEUED)
+    HUEY.enqueue(record_run.s("/dev/null", "x"))
+    bury_everything()
+    [letter] = HUEY.storage.dead_letters()
+    client = make_user("view_taskrun")
+    urls = [
+        reverse("job_monitor:run_retry", args=[run.pk]),
+        reverse("job_monitor:run_revoke", args=[queued.pk]),
+        reverse("job_monitor:request_retry_failed", args=[run.generation_request_id]),
+        reverse("job_monitor:dead_letters_all", args=["requeue"]),
+        reverse("job_monitor:dead_letters_all", args=["purge"]),
+        reverse("job_monitor:dead_letter", args=[letter.message_id, "requeue"]),
+        reverse("job_monitor:dead_letter", args=[letter.message_id, "purge"]),
+    ]
+    for url in urls:
+        assert client.get(url).status_code in (302, 403), url
+        assert client.post(url).status_code in (302, 403), url
+    assert GenerationJob.objects.get().status == GenerationJob.Status.FAILED
+    assert TaskRun.objects.get(pk=queued.pk).status == Status.QUEUED
+    assert not HUEY.is_revoked("t-queued")
+    assert HUEY.storage.dead_letter_count() == 1
+    page = client.get(MONITOR + "dead-letters/")
+    assert b"Requeue" not in page.content and b"Purge" not in page.content
+
+
+def bury_everything():
+    while HUEY.storage.queue_size() or HUEY.storage.leased_count():
+        HUEY.storage.claim(lease_seconds=0.001)
+        time.sleep(0.002)
