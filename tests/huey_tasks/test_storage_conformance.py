@@ -13,6 +13,15 @@ def now():
     return datetime.datetime.now(UTC).replace(tzinfo=None)
 
 
+def run_concurrently(target, count: int) -> None:
+    """Run target(i) for i in range(count) in as many threads, and wait for them all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 # Queue --------------------------------------------------------------------------------
 def test_priority_then_fifo_order(storage):
     for data, priority in [(b"a", None), (b"b", 1), (b"c", None), (b"d", 5), (b"e", 1)]:
@@ -124,17 +133,13 @@ def test_concurrent_claims_never_share_a_message(storage):
     seen: list[bytes] = []
     lock = threading.Lock()
 
-    def consume():
+    def consume(_):
         while (delivery := storage.claim()) is not None:
             storage.ack(delivery.message_id)
             with lock:
                 seen.append(delivery.data)
 
-    threads = [threading.Thread(target=consume) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(consume, 8)
     assert sorted(seen) == sorted(str(i).encode() for i in range(total))
 
 
@@ -170,14 +175,10 @@ def test_schedule_read_is_atomic_across_threads(storage):
         storage.add_to_schedule(str(i).encode(), base - datetime.timedelta(seconds=1))
     results: list[list[bytes]] = []
 
-    def read():
+    def read(_):
         results.append(storage.read_schedule(base))
 
-    threads = [threading.Thread(target=read) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(read, 6)
     everything = [item for batch in results for item in batch]
     assert sorted(everything) == sorted(str(i).encode() for i in range(100))
 
@@ -222,11 +223,7 @@ def test_put_if_empty_race_has_one_winner(storage):
         if storage.put_if_empty("race", str(i).encode(), ttl=30):
             winners.append(i)
 
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(contend, 8)
     assert len(winners) == 1
     assert storage.peek_data("race") == str(winners[0]).encode()
 
@@ -242,15 +239,11 @@ def test_counters(storage):
 
 
 def test_incr_is_atomic_across_threads(storage):
-    def bump():
+    def bump(_):
         for _ in range(50):
             storage.incr("n")
 
-    threads = [threading.Thread(target=bump) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(bump, 4)
     assert storage.incr("n", 0) == 200
 
 
@@ -279,11 +272,7 @@ def test_slots_are_exclusive_across_threads(storage):
         if index is not None:
             taken.append(index)
 
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(take, 10)
     assert sorted(taken) == [0, 1, 2]
 
 
