@@ -123,11 +123,6 @@ class GenerationRequest(index.Indexed, ClusterableModel):
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
 
-    @property
-    def percent_done(self) -> int:
-        total = self.jobs_total or self.count
-        return round(100 * self.jobs_done / total) if total else 0
-
     def get_admin_url(self) -> str:
         return reverse("wagtailsnippets_generation_generationrequest:inspect", args=[self.pk])
 

@@ -50,9 +50,6 @@ class ConcurrencyLimiter:
         self.huey.drop_slot((self.name, *slot))
         self.storage.release_slot(self.name, *slot)
 
-    def in_use(self) -> int:
-        return self.storage.slots_in_use(self.name)
-
     @contextlib.contextmanager
     def slot(self, patience: float = 2.0, wait: float = DEFAULT_SLOT_WAIT) -> Iterator[int]:
         """Hold a slot for the block, waiting up to ``patience`` seconds for one to free.

@@ -71,9 +71,6 @@ class TaskRun(models.Model):
             return str(self.args[0]).rsplit(".", 1)[-1]
         return self.task_name.rsplit(".", 1)[-1]
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED
 
 
 class WorkerHeartbeat(models.Model):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from huey import Huey
 from huey import signals as S
@@ -32,7 +33,6 @@ class LeasingHuey(Huey):
         self._slots: set[tuple[str, int, str]] = set()  # limiter slots held, ditto
         self._leases_lock = threading.Lock()
         self._heartbeat_pid: int | None = None
-        self._heartbeat_stop = threading.Event()
         self._consumer_listeners: list = []
         super().__init__(*args, **kwargs)
         self._signal.connect(self._on_interrupted, S.SIGNAL_INTERRUPTED)
@@ -124,10 +124,6 @@ class LeasingHuey(Huey):
                 logger.exception("Could not hand back %s; its lease will expire.", task.id)
         super().notify_interrupted_tasks()
 
-    def running_message_ids(self) -> list[str]:
-        with self._leases_lock:
-            return list(self._leases.values())
-
     # Heartbeat ----------------------------------------------------------------------
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat_pid == os.getpid():
@@ -136,7 +132,6 @@ class LeasingHuey(Huey):
             if self._heartbeat_pid == os.getpid():
                 return
             self._heartbeat_pid = os.getpid()  # a forked child starts its own
-            self._heartbeat_stop = threading.Event()
             thread = threading.Thread(
                 target=self._heartbeat, name="huey-lease-heartbeat", daemon=True
             )
@@ -154,8 +149,8 @@ class LeasingHuey(Huey):
 
     def _heartbeat(self) -> None:
         interval = self.storage.lease_seconds / 3
-        stop = self._heartbeat_stop
-        while not stop.wait(interval):
+        while True:  # a daemon thread: it ends with the process
+            time.sleep(interval)
             with self._leases_lock:
                 ids, slots = list(self._leases.values()), list(self._slots)
             try:
@@ -165,10 +160,6 @@ class LeasingHuey(Huey):
                     self.storage.extend_slot(name, index, holder, self.storage.lease_seconds)
             except Exception:
                 logger.exception("Lease heartbeat failed; will retry.")
-
-    def stop_heartbeat(self) -> None:
-        self._heartbeat_stop.set()
-        self._heartbeat_pid = None
 
     # Consumer lifecycle ---------------------------------------------------------------
     def on_consumer_event(self, listener):
