@@ -48,6 +48,10 @@ def expand_prompt(request_id: int, task=None) -> dict:
         services.fail_request(request_id, exc.reason)
         task.retries = 0  # retrying cannot help
         raise
+    except Exception as exc:
+        if not task.retries:  # the traceback is in the job monitor
+            services.fail_request(request_id, f"internal error: {exc.__class__.__name__}")
+        raise
     expanded = time.monotonic()
     queue_jobs(job_ids)
     return {

@@ -324,3 +324,21 @@ def test_actions_need_post_and_csrf(editor, demo, django_user_model):
     assert unknown.status_code == 302
     not_now = editor.post(reverse(f"{NS}:action", args=[request.pk, "retry_failed"]))
     assert not_now.status_code == 302
+
+
+def test_llm_failure_fails_the_request_with_its_reason(editor, demo, thread_consumer,
+                                                        monkeypatch):
+    from generation.providers import PermanentProviderError, get_llm
+
+    def refuse(*args, **kwargs):
+        raise PermanentProviderError("demo: the model refused this theme")
+
+    monkeypatch.setattr(get_llm("demo"), "expand", refuse)
+    request = create_request(editor, count=3)
+    act(editor, request, "generate")
+    request = wait_terminal(request)
+    assert request.status == Req.FAILED
+    assert request.error == "demo: the model refused this theme"
+    assert not request.jobs.exists()
+    page = editor.get(reverse(f"{NS}:inspect", args=[request.pk]))
+    assert b"the model refused this theme" in page.content
