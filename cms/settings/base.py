@@ -163,6 +163,8 @@ HUEY = {
         "workers": env.int("KARASU_WORKERS", default=20),
         "worker_type": "thread",
         "graceful_signal": "TERM",
+        # An idle worker polls at most this many seconds apart (Huey's default is 10).
+        "max_delay": 2.0,
         "shutdown_timeout": env.float("KARASU_SHUTDOWN_TIMEOUT", default=30.0),
     },
 }
