@@ -57,11 +57,11 @@ def expand_request(request_id: int) -> list[int]:
             )
             GenerationRequest.objects.filter(pk=request_id).update(jobs_total=len(prompts))
     next_status = Req.GENERATING if request.auto_generate else Req.DRAFT
-    GenerationRequest.objects.filter(pk=request_id, status=Req.EXPANDING).update(
+    moved = GenerationRequest.objects.filter(pk=request_id, status=Req.EXPANDING).update(
         status=next_status
     )
-    if not request.auto_generate:
-        return []
+    if not moved or not request.auto_generate:
+        return []  # cancelled while the LLM was writing, or prompts to review first
     return list(request.jobs.filter(status=Job.PENDING).values_list("pk", flat=True))
 
 

@@ -206,10 +206,10 @@ def worker_event(event: str, consumer) -> None:
         logger.exception("Could not record worker %s", event)
 
 
-def mark_dead_letters(storage, huey) -> int:
+def mark_dead_letters(huey) -> int:
     """Mark the ledger rows of dead-lettered messages as dead."""
     task_ids = []
-    for letter in storage.dead_letters(limit=1000):
+    for letter in huey.storage.dead_letters(limit=1000):
         try:
             task_ids.append(huey.deserialize_task(letter.data).id)
         except Exception:  # an undecodable message has no ledger row to mark

@@ -20,7 +20,7 @@ from huey.exceptions import RateLimitExceeded
 
 from .queue import LeasingHuey
 
-SLOT_POLL = 0.02  # seconds between tries while waiting briefly for a slot in-thread
+SLOT_POLL = 0.05  # seconds between tries while waiting briefly for a slot in-thread
 DEFAULT_SLOT_WAIT = 1.0  # then: seconds before a task that found no slot is tried again
 
 
@@ -38,6 +38,9 @@ class ConcurrencyLimiter:
         self.limit = limit
 
     def try_acquire(self) -> tuple[int, str] | None:
+        # A cheap read first: waiting threads poll, and most polls find every slot taken.
+        if self.storage.slots_in_use(self.name) >= self.limit:
+            return None
         holder = holder_id()
         ttl = self.storage.lease_seconds
         index = self.storage.acquire_slot(self.name, self.limit, holder, ttl)

@@ -57,17 +57,19 @@ class LeasingHuey(Huey):
         return task
 
     def enqueue_many(self, tasks: list) -> None:
-        """Enqueue many tasks in one storage write; signals fire for each as usual."""
-        if not self.leasing or self._immediate:
+        """Enqueue many tasks, one storage write per priority; signals fire for each."""
+        if not self.leasing:
             for task in tasks:
                 self.enqueue(task)
             return
+        by_priority: dict = {}
         for task in tasks:
             if task.expires:
                 task.resolve_expires(self.utc)
             self._emit(S.SIGNAL_ENQUEUED, task)
-        priority = tasks[0].priority if tasks else None
-        self.storage.enqueue_many([self.serialize_task(task) for task in tasks], priority)
+            by_priority.setdefault(task.priority, []).append(self.serialize_task(task))
+        for priority, messages in by_priority.items():
+            self.storage.enqueue_many(messages, priority)
 
     def read_schedule(self, timestamp=None):
         """The scheduler's step: move due tasks onto the queue in one atomic storage step.

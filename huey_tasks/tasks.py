@@ -156,6 +156,6 @@ def maintenance() -> dict:
         "results_deleted": HUEY.storage.purge_results(
             retention.get("RESULT_HOURS", 24) * 3600
         ),
-        "dead_marked": ledger.mark_dead_letters(HUEY.storage, HUEY),
+        "dead_marked": ledger.mark_dead_letters(HUEY),
         "requests_settled": services.settle_finished_requests(),
     }

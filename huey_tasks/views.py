@@ -158,17 +158,20 @@ class RetryRunView(RunActionView):
                 return "Its job is not finished, so there is nothing to retry.", False
             queue_jobs([job.pk])
             return f"Job #{job.index + 1} of request #{job.request_id} queued again.", True
-        if run.generation_request_id and run.short_name == "expand_prompt":
-            generation_request = GenerationRequest.objects.get(pk=run.generation_request_id)
-            message = request_actions.generate(generation_request)
+        if run.short_name == "expand_prompt":
+            generation_request = GenerationRequest.objects.filter(
+                pk=run.generation_request_id
+            ).first()
+            message = generation_request and request_actions.generate(generation_request)
             return (message, True) if message else ("The request has prompts already.", False)
+        # Only scalar arguments are stored verbatim; others were shown as redacted text.
+        if not all(isinstance(a, int | float | bool) or a is None for a in run.args):
+            return "Its arguments are not stored verbatim, so it cannot be re-run here.", False
         try:
             task_class = HUEY._registry.string_to_task(run.task_name)
         except Exception:
             return f"Unknown task {run.task_name}.", False
-        args = [a for a in run.args if not isinstance(a, dict)]
-        kwargs = {k: v for a in run.args if isinstance(a, dict) for k, v in a.items()}
-        HUEY.enqueue(task_class(args, kwargs))
+        HUEY.enqueue(task_class(tuple(run.args), {}))
         return f"{run.short_name} queued again.", True
 
 

@@ -342,3 +342,23 @@ def test_llm_failure_fails_the_request_with_its_reason(editor, demo, thread_cons
     assert not request.jobs.exists()
     page = editor.get(reverse(f"{NS}:inspect", args=[request.pk]))
     assert b"the model refused this theme" in page.content
+
+
+def test_cancelled_while_expanding_queues_nothing(editor, demo, monkeypatch):
+    from generation import services
+    from generation.providers import get_llm
+
+    request = create_request(editor, count=3)
+    services.start_request(request)
+    llm = get_llm("demo")
+    original = llm.expand
+
+    def cancel_then_expand(*args, **kwargs):
+        request.refresh_from_db()
+        services.cancel_request(request)  # the editor cancels while the LLM writes
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "expand", cancel_then_expand)
+    assert services.expand_request(request.pk) == []
+    request.refresh_from_db()
+    assert request.status == Req.CANCELLED

@@ -255,3 +255,22 @@ def bury_everything():
     while HUEY.storage.queue_size() or HUEY.storage.leased_count():
         HUEY.storage.claim(lease_seconds=0.001)
         time.sleep(0.002)
+
+
+@pytest.mark.django_db
+def test_retry_of_a_plain_task_replays_only_verbatim_arguments(make_user):
+    from tests.support.tasks import add, record_run
+
+    client = make_user("view_taskrun", "change_taskrun")
+    scalar = TaskRun.objects.create(
+        task_name=HUEY._registry.task_to_string(add.task_class), task_id="t-add",
+        status=Status.FAILED, args=[2, 3],
+    )
+    texts = TaskRun.objects.create(
+        task_name=HUEY._registry.task_to_string(record_run.task_class), task_id="t-text",
+        status=Status.FAILED, args=["/dev/null", "[redacted]"],
+    )
+    client.post(reverse("job_monitor:run_retry", args=[scalar.pk]))
+    client.post(reverse("job_monitor:run_retry", args=[texts.pk]))
+    assert [list(task.args) for task in queued_tasks("add")] == [[2, 3]]
+    assert queued_tasks("record_run") == []

@@ -41,3 +41,8 @@ def cancel_me(log_path: str) -> None:
 @task()
 def always_fail(message: str) -> None:
     raise ValueError(message)
+
+
+@task()
+def add(a: int, b: int) -> int:
+    return a + b
