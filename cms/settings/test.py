@@ -42,3 +42,7 @@ else:
 
 # Fast retries in tests; the policy (3 retries, exponential backoff, jitter) is the same.
 KARASU = {**KARASU, "RETRY": {"BACKOFF_BASE": 0.05, "BACKOFF_MAX": 0.2}}  # noqa: F405
+
+# Worker threads in the suite must not keep connections open past their tasks, or the
+# PostgreSQL test database cannot be dropped at the end of the run.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
