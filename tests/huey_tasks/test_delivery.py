@@ -132,3 +132,12 @@ def test_concurrent_consumers_never_complete_a_message_twice(tmp_path):
     started = [line.split()[1] for line in lines(log, "start")]
     assert len(started) == total  # nothing was even started twice
     assert HUEY.storage.queue_size() == 0
+
+
+def test_enqueue_many_keeps_each_tasks_priority(tmp_path):
+    low = record_run.s(str(tmp_path / "log"), "low")
+    high = record_run.s(str(tmp_path / "log"), "high", priority=5)
+    HUEY.enqueue_many([low, high])
+    assert [HUEY.deserialize_task(d).id for d in HUEY.storage.enqueued_items()] == [
+        high.id, low.id
+    ]
