@@ -32,12 +32,13 @@ check: $(VENV)/.dev
 	DJANGO_SETTINGS_MODULE=cms.settings.test $(PY) manage.py makemigrations --check --dry-run
 
 # The whole suite on SQLite; then, when TEST_DATABASE_URL is set, the database tests again
-# on PostgreSQL (SQLite-specific and browser tests are skipped there, and say so).
+# on PostgreSQL (SQLite-specific and browser tests are skipped there, and say so). The
+# MongoDB tier (TEST_MONGODB_URI) needs no Django database: it runs in the first pass only.
 test: lint check
 	env -u TEST_DATABASE_URL $(BIN)/pytest
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
 		echo "== again on PostgreSQL ($$TEST_DATABASE_URL)"; \
-		$(BIN)/pytest -m "not browser and not sqlite_only"; \
+		env -u TEST_MONGODB_URI $(BIN)/pytest -m "not browser and not sqlite_only"; \
 	else \
 		echo "TEST_DATABASE_URL is not set: the PostgreSQL run is skipped."; \
 	fi
@@ -48,4 +49,4 @@ bench: $(VENV)/.dev
 	$(PY) bench/pipeline.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-mongo var .pytest_cache .ruff_cache

@@ -42,7 +42,7 @@ def measure(storage, messages: int) -> tuple[float, float]:
     taken = 0
     if hasattr(storage, "claim"):
         while (delivery := storage.claim()) is not None:
-            storage.ack(delivery.message_id)
+            storage.ack(delivery.message_id, delivery.token)
             taken += 1
     else:
         while storage.dequeue() is not None:

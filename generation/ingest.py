@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
@@ -20,16 +21,26 @@ def image_filename(job: GenerationJob, extension: str) -> str:
     return f"{slug}-job{job.pk}.{extension}"
 
 
-def ingest(job: GenerationJob, generated: GeneratedImage):
-    """Create the library image for ``job``; a second call returns the first image.
+class Superseded(Exception):
+    """The job's claim was lost while its image was being filed."""
 
-    The image model's unique ``generation_job_id`` makes this hold under concurrent
-    redelivery too: the loser's insert fails and it returns the winner's image.
+
+def ingest(
+    job: GenerationJob,
+    generated: GeneratedImage,
+    confirm: Callable[[object], bool] | None = None,
+) -> tuple[object | None, bool]:
+    """Create the library image for ``job``; returns (image, created).
+
+    A second call returns the first image (created=False). The image model's unique
+    ``generation_job_id`` makes this hold under concurrent redelivery too: the loser's
+    insert fails and it returns the winner's image. ``confirm(image)`` runs in the same
+    transaction as the insert; when it returns False nothing is filed: (None, False).
     """
     Image = get_image_model()
     existing = Image.objects.filter(generation_job_id=job.pk).first()
     if existing is not None:
-        return existing
+        return existing, False
     request = job.request
     title = job.prompt if len(job.prompt) <= TITLE_LENGTH else job.prompt[: TITLE_LENGTH - 1] + "…"
     image = Image(
@@ -47,6 +58,7 @@ def ingest(job: GenerationJob, generated: GeneratedImage):
         generation_job_id=job.pk,
         provider_request_id=generated.provider_request_id,
     )
+    # The file is written before the transaction, so the database lock is not held for it.
     image.file.save(
         image_filename(job, generated.extension), ContentFile(generated.data), save=False
     )
@@ -56,10 +68,18 @@ def ingest(job: GenerationJob, generated: GeneratedImage):
         with transaction.atomic():
             image.save()
             image.tags.add(*request.tags.names(), request.image_model)
+            if confirm is not None and not confirm(image):
+                raise Superseded
+    except Superseded:
+        image.file.delete(save=False)
+        return None, False
     except IntegrityError:
         image.file.delete(save=False)
         winner = Image.objects.filter(generation_job_id=job.pk).first()
         if winner is None:
             raise  # not the one-image-per-job constraint
-        return winner
-    return image
+        return winner, False
+    except BaseException:
+        image.file.delete(save=False)  # no row refers to it: no orphan file
+        raise
+    return image, True

@@ -87,6 +87,9 @@ class GenerationRequest(index.Indexed, ClusterableModel):
     jobs_succeeded = models.PositiveIntegerField(default=0)
     jobs_failed = models.PositiveIntegerField(default=0)
     jobs_cancelled = models.PositiveIntegerField(default=0)
+    recoveries = models.PositiveSmallIntegerField(
+        default=0, help_text="Times maintenance restarted a lost expansion."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -157,6 +160,16 @@ class GenerationJob(models.Model):
     )
     error = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # The exclusive claim of the worker making this job's provider call: a fencing token
+    # and an expiry the worker's heartbeat pushes forward (see services.claim_job).
+    claim_token = models.CharField(max_length=32, blank=True, editable=False)
+    claim_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    infra_retries = models.PositiveSmallIntegerField(
+        default=0, help_text="Retries after database, queue or media errors (not attempts)."
+    )
+    recoveries = models.PositiveSmallIntegerField(
+        default=0, help_text="Times maintenance re-queued this job after its message was lost."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)

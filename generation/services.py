@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, CharField, Exists, F, OuterRef, Q, Value, When
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 from wagtail.images import get_image_model
 
@@ -31,43 +33,61 @@ def start_request(request: GenerationRequest) -> bool:
     return bool(
         GenerationRequest.objects.filter(
             pk=request.pk, status__in=[Req.DRAFT, Req.FAILED], jobs_total=0
-        ).update(status=Req.QUEUED, error="", finished_at=None)
+        ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now())
     )
 
 
 def expand_request(request_id: int) -> list[int]:
-    """Write the request's prompts as jobs; return the job ids to generate now."""
+    """Write the request's prompts as jobs; return the pending job ids to generate now.
+
+    A redelivery after the prompts were written returns the jobs still pending, so a
+    fan-out that failed half way is completed by the retry.
+    """
     updated = GenerationRequest.objects.filter(
         pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING]
-    ).update(status=Req.EXPANDING)
-    if not updated:
-        return []  # cancelled, missing, or expanded by an earlier delivery
-    request = GenerationRequest.objects.get(pk=request_id)
-    if not request.jobs.exists():
-        prompts = get_llm(request.llm).expand(
-            request.theme, request.count, brief=request.brief, style=request.style
-        )
-        with transaction.atomic():
-            GenerationJob.objects.bulk_create(
-                GenerationJob(
-                    request=request, index=i, prompt=prompt,
-                    seed=random.randint(0, SEED_RANGE),
-                )
-                for i, prompt in enumerate(prompts)
+    ).update(status=Req.EXPANDING, updated_at=timezone.now())
+    if updated:
+        request = GenerationRequest.objects.get(pk=request_id)
+        next_status = Req.GENERATING if request.auto_generate else Req.DRAFT
+        if request.jobs.exists():
+            GenerationRequest.objects.filter(pk=request_id, status=Req.EXPANDING).update(
+                status=next_status
             )
-            GenerationRequest.objects.filter(pk=request_id).update(jobs_total=len(prompts))
-    next_status = Req.GENERATING if request.auto_generate else Req.DRAFT
-    moved = GenerationRequest.objects.filter(pk=request_id, status=Req.EXPANDING).update(
-        status=next_status
+        else:
+            prompts = get_llm(request.llm).expand(
+                request.theme, request.count, brief=request.brief, style=request.style
+            )
+            with transaction.atomic():
+                # The request row first: a cancel that committed meanwhile wins (nothing is
+                # created), and one that comes later waits for this transaction to end.
+                moved = GenerationRequest.objects.filter(
+                    pk=request_id, status=Req.EXPANDING
+                ).update(status=next_status, jobs_total=len(prompts), updated_at=timezone.now())
+                if moved:
+                    GenerationJob.objects.bulk_create(
+                        GenerationJob(
+                            request=request, index=i, prompt=prompt,
+                            seed=random.randint(0, SEED_RANGE),
+                        )
+                        for i, prompt in enumerate(prompts)
+                    )
+    if not GenerationRequest.objects.filter(
+        pk=request_id, status=Req.GENERATING, auto_generate=True
+    ).exists():
+        return []  # cancelled, missing, failed, or prompts to review first
+    return list(
+        GenerationJob.objects.filter(request_id=request_id, status=Job.PENDING).values_list(
+            "pk", flat=True
+        )
     )
-    if not moved or not request.auto_generate:
-        return []  # cancelled while the LLM was writing, or prompts to review first
-    return list(request.jobs.filter(status=Job.PENDING).values_list("pk", flat=True))
 
 
-def fail_request(request_id: int, reason: str) -> None:
-    GenerationRequest.objects.filter(pk=request_id, status__in=GenerationRequest.ACTIVE).update(
-        status=Req.FAILED, error=reason, finished_at=timezone.now()
+def fail_request(request_id: int, reason: str, statuses=GenerationRequest.ACTIVE) -> bool:
+    now = timezone.now()
+    return bool(
+        GenerationRequest.objects.filter(pk=request_id, status__in=statuses).update(
+            status=Req.FAILED, error=reason, finished_at=now, updated_at=now
+        )
     )
 
 
@@ -76,17 +96,33 @@ def note_request_error(request_id: int, reason: str) -> None:
 
 
 def cancel_request(request: GenerationRequest) -> list[str]:
-    """Cancel pending and queued jobs (running ones finish); return task ids to revoke."""
+    """Cancel pending, queued and retrying jobs; running ones finish their current call and
+    make no new attempt. Returns the task ids to revoke."""
+    now = timezone.now()
     with transaction.atomic():
+        # The request row first, so an expansion finishing now either sees the cancel or
+        # has committed its jobs before this reads them.
+        GenerationRequest.objects.filter(pk=request.pk).update(
+            status=Req.CANCELLED, finished_at=now, updated_at=now
+        )
         open_jobs = request.jobs.filter(status__in=[Job.PENDING, Job.QUEUED, Job.RETRYING])
         task_ids = [t for t in open_jobs.values_list("task_id", flat=True) if t]
-        cancelled = open_jobs.update(status=Job.CANCELLED, finished_at=timezone.now())
+        cancelled = open_jobs.update(
+            status=Job.CANCELLED, finished_at=now, updated_at=now, **NO_CLAIM
+        )
         GenerationRequest.objects.filter(pk=request.pk).update(
-            status=Req.CANCELLED,
-            jobs_cancelled=F("jobs_cancelled") + cancelled,
-            finished_at=timezone.now(),
+            jobs_cancelled=F("jobs_cancelled") + cancelled
         )
     return task_ids
+
+
+def reopen_request(request_id: int) -> bool:
+    """A failed request without prompts goes back to queued (its expansion is requeued)."""
+    return bool(
+        GenerationRequest.objects.filter(
+            pk=request_id, status=Req.FAILED, jobs_total=0
+        ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now())
+    )
 
 
 def settle_request(request_id: int) -> None:
@@ -121,23 +157,47 @@ def settle_finished_requests() -> int:
 
 
 # Jobs -------------------------------------------------------------------------------------
-def mark_queued(job_ids: list[int], task_ids: dict[int, str]) -> None:
-    """Record task ids; pending jobs become queued (a worker may have started already)."""
-    jobs = list(GenerationJob.objects.filter(pk__in=job_ids).only("pk", "task_id"))
-    for job in jobs:
-        job.task_id = task_ids[job.pk]
+NO_CLAIM = {"claim_token": "", "claim_expires_at": None}
+
+
+def _unclaimed(now) -> Q:
+    return Q(claim_token="") | Q(claim_expires_at__lt=now)
+
+
+def mark_queued(job_ids: list[int], batch: str) -> list[int]:
+    """Pending -> queued, before their tasks are enqueued; returns the jobs this call moved.
+
+    One conditional UPDATE decides, so two clicks (or a click and a retried fan-out)
+    enqueue each job once. Task ids are ``generate_image-<job>-<batch>``.
+    """
+    suffix = f"-{batch}"
     with transaction.atomic():
-        GenerationJob.objects.bulk_update(jobs, ["task_id"], batch_size=500)
-        GenerationJob.objects.filter(pk__in=job_ids, status=Job.PENDING).update(status=Job.QUEUED)
+        moved = GenerationJob.objects.filter(pk__in=job_ids, status=Job.PENDING).update(
+            status=Job.QUEUED,
+            task_id=Concat(Value("generate_image-"), Cast("pk", CharField()), Value(suffix)),
+            updated_at=timezone.now(),
+        )
+        if not moved:
+            return []
+        ids = list(
+            GenerationJob.objects.filter(
+                pk__in=job_ids, status=Job.QUEUED, task_id__endswith=suffix
+            ).values_list("pk", flat=True)
+        )
         request_ids = set(
-            GenerationJob.objects.filter(pk__in=job_ids).values_list("request_id", flat=True)
+            GenerationJob.objects.filter(pk__in=ids).values_list("request_id", flat=True)
         )
         GenerationRequest.objects.filter(
             pk__in=request_ids, status__in=[Req.DRAFT, *GenerationRequest.TERMINAL]
         ).exclude(status=Req.CANCELLED).update(status=Req.GENERATING, finished_at=None)
+    return ids
 
 
-RUNNABLE = [Job.PENDING, Job.QUEUED, Job.RETRYING, Job.RUNNING]  # RUNNING: a redelivery
+def unmark_queued(job_ids: list[int], batch: str) -> int:
+    """Undo mark_queued when enqueueing failed: the jobs are pending again."""
+    return GenerationJob.objects.filter(
+        pk__in=job_ids, status=Job.QUEUED, task_id__endswith=f"-{batch}"
+    ).update(status=Job.PENDING, task_id="", updated_at=timezone.now())
 
 
 def runnable_job(job_id: int) -> GenerationJob | None:
@@ -147,42 +207,140 @@ def runnable_job(job_id: int) -> GenerationJob | None:
         # An earlier delivery ingested the image and died before recording it.
         finish_job(job_id, Job.SUCCEEDED, image=existing_image)
         return None
-    return (
-        GenerationJob.objects.select_related("request").filter(pk=job_id, status__in=RUNNABLE)
-    ).first()
-
-
-def start_job(job_id: int) -> GenerationJob | None:
-    """Claim a job for one attempt (counted); None if it finished meanwhile."""
-    updated = GenerationJob.objects.filter(pk=job_id, status__in=RUNNABLE).update(
-        status=Job.RUNNING, attempts=F("attempts") + 1, started_at=timezone.now(), error=""
+    job = (
+        GenerationJob.objects.select_related("request")
+        .filter(pk=job_id, status__in=GenerationJob.OPEN)
+        .first()
     )
-    if not updated:
+    if job is not None and job.request.status == Req.CANCELLED:
+        finish_job(job_id, Job.CANCELLED, error="request cancelled", unclaimed_only=True)
         return None
-    return GenerationJob.objects.select_related("request").get(pk=job_id)
+    return job
+
+
+class JobBusy(Exception):
+    """Another worker holds a live claim on this job: its provider call may be in flight."""
+
+
+def claim_job(job_id: int, token: str, seconds: float) -> GenerationJob | None:
+    """Claim a job exclusively for one counted attempt; None if it finished meanwhile.
+
+    Raises JobBusy while another worker's claim is live; an expired claim is taken over
+    (its holder's later writes are fenced out by the token).
+    """
+    now = timezone.now()
+    updated = (
+        GenerationJob.objects.filter(pk=job_id, status__in=GenerationJob.OPEN)
+        .filter(_unclaimed(now))
+        .update(
+            status=Job.RUNNING, attempts=F("attempts") + 1, started_at=now, error="",
+            claim_token=token, claim_expires_at=now + timedelta(seconds=seconds),
+            updated_at=now,
+        )
+    )
+    if updated:
+        return GenerationJob.objects.select_related("request").get(pk=job_id)
+    if GenerationJob.objects.filter(pk=job_id, status__in=GenerationJob.OPEN).exists():
+        raise JobBusy(f"job {job_id} is being generated by another worker")
+    return None
+
+
+def extend_job_claims(tokens: list[str], seconds: float) -> set[str]:
+    """Push the expiry of held job claims forward; return the tokens no longer held."""
+    claims = GenerationJob.objects.filter(claim_token__in=tokens)
+    claims.update(claim_expires_at=timezone.now() + timedelta(seconds=seconds))
+    return set(tokens) - set(claims.values_list("claim_token", flat=True))
+
+
+def release_job(job_id: int, token: str) -> bool:
+    """Give a claim back before any provider call: the attempt it counted is returned."""
+    return bool(
+        GenerationJob.objects.filter(pk=job_id, status=Job.RUNNING, claim_token=token).update(
+            status=Job.QUEUED, attempts=F("attempts") - 1, updated_at=timezone.now(),
+            **NO_CLAIM,
+        )
+    )
+
+
+def request_cancelled(job_id: int) -> bool:
+    return GenerationRequest.objects.filter(jobs__pk=job_id, status=Req.CANCELLED).exists()
 
 
 def generate(job: GenerationJob, model: ImageModel) -> GeneratedImage:
-    """Call the image model for a started job. Provider errors propagate."""
+    """Call the image model for a claimed job. Provider errors propagate."""
     return model.generate(job.prompt, aspect_ratio=job.request.aspect_ratio, seed=job.seed)
 
 
-def store(job: GenerationJob, generated: GeneratedImage) -> None:
-    """File the image in the library and mark the job succeeded."""
-    finish_job(job.pk, Job.SUCCEEDED, image=ingest(job, generated))
+def store(job: GenerationJob, token: str, generated: GeneratedImage) -> bool:
+    """File the image and mark the job succeeded, only while ``token`` holds the claim.
+
+    A worker that lost its claim (past its deadline, taken over) files nothing.
+    """
+    image, created = ingest(
+        job, generated, confirm=lambda image: finish_job(
+            job.pk, Job.SUCCEEDED, image=image, token=token
+        )
+    )
+    if image is None:
+        return False
+    return created or finish_job(job.pk, Job.SUCCEEDED, image=image, token=token)
 
 
-def mark_retrying(job_id: int, reason: str) -> None:
-    GenerationJob.objects.filter(pk=job_id, status=Job.RUNNING).update(
-        status=Job.RETRYING, error=reason
+def mark_retrying(job_id: int, token: str, reason: str) -> bool:
+    return bool(
+        GenerationJob.objects.filter(pk=job_id, status=Job.RUNNING, claim_token=token).update(
+            status=Job.RETRYING, error=reason, updated_at=timezone.now(), **NO_CLAIM
+        )
     )
 
 
-def finish_job(job_id: int, status: str, *, error: str = "", image=None) -> bool:
-    """Move a job to a terminal status once, counting it on its request."""
+def defer_job(job_id: int, token: str | None, reason: str, max_retries: int) -> int | None:
+    """After a database, queue or media error: give the claim (and the attempt it counted)
+    back and count an infrastructure retry. Returns that count, or None when the job was
+    failed (too many) or is no longer this worker's."""
+    now = timezone.now()
+    jobs = GenerationJob.objects.filter(pk=job_id, status__in=GenerationJob.OPEN)
+    jobs = jobs.filter(claim_token=token) if token else jobs.filter(_unclaimed(now))
+    count = jobs.values_list("infra_retries", flat=True).first()
+    if count is None:
+        return None
+    if count >= max_retries:
+        finish_job(job_id, Job.FAILED, error=reason, token=token, unclaimed_only=not token)
+        return None
+    moved = jobs.update(
+        status=Job.RETRYING, error=f"{reason} (will retry)", infra_retries=F("infra_retries") + 1,
+        attempts=F("attempts") - (1 if token else 0), updated_at=now, **NO_CLAIM,
+    )
+    return count + 1 if moved else None
+
+
+def finish_job(
+    job_id: int,
+    status: str,
+    *,
+    error: str = "",
+    image=None,
+    token: str | None = None,
+    unclaimed_only: bool = False,
+    task_id: str = "",
+) -> bool:
+    """Move a job to a terminal status once, counting it on its request.
+
+    With ``token``, only while that claim holds; with ``unclaimed_only``, only when no
+    worker holds a live claim (its call may still be in flight) unless the claim came from
+    the message ``task_id`` (whose worker is known to have stopped).
+    """
+    now = timezone.now()
     with transaction.atomic():
-        updated = GenerationJob.objects.filter(pk=job_id, status__in=GenerationJob.OPEN).update(
-            status=status, error=error, image=image, finished_at=timezone.now()
+        jobs = GenerationJob.objects.filter(pk=job_id, status__in=GenerationJob.OPEN)
+        if token:
+            jobs = jobs.filter(claim_token=token)
+        elif unclaimed_only:
+            jobs = jobs.filter(_unclaimed(now) | Q(task_id=task_id) if task_id
+                               else _unclaimed(now))
+        updated = jobs.update(
+            status=status, error=error, image=image, finished_at=now, updated_at=now,
+            **NO_CLAIM,
         )
         if not updated:
             return False
@@ -193,41 +351,156 @@ def finish_job(job_id: int, status: str, *, error: str = "", image=None) -> bool
     return True
 
 
+def _lock_request(request_id: int) -> None:
+    # Editor actions that move finished jobs back serialise on the request row (PostgreSQL
+    # row lock; SQLite's IMMEDIATE transactions serialise every writer anyway).
+    list(GenerationRequest.objects.select_for_update().filter(pk=request_id).values("pk"))
+
+
 def reset_jobs(request: GenerationRequest, statuses: list[str]) -> list[int]:
-    """Failed (or given) jobs back to pending for another run; returns their ids."""
+    """Jobs in ``statuses`` back to pending for another run; returns their ids.
+
+    The read and the update use the same conditions under the request's lock, so two
+    concurrent "Retry failed" clicks move (and count) each job once.
+    """
+    now = timezone.now()
     with transaction.atomic():
-        jobs = request.jobs.filter(status__in=statuses)
-        ids = list(jobs.values_list("pk", flat=True))
-        counters = {
-            COUNTERS[s]: F(COUNTERS[s]) - jobs.filter(status=s).count()
-            for s in statuses
-            if s in COUNTERS
-        }
-        jobs.update(status=Job.PENDING, attempts=0, error="", finished_at=None)
-        if ids:
-            GenerationRequest.objects.filter(pk=request.pk).update(
-                status=Req.GENERATING, finished_at=None, **counters
-            )
+        _lock_request(request.pk)
+        rows = list(request.jobs.filter(status__in=statuses).values_list("pk", "status"))
+        ids = [pk for pk, _ in rows]
+        if not ids:
+            return []
+        GenerationJob.objects.filter(pk__in=ids, status__in=statuses).update(
+            status=Job.PENDING, attempts=0, infra_retries=0, recoveries=0, error="",
+            finished_at=None, updated_at=now, **NO_CLAIM,
+        )
+        counters = {}
+        for status in {s for _, s in rows if s in COUNTERS}:
+            counter = COUNTERS[status]
+            counters[counter] = F(counter) - sum(1 for _, s in rows if s == status)
+        GenerationRequest.objects.filter(pk=request.pk).update(
+            status=Req.GENERATING, finished_at=None, **counters
+        )
     return ids
 
 
 def regenerate_job(job: GenerationJob) -> bool:
-    """Give a finished job a new seed and run it again; its old image stays in the library."""
-    if job.status not in GenerationJob.TERMINAL:
-        return False
+    """Give a finished job a new seed and run it again; its old images stay in the library
+    but no longer belong to the job."""
     with transaction.atomic():
-        if job.image_id:
-            get_image_model().objects.filter(pk=job.image_id).update(generation_job_id=None)
-        updated = GenerationJob.objects.filter(pk=job.pk, status=job.status).update(
-            status=Job.PENDING, image=None, attempts=0, error="", finished_at=None,
-            seed=random.randint(0, SEED_RANGE),
+        _lock_request(job.request_id)
+        status = (
+            GenerationJob.objects.filter(pk=job.pk).values_list("status", flat=True).first()
         )
-        if updated:
-            counter = COUNTERS[job.status]
-            GenerationRequest.objects.filter(pk=job.request_id).update(
-                status=Req.GENERATING, finished_at=None, **{counter: F(counter) - 1}
+        if status not in GenerationJob.TERMINAL:
+            return False
+        get_image_model().objects.filter(generation_job_id=job.pk).update(generation_job_id=None)
+        GenerationJob.objects.filter(pk=job.pk, status=status).update(
+            status=Job.PENDING, image=None, attempts=0, infra_retries=0, recoveries=0,
+            error="", finished_at=None, seed=random.randint(0, SEED_RANGE),
+            updated_at=timezone.now(), **NO_CLAIM,
+        )
+        counter = COUNTERS[status]
+        GenerationRequest.objects.filter(pk=job.request_id).update(
+            status=Req.GENERATING, finished_at=None, **{counter: F(counter) - 1}
+        )
+    return True
+
+
+def reopen_job(job_id: int) -> bool:
+    """A failed job whose message is being requeued (a dead letter) is queued again."""
+    with transaction.atomic():
+        request_id = GenerationJob.objects.filter(pk=job_id).values_list(
+            "request_id", flat=True
+        ).first()
+        if request_id is None:
+            return False
+        _lock_request(request_id)
+        moved = GenerationJob.objects.filter(pk=job_id, status=Job.FAILED).update(
+            status=Job.QUEUED, error="", finished_at=None, updated_at=timezone.now(), **NO_CLAIM
+        )
+        if moved:
+            GenerationRequest.objects.filter(pk=request_id).exclude(status=Req.CANCELLED).update(
+                status=Req.GENERATING, finished_at=None, jobs_failed=F("jobs_failed") - 1
             )
-    return bool(updated)
+    return bool(moved)
+
+
+# Reconciliation: open states that no message will move on ---------------------------------
+RECOVERABLE = [Job.QUEUED, Job.RETRYING, Job.RUNNING]
+
+
+def lost_jobs(live: set[int], cutoff) -> list[tuple[int, int, str]]:
+    """(job, recoveries, request status) of jobs queued, retrying or running since before
+    ``cutoff`` with no live claim and no message in ``live``."""
+    rows = (
+        GenerationJob.objects.filter(status__in=RECOVERABLE, updated_at__lt=cutoff)
+        .filter(_unclaimed(timezone.now()))
+        .values_list("pk", "recoveries", "request__status")
+    )
+    return [row for row in rows if row[0] not in live]
+
+
+def recover_jobs(job_ids: list[int], cutoff) -> list[int]:
+    """Lost jobs back to pending (counted), under the conditions that found them lost."""
+    now = timezone.now()
+    GenerationJob.objects.filter(
+        pk__in=job_ids, status__in=RECOVERABLE, updated_at__lt=cutoff
+    ).filter(_unclaimed(now)).update(
+        status=Job.PENDING, recoveries=F("recoveries") + 1, updated_at=now, **NO_CLAIM
+    )
+    return list(
+        GenerationJob.objects.filter(pk__in=job_ids, status=Job.PENDING).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def stalled_requests(cutoff) -> list[GenerationRequest]:
+    """Generating requests whose open jobs are all pending since before ``cutoff``: a
+    fan-out that failed, or prompts the editor has not sent yet."""
+    jobs = GenerationJob.objects.filter(request=OuterRef("pk"))
+    return list(
+        GenerationRequest.objects.filter(status=Req.GENERATING)
+        .filter(Exists(jobs.filter(status=Job.PENDING)))
+        .exclude(Exists(jobs.filter(status__in=RECOVERABLE)))
+        .exclude(Exists(jobs.filter(status=Job.PENDING, updated_at__gte=cutoff)))
+        .only("pk", "auto_generate")
+    )
+
+
+def pending_job_ids(request_id: int) -> list[int]:
+    return list(
+        GenerationJob.objects.filter(request_id=request_id, status=Job.PENDING).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+def pause_request(request_id: int) -> bool:
+    """Generating with only unsent prompts left: back to draft, for the editor."""
+    return bool(
+        GenerationRequest.objects.filter(pk=request_id, status=Req.GENERATING).update(
+            status=Req.DRAFT, updated_at=timezone.now()
+        )
+    )
+
+
+def lost_expansions(live: set[int], cutoff) -> list[tuple[int, int]]:
+    """(request, recoveries) of requests queued or expanding since before ``cutoff`` with
+    no expand_prompt message in ``live``."""
+    rows = GenerationRequest.objects.filter(
+        status__in=[Req.QUEUED, Req.EXPANDING], updated_at__lt=cutoff
+    ).values_list("pk", "recoveries")
+    return [row for row in rows if row[0] not in live]
+
+
+def restart_expansion(request_id: int, cutoff) -> bool:
+    return bool(
+        GenerationRequest.objects.filter(
+            pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING], updated_at__lt=cutoff
+        ).update(status=Req.QUEUED, recoveries=F("recoveries") + 1, updated_at=timezone.now())
+    )
 
 
 def update_prompt(job: GenerationJob, prompt: str) -> bool:

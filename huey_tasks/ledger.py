@@ -15,7 +15,7 @@ import time
 import traceback as tb
 from collections.abc import Iterator
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.db.models import F, Value
 from django.db.models.functions import Concat, Right
 from django.utils import timezone
@@ -24,6 +24,7 @@ from huey import signals as S
 from generation.models import GenerationJob
 from generation.providers.errors import redact
 from huey_tasks.models import TaskRun, WorkerHeartbeat
+from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
@@ -107,7 +108,19 @@ def bulk_enqueue() -> Iterator[None]:
         tasks = _batch.tasks
     finally:
         _batch.tasks = None
-    record_enqueued(tasks)
+    try:
+        record_enqueued(tasks)
+    except Exception:  # the tasks are queued; a ledger failure must not undo that
+        logger.exception("Could not record %d enqueued tasks", len(tasks))
+
+
+def fresh_connection() -> None:
+    """Drop a broken or expired database connection before using it from a worker thread.
+
+    Not inside a transaction (a caller's atomic block, or a test's), which it would end.
+    """
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def _log_line(text: str):
@@ -127,6 +140,8 @@ def on_signal(signal: str, task, *args) -> None:
 
 
 def handle(signal: str, task, *args) -> None:
+    if getattr(task, "past_deadline", False) and signal != SIGNAL_DEADLINE:
+        return  # failed as timed out; a late outcome does not change that
     if signal == S.SIGNAL_ENQUEUED:
         if getattr(_batch, "tasks", None) is not None:
             _batch.tasks.append(task)
@@ -168,6 +183,17 @@ def handle(signal: str, task, *args) -> None:
         reason = getattr(task, "retry_reason", "") or "will retry"
         _update(task, status=Status.RETRYING, finished_at=None, duration=duration,
                 log=_log_line(f"retrying: {redact(reason)}"))
+    elif signal == SIGNAL_DEAD_LETTERED:
+        letter = args[0]
+        fresh_connection()
+        _update(task, status=Status.DEAD, finished_at=timezone.now(),
+                deliveries=letter.deliveries, error_message=redact(letter.reason)[:500],
+                log=_log_line(f"dead-lettered: {letter.reason}"))
+    elif signal == SIGNAL_DEADLINE:
+        fresh_connection()
+        message = f"timed out: no result within {args[0]:.0f} s"
+        _update(task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
+                error_class="DeadlineExceeded", error_message=message, log=_log_line(message))
     elif signal == S.SIGNAL_TIMEOUT:
         _update(task, log=_log_line("timed out"))
     elif signal in SIMPLE:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 
 from generation.models import GenerationRequest
+from huey_tasks import reconcile
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 
 Status = TaskRun.Status
@@ -72,7 +73,18 @@ def headline() -> dict:
         "throughput_per_minute": done_hour / 60,
         "durations": durations,
         "workers": workers,
+        "maintenance": last_maintenance(),
     }
+
+
+def last_maintenance() -> dict | None:
+    """What the last maintenance run repaired (kept in the queue storage)."""
+    result = reconcile.last_result(HUEY)
+    if result:
+        result = {**result, "finished_at": datetime.datetime.fromtimestamp(
+            result["finished_at"], tz=datetime.UTC
+        )}
+    return result
 
 
 def recent_requests(limit: int = 10) -> list[GenerationRequest]:

@@ -5,36 +5,56 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import sqlite3
 import time
 import uuid
+from types import SimpleNamespace
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from huey import crontab
 from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
 from huey.exceptions import RateLimitExceeded, RetryTask
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
 from generation import services
-from generation.models import GenerationJob
+from generation.models import GenerationJob, GenerationRequest
 from generation.providers import (
     ImageModel,
     PermanentProviderError,
     TransientProviderError,
     get_image_model,
 )
-from huey_tasks import ledger
+from generation.providers.errors import redact
+from huey_tasks import ledger, reconcile
 from huey_tasks.limiter import ConcurrencyLimiter
+from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 
 logger = logging.getLogger(__name__)
+
+Failed = GenerationJob.Status.FAILED
+EXPANDING = [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING]
+JOB_CLAIMS = "job-claim"  # HUEY.hold() group: claim tokens of jobs being generated
+CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks again
+
+# The database, the queue storage or the media storage failing: not the job's fault.
+INFRASTRUCTURE_ERRORS = (
+    OperationalError, InterfaceError, sqlite3.OperationalError,
+    ConnectionFailure, ExecutionTimeout, WTimeoutError, OSError,
+)
 
 
 def retry_policy() -> dict:
     return {"MAX_RETRIES": 3, "BACKOFF_BASE": 2.0, "BACKOFF_MAX": 60.0,
-            **settings.KARASU.get("RETRY", {})}
+            "MAX_INFRASTRUCTURE_RETRIES": 5, **settings.KARASU.get("RETRY", {})}
 
 
 @db_task(retries=2, retry_delay=10, context=True)
 def expand_prompt(request_id: int, task=None) -> dict:
-    """Ask the LLM for the request's prompts; with auto-generate, fan out their jobs."""
+    """Ask the LLM for the request's prompts; with auto-generate, fan out their jobs.
+
+    A retry after the prompts were written only completes the fan-out.
+    """
     started = time.monotonic()
     try:
         job_ids = services.expand_request(request_id)
@@ -42,18 +62,20 @@ def expand_prompt(request_id: int, task=None) -> dict:
         if task.retries:
             services.note_request_error(request_id, f"{exc.reason} (will retry)")
         else:
-            services.fail_request(request_id, exc.reason)
+            services.fail_request(request_id, exc.reason, EXPANDING)
         raise
     except PermanentProviderError as exc:
-        services.fail_request(request_id, exc.reason)
+        services.fail_request(request_id, exc.reason, EXPANDING)
         task.retries = 0  # retrying cannot help
         raise
     except Exception as exc:
         if not task.retries:  # the traceback is in the job monitor
-            services.fail_request(request_id, f"internal error: {exc.__class__.__name__}")
+            services.fail_request(
+                request_id, f"internal error: {exc.__class__.__name__}", EXPANDING
+            )
         raise
     expanded = time.monotonic()
-    queue_jobs(job_ids)
+    queue_jobs(job_ids)  # raises to retry; maintenance completes it if retries run out
     return {
         "jobs": len(job_ids),
         "expand_seconds": expanded - started,
@@ -66,21 +88,29 @@ def expand_prompt(request_id: int, task=None) -> dict:
 GENERATION_PRIORITY = 10
 
 
-def queue_jobs(job_ids: list[int]) -> None:
-    """The fan-out: one generate_image task per job, enqueued in one storage write.
+def queue_jobs(job_ids: list[int]) -> list[int]:
+    """The fan-out: one generate_image task per pending job, in one storage write.
 
-    Enqueue first, then record: a crash in between leaves runnable tasks, never jobs
-    that look queued with nothing in the queue.
+    Jobs move pending -> queued first, in one conditional UPDATE, so concurrent clicks
+    enqueue each job once; if the enqueue fails they are pending again (and the error
+    propagates), never queued with no message to run them. Returns the jobs queued.
     """
     if not job_ids:
-        return
-    task_ids = {job_id: f"generate_image-{job_id}-{uuid.uuid4().hex[:12]}" for job_id in job_ids}
-    with ledger.bulk_enqueue():
-        HUEY.enqueue_many(
-            [generate_image.s(job_id, id=task_ids[job_id], priority=GENERATION_PRIORITY)
-             for job_id in job_ids]
-        )
-    services.mark_queued(job_ids, task_ids)
+        return []
+    batch = uuid.uuid4().hex[:12]
+    ids = services.mark_queued(job_ids, batch)
+    if not ids:
+        return []
+    try:
+        with ledger.bulk_enqueue():
+            HUEY.enqueue_many(
+                [generate_image.s(job_id, id=f"generate_image-{job_id}-{batch}",
+                                  priority=GENERATION_PRIORITY) for job_id in ids]
+            )
+    except Exception:
+        services.unmark_queued(ids, batch)
+        raise
+    return ids
 
 
 @functools.cache
@@ -99,56 +129,178 @@ def rate_limit_for(model: ImageModel):
 # without consuming Huey retries, and retry_delay stays 0 so their own delays apply.
 @db_task(retries=0, retry_delay=0, context=True)
 def generate_image(job_id: int, task=None) -> int | None:
-    """Generate and ingest one job's image. Re-running a finished job does nothing."""
+    """Generate and ingest one job's image. Re-running a finished job does nothing, and
+    a job's provider call is made only under its exclusive claim."""
+    task = task or SimpleNamespace()  # called locally: no queue context
+    task.job_claim = None
+    try:
+        return _run(job_id, task)
+    except INFRASTRUCTURE_ERRORS as exc:  # also while recording another outcome
+        return _defer(job_id, task, exc)
+    finally:
+        if task.job_claim:
+            HUEY.drop(JOB_CLAIMS, task.job_claim)
+
+
+def _run(job_id: int, task) -> int | None:
+    try:
+        return _generate(job_id, task)
+    except RateLimitExceeded:
+        raise  # waiting for a slot (or for another worker's claim) is not a failure
+    except TransientProviderError as exc:
+        return _retry_or_fail(job_id, task, exc)
+    except PermanentProviderError as exc:
+        _fail(job_id, task, exc.reason)
+        raise
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as exc:
+        _fail(job_id, task, f"internal error: {exc.__class__.__name__}")
+        raise
+
+
+def _generate(job_id: int, task) -> int | None:
     job = services.runnable_job(job_id)
     if job is None:
         return None
-    model = get_image_model(job.request.image_model)
-    try:
-        # The slot covers the provider call only; filing the image needs no slot.
-        # No free slot, or over the per-minute limit: RateLimitExceeded, re-scheduled.
-        with limiter_for(model.name).slot():
-            if rate_limit := rate_limit_for(model):
-                rate_limit.acquire()
-            job = services.start_job(job_id)
-            if job is None:
-                return None
-            generated = services.generate(job, model)
-        services.store(job, generated)
-    except TransientProviderError as exc:
-        policy = retry_policy()
-        if job.attempts <= policy["MAX_RETRIES"]:
-            services.mark_retrying(job.pk, exc.reason)
-            task.retry_reason = exc.reason  # for the ledger's RETRYING entry
-            delay = services.retry_delay(
-                job.attempts, exc.retry_after, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"]
-            )
-            raise RetryTask(delay=delay) from exc
-        services.finish_job(job.pk, Failed, error=exc.reason)
-        raise
-    except PermanentProviderError as exc:
-        services.finish_job(job.pk, Failed, error=exc.reason)
-        raise
-    except RateLimitExceeded:
-        raise  # waiting for a slot is not a failure
-    except Exception as exc:
-        services.finish_job(job.pk, Failed, error=f"internal error: {exc.__class__.__name__}")
-        raise
+    model = get_image_model(job.request.image_model)  # unknown here: PermanentProviderError
+    limiter = limiter_for(model.name)
+    token = uuid.uuid4().hex
+    # The slot covers the provider call only; filing the image needs no slot.
+    # No free slot, or over the per-minute limit: RateLimitExceeded, re-scheduled.
+    with limiter.slot() as slot:
+        if rate_limit := rate_limit_for(model):
+            rate_limit.acquire()
+        try:
+            job = services.claim_job(job_id, token, HUEY.storage.lease_seconds)
+        except services.JobBusy as exc:
+            raise RateLimitExceeded(str(exc), CLAIM_WAIT) from None
+        if job is None:
+            return None
+        task.job_claim = token
+        task.job_attempts = job.attempts
+        HUEY.hold(JOB_CLAIMS, token)
+        try:
+            # Paused past the lease (GC, frozen VM)? Another worker may own both now.
+            limiter.ensure_held(slot)
+            if HUEY.is_lost(JOB_CLAIMS, token):
+                raise RateLimitExceeded(f"job {job_id} claim lost", CLAIM_WAIT)
+        except RateLimitExceeded:
+            services.release_job(job_id, token)
+            task.job_claim = None
+            raise
+        generated = services.generate(job, model)
+    if not services.store(job, token, generated):
+        logger.warning("Job %s was taken over while it ran; its image was not filed.", job_id)
+        return None
     return job.pk
 
 
-Failed = GenerationJob.Status.FAILED
+def _fail(job_id: int, task, reason: str) -> None:
+    token = task.job_claim
+    services.finish_job(job_id, Failed, error=reason, token=token, unclaimed_only=not token)
 
 
+def _retry_or_fail(job_id: int, task, exc: TransientProviderError) -> None:
+    token = task.job_claim
+    if token is None:  # not raised by a provider call of this run
+        _fail(job_id, task, exc.reason)
+        raise exc
+    if services.request_cancelled(job_id):
+        # Cancelled while this call ran: no new attempt.
+        services.finish_job(job_id, GenerationJob.Status.CANCELLED, error="request cancelled",
+                            token=token)
+        return None
+    policy = retry_policy()
+    if task.job_attempts > policy["MAX_RETRIES"]:
+        services.finish_job(job_id, Failed, error=exc.reason, token=token)
+        raise exc
+    if not services.mark_retrying(job_id, token, exc.reason):
+        return None  # the claim was taken over: the new holder decides
+    task.retry_reason = exc.reason  # for the ledger's RETRYING entry
+    delay = services.retry_delay(
+        task.job_attempts, exc.retry_after, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"]
+    )
+    raise RetryTask(delay=delay) from exc
+
+
+def _defer(job_id: int, task, exc: Exception) -> None:
+    """Database, queue or media trouble: retry later without using a provider attempt."""
+    reason = redact(f"infrastructure error: {exc.__class__.__name__}: {exc}")
+    policy = retry_policy()
+    try:
+        count = services.defer_job(
+            job_id, task.job_claim, reason, policy["MAX_INFRASTRUCTURE_RETRIES"]
+        )
+    except Exception:
+        # Cannot even record it: leave the message to be delivered again when its lease
+        # runs out (counted, so a lasting outage ends in the dead letters, not a hot loop).
+        logger.exception("Could not defer job %s; its message will be redelivered.", job_id)
+        task.settle = "abandon"
+        return None
+    if count is None:
+        return None  # failed for good (too many), or no longer this worker's job
+    task.retry_reason = reason
+    delay = services.retry_delay(count, None, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"])
+    raise RetryTask(delay=delay) from exc
+
+
+def _extend_job_claims(tokens: list[str], seconds: float) -> set[str]:
+    ledger.fresh_connection()  # the heartbeat thread's connection may have gone stale
+    return services.extend_job_claims(tokens, seconds)
+
+
+HUEY.register_keeper(JOB_CLAIMS, _extend_job_claims)
+
+
+# Messages that will never finish: settle what they were for at once ---------------------
+def _task_target(task) -> tuple[str, int | None]:
+    name = task.name.rsplit(".", 1)[-1]
+    target = task.args[0] if task.args and isinstance(task.args[0], int) else None
+    return name, target
+
+
+@HUEY.signal(SIGNAL_DEAD_LETTERED)
+def settle_dead_letter(signal, task, letter) -> None:
+    ledger.fresh_connection()
+    name, target = _task_target(task)
+    if target is None:
+        return
+    if name == "generate_image":
+        # Its worker stopped: a claim it left need not run out first.
+        services.finish_job(target, Failed, error=reconcile.dead_job_reason(letter.deliveries),
+                            unclaimed_only=True, task_id=task.id)
+    elif name == "expand_prompt":
+        services.fail_request(target, reconcile.dead_request_reason(letter.deliveries),
+                              EXPANDING)
+
+
+@HUEY.signal(SIGNAL_DEADLINE)
+def settle_deadline(signal, task, deadline) -> None:
+    ledger.fresh_connection()
+    name, target = _task_target(task)
+    reason = f"timed out: no result within {deadline:.0f} s"
+    if target is None:
+        return
+    if name == "generate_image":
+        # No claim condition: the deadline overrides the stuck holder, whose late
+        # result is then fenced out.
+        services.finish_job(target, Failed, error=reason)
+    elif name == "expand_prompt":
+        services.fail_request(target, reason, EXPANDING)
+
+
+# Housekeeping ---------------------------------------------------------------------------
 @db_periodic_task(crontab(minute="*/5"))
 def maintenance() -> dict:
     """Housekeeping: retention of ledger rows, results and worker records; dead letters
-    marked in the ledger; requests whose jobs are all finished marked finished.
+    marked in the ledger; every job and request without a way to a final state given one
+    (see ``reconcile``). Its counts are kept for the job monitor.
 
     Expired leases need no sweep: both storages redeliver them on dequeue.
     """
     retention = settings.KARASU.get("RETENTION", {})
-    return {
+    result = {
         "runs_deleted": ledger.purge_finished_runs(
             datetime.timedelta(days=retention.get("RUN_DAYS", 7))
         ),
@@ -157,5 +309,7 @@ def maintenance() -> dict:
             retention.get("RESULT_HOURS", 24) * 3600
         ),
         "dead_marked": ledger.mark_dead_letters(HUEY),
-        "requests_settled": services.settle_finished_requests(),
+        **reconcile.reconcile(HUEY, queue_jobs, expand_prompt),
     }
+    reconcile.remember(HUEY, result)
+    return result

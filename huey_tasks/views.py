@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
@@ -22,10 +23,20 @@ from huey_tasks.monitor import headline, recent_requests
 from huey_tasks.tasks import queue_jobs
 
 permission_policy = ModelPermissionPolicy(TaskRun)
+# Actions that may call a paid provider also need to be allowed to change requests.
+spending_policy = ModelPermissionPolicy(GenerationRequest)
+GENERATION_TASKS = {"generate_image", "expand_prompt"}
 Status = TaskRun.Status
 RETRYABLE = {Status.FAILED, Status.DEAD, Status.CANCELLED, Status.REVOKED, Status.EXPIRED}
 REVOCABLE = {Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED}
 RUNS_PER_PAGE = 50
+
+
+def spends_money(run: TaskRun) -> bool:
+    """Retrying this run may call a paid provider."""
+    return bool(run.generation_job_id or run.generation_request_id) or (
+        run.short_name in GENERATION_TASKS
+    )
 
 
 class MonitorMixin(PermissionCheckedMixin, WagtailAdminTemplateMixin):
@@ -35,6 +46,11 @@ class MonitorMixin(PermissionCheckedMixin, WagtailAdminTemplateMixin):
 
     def can_change(self) -> bool:
         return permission_policy.user_has_permission(self.request.user, "change")
+
+    def can_spend(self) -> bool:
+        return self.can_change() and spending_policy.user_has_permission(
+            self.request.user, "change"
+        )
 
     def get_breadcrumbs_items(self):
         items = list(self.breadcrumbs_items)
@@ -97,7 +113,7 @@ class RunDetailView(MonitorMixin, TemplateView):
         context.update(
             run=run,
             can_change=self.can_change(),
-            can_retry=run.status in RETRYABLE,
+            can_retry=run.status in RETRYABLE and (not spends_money(run) or self.can_spend()),
             can_revoke=run.status in REVOCABLE,
         )
         return context
@@ -124,7 +140,22 @@ class ActionView(MonitorMixin, TemplateView):
     def back_url(self) -> str:
         return reverse("job_monitor:index")
 
+    spends = False  # True: the action may call a paid provider
+
+    def check_spending(self) -> bool:
+        return not self.spends_money() or self.can_spend()
+
+    def spends_money(self) -> bool:
+        return self.spends
+
+    def get(self, request, *args, **kwargs):
+        if not self.check_spending():
+            raise PermissionDenied
+        return super().get(request, *args, **kwargs)
+
     def post(self, request, *args, **kwargs):
+        if not self.check_spending():
+            raise PermissionDenied
         message, ok = self.perform()
         (messages.success if ok else messages.error)(request, message)
         return redirect(self.back_url())
@@ -145,6 +176,9 @@ class RunActionView(ActionView):
 class RetryRunView(RunActionView):
     page_title = "Retry task"
 
+    def spends_money(self):
+        return spends_money(self.run)
+
     def get_confirmation(self):
         return f"Run {self.run.short_name} {self.run.task_id} again?"
 
@@ -154,8 +188,12 @@ class RetryRunView(RunActionView):
             return f"A {run.get_status_display().lower()} run cannot be retried.", False
         if run.generation_job_id:
             job = GenerationJob.objects.filter(pk=run.generation_job_id).first()
-            if job is None or not services.regenerate_job(job):
+            if job is not None and job.status == GenerationJob.Status.SUCCEEDED:
+                return "Its job has succeeded since; nothing to retry.", False
+            if job is None or job.status not in GenerationJob.TERMINAL:
                 return "Its job is not finished, so there is nothing to retry.", False
+            if not services.regenerate_job(job):
+                return "Its job changed meanwhile; nothing was retried.", False
             queue_jobs([job.pk])
             return f"Job #{job.index + 1} of request #{job.request_id} queued again.", True
         if run.short_name == "expand_prompt":
@@ -194,6 +232,7 @@ class RevokeRunView(RunActionView):
 
 class RetryRequestFailedView(ActionView):
     page_title = "Retry failed jobs"
+    spends = True
 
     def setup(self, request, *args, **kwargs):
         super().setup(request, *args, **kwargs)
@@ -229,6 +268,7 @@ class DeadLettersView(MonitorMixin, TemplateView):
             letters=letters,
             total=HUEY.storage.dead_letter_count(),
             can_change=self.can_change(),
+            can_requeue=self.can_spend(),
         )
         return context
 
@@ -246,6 +286,9 @@ class DeadLetterActionView(ActionView):
     def get_page_title(self):
         return f"{self.action.capitalize()} dead letters"
 
+    def spends_money(self):
+        return self.action == "requeue"
+
     def back_url(self):
         return reverse("job_monitor:dead_letters")
 
@@ -261,7 +304,23 @@ class DeadLetterActionView(ActionView):
             letter.message_id for letter in storage.dead_letters()
         ]
         if self.action == "requeue":
-            done = sum(storage.requeue_dead_letter(message_id) for message_id in ids)
+            letters = [letter for letter in storage.dead_letters() if letter.message_id in ids]
+            done = sum(self.requeue(letter) for letter in letters)
             return f"{done} dead letters requeued.", bool(done)
         done = storage.purge_dead_letters(ids)
         return f"{done} dead letters purged.", bool(done)
+
+    @staticmethod
+    def requeue(letter) -> bool:
+        """Reopen what the dead letter had failed, then put its message back."""
+        try:
+            task = HUEY.deserialize_task(letter.data)
+        except Exception:
+            task = None
+        if task is not None and task.args and isinstance(task.args[0], int):
+            name = task.name.rsplit(".", 1)[-1]
+            if name == "generate_image":
+                services.reopen_job(task.args[0])
+            elif name == "expand_prompt":
+                services.reopen_request(task.args[0])
+        return HUEY.requeue_dead_letter(letter)

@@ -1,3 +1,5 @@
+import copy
+import sys
 import threading
 
 import pytest
@@ -18,6 +20,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if on_postgres and "sqlite_only" in item.keywords:
             item.add_marker(skip_sqlite)
+
+
+@pytest.fixture(autouse=True)
+def restore_karasu_settings():
+    """Put ``settings.KARASU`` back as it was, nested dicts included, after every test.
+
+    pytest-django's ``settings`` fixture restores top-level attributes only, and tests tune
+    providers in place (``settings.KARASU["IMAGE_MODELS"]["demo"] = ...``).
+    """
+    karasu = settings.KARASU
+    saved = copy.deepcopy(karasu)
+    yield
+    # In place: the same dict object stays the setting, whoever holds a reference to it.
+    karasu.clear()
+    karasu.update(saved)
+    from generation.providers import reset_cache
+
+    reset_cache()  # clients are cached by name with the options they were built with
+    # The per-model limiters are cached with their CONCURRENCY too; only clear them if the
+    # tasks module is loaded already (importing it here would register its tasks early).
+    tasks = sys.modules.get("huey_tasks.tasks")
+    if tasks is not None and hasattr(getattr(tasks, "limiter_for", None), "cache_clear"):
+        tasks.limiter_for.cache_clear()
 
 
 @pytest.fixture

@@ -156,6 +156,9 @@ HUEY = {
     # a message delivered this many times without finishing goes to the dead letters.
     "lease_seconds": env.float("KARASU_LEASE_SECONDS", default=30.0),
     "max_deliveries": env.int("KARASU_MAX_DELIVERIES", default=5),
+    # A hard limit per task: past it the heartbeat stops keeping its leases and slot, and
+    # its job fails as timed out. Above the providers' own timeouts (fal: 180 s + download).
+    "task_deadline": env.float("KARASU_TASK_DEADLINE", default=300.0),
     # Threads suit I/O-bound generation: a worker mostly waits on a provider. SIGTERM (what
     # process managers send) finishes running tasks for up to KARASU_SHUTDOWN_TIMEOUT seconds,
     # then hands the rest back to the queue; SIGINT hands them back at once.
@@ -219,6 +222,10 @@ KARASU = {
             "FAILURE_RATE": env.float("KARASU_DEMO_FAILURE_RATE", default=0.0),
             "REJECT_RATE": env.float("KARASU_DEMO_REJECT_RATE", default=0.0),
             "CONCURRENCY": env.int("KARASU_DEMO_CONCURRENCY", default=16),
+            # At most this many transient failures in a row per prompt (0: no cap).
+            "MAX_FAILURE_STREAK": env.int("KARASU_DEMO_MAX_FAILURE_STREAK", default=2),
+            # Appends a line per call start and end (tests count calls per job with it).
+            "CALL_LOG": env.str("KARASU_DEMO_CALL_LOG", default=""),
         },
         "flux-schnell": {
             "CLASS": "generation.providers.fal.FalImageModel",
@@ -272,7 +279,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # On the handler, not a logger: records propagating from any logger pass through it.
+    "filters": {"redact_secrets": {"()": "generation.providers.errors.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # Configured here so run_huey does not attach a second handler of its own.
     "loggers": {"huey": {"handlers": ["console"], "level": "INFO", "propagate": False}},

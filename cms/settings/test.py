@@ -27,6 +27,14 @@ HUEY = {
     "consumer": {**HUEY["consumer"], "shutdown_timeout": 2.0},
 }
 
+# A worker subprocess of a MongoDB-tier test uses that test's database as its queue.
+if os.environ.get("KARASU_TEST_QUEUE_MONGODB"):
+    HUEY = {
+        **{key: value for key, value in HUEY.items() if key != "filename"},
+        "huey_class": "huey_tasks.queue.MongoLeasingHuey",
+        "url": os.environ["KARASU_TEST_QUEUE_MONGODB"],
+    }
+
 # A worker subprocess of the suite is pointed at the suite's test database.
 if os.environ.get("KARASU_SUITE_DATABASE_URL"):
     DATABASES = {"default": database_config(os.environ["KARASU_SUITE_DATABASE_URL"])}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import os
 import random
 import threading
 import time
@@ -43,6 +44,11 @@ SIZES = {"1:1": (512, 512), "4:3": (576, 432), "3:4": (432, 576), "16:9": (640, 
 MAX_CONSECUTIVE_FAILURES = 2  # fewer than the pipeline's 3 retries, so every image lands
 
 
+def call_key(prompt: str) -> str:
+    """The job a call belongs to, as the call log names it (prompts are unique per request)."""
+    return hashlib.sha1(prompt.encode()).hexdigest()[:12]
+
+
 def _fraction(*parts: object) -> float:
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -65,13 +71,22 @@ class DemoLLM(LLM):
 
 
 class DemoImageModel(ImageModel):
-    """Renders a distinct picture per prompt. Knobs come from settings.KARASU."""
+    """Renders a distinct picture per prompt. Knobs come from settings.KARASU.
+
+    ``MAX_FAILURE_STREAK`` caps transient failures in a row per prompt and process (0 or
+    None: no cap, so FAILURE_RATE 1.0 fails every call). ``CALL_LOG``, a file path, gets a
+    ``start``/``end`` line per call, so tests can count calls per job across processes
+    (see tests/support/provider_calls.py).
+    """
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
         self.latency = float(options.get("LATENCY", 0))
         self.failure_rate = float(options.get("FAILURE_RATE", 0))
         self.reject_rate = float(options.get("REJECT_RATE", 0))
+        streak = options.get("MAX_FAILURE_STREAK", MAX_CONSECUTIVE_FAILURES)
+        self.max_failure_streak: int | None = int(streak) if streak else None
+        self.call_log = str(options.get("CALL_LOG") or "")
         self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -82,13 +97,46 @@ class DemoImageModel(ImageModel):
     def _should_fail(self, prompt: str) -> bool:
         with self._lock:
             streak = self._failures.get(prompt, 0)
-            if streak < MAX_CONSECUTIVE_FAILURES and random.random() < self.failure_rate:
+            capped = self.max_failure_streak is not None and streak >= self.max_failure_streak
+            if not capped and random.random() < self.failure_rate:
                 self._failures[prompt] = streak + 1
                 return True
             self._failures.pop(prompt, None)
             return False
 
-    def generate(self, prompt, *, aspect_ratio="1:1", seed=None):
+    def _log_call(self, *fields: object) -> None:
+        # One os.write of a whole line on an O_APPEND descriptor: appends from several
+        # threads and worker processes land whole, never interleaved, and unbuffered.
+        line = " ".join(map(str, fields)) + "\n"
+        fd = os.open(self.call_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def generate(
+        self, prompt: str, *, aspect_ratio: str = "1:1", seed: int | None = None
+    ) -> GeneratedImage:
+        if not self.call_log:
+            return self._generate(prompt, aspect_ratio, seed)
+        key, pid, call = call_key(prompt), os.getpid(), os.urandom(4).hex()
+        # Logged around the latency too: the interval is the provider's whole in-flight time.
+        self._log_call("start", key, pid, f"{time.time():.6f}", call)
+        outcome = "error"
+        try:
+            result = self._generate(prompt, aspect_ratio, seed)
+            outcome = "ok"
+            return result
+        except TransientProviderError:
+            outcome = "transient"
+            raise
+        except PermanentProviderError:
+            outcome = "permanent"
+            raise
+        finally:
+            self._log_call("end", key, pid, f"{time.time():.6f}", outcome, call)
+
+    def _generate(self, prompt: str, aspect_ratio: str, seed: int | None) -> GeneratedImage:
         if self.latency:
             time.sleep(self.latency)
         if self.would_reject(prompt):

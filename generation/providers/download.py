@@ -1,12 +1,20 @@
-"""Fetch a provider's result image safely: https, allow-listed hosts, size and type limits."""
+"""Fetch a provider's result image safely: https, allow-listed hosts, size and type limits.
+
+Each hop resolves its host once, checks every address, and connects to a checked address
+(TLS still verifies the real host name), so a rebinding DNS answer cannot redirect the
+connection to an address that was never checked.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import io
 import ipaddress
+import re
 import socket
-from urllib.parse import urljoin, urlsplit
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin
 
 import httpx
 from PIL import Image, UnidentifiedImageError
@@ -16,36 +24,119 @@ from .errors import PermanentProviderError, TransientProviderError
 ALLOWED_CONTENT_TYPES = {"image/png", "image/jpeg", "image/webp"}
 MAX_REDIRECTS = 3
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# IPv6 forms that carry an IPv4 address which is what the packets really reach.
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# RFC 8215 local-use NAT64: translates into whatever the operator chose, so never public.
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+_CONTENT_LENGTH = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """One checked hop: where the request really goes and the name TLS must verify."""
+
+    url: str  # as the provider gave it (redirects resolve against this)
+    host: str  # ASCII host name (or literal address) from the URL
+    address: str  # the checked address the connection is made to
+    request_url: httpx.URL  # url with the host replaced by ``address``
+    host_header: str
+    sni_hostname: str | None  # None for a literal address: there is no name to send
+
 
 def host_allowed(host: str, allowed_hosts: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(host, pattern) for pattern in allowed_hosts)
 
 
-def _is_public(address: str) -> bool:
-    return ipaddress.ip_address(address).is_global
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped/translated/compatible, NAT64 or 6to4 address reaches."""
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(
+        address in network
+        for network in (_IPV4_MAPPED, _IPV4_TRANSLATED, _IPV4_COMPATIBLE, _NAT64_WELL_KNOWN)
+    ):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
-def check_url(url: str, allowed_hosts: list[str]) -> None:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme != "https":
-        raise PermanentProviderError(f"unsafe download: not https ({parts.scheme or 'no'} scheme)")
+def is_public(address: IPAddress) -> bool:
+    """True only for addresses on the public internet, looking through IPv6 wrappers."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL_USE:
+            return False
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            # Python 3.11 calls 64:ff9b::10.0.0.1 and 2002:a00:1:: "global"; the packets
+            # would still end up at 10.0.0.1.
+            return embedded.is_global
+    return address.is_global
+
+
+def check_url(url: str, allowed_hosts: list[str]) -> PinnedTarget:
+    """Check one hop and resolve it once; return the address to connect to."""
     try:
-        literal = ipaddress.ip_address(host)
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii").lower()
+    except (httpx.InvalidURL, UnicodeError):
+        raise PermanentProviderError("unsafe download: invalid URL") from None
+    if parsed.scheme != "https":
+        raise PermanentProviderError(f"unsafe download: not https ({parsed.scheme or 'no'} scheme)")
+    if not host:
+        raise PermanentProviderError("unsafe download: URL has no host")
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
     except ValueError:
         literal = None
-    if literal is not None and not literal.is_global:
+    if literal is not None and not is_public(literal):
         raise PermanentProviderError(f"unsafe download: private address {host}")
     if not host_allowed(host, allowed_hosts):
         raise PermanentProviderError(f"unsafe download: host {host} is not allowed")
-    if literal is None:
-        # Defence in depth against an allow-listed name pointing inside the network.
-        try:
-            infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
-        except OSError:
-            return  # unresolvable: the request itself will fail
-        if any(not _is_public(info[4][0]) for info in infos):
-            raise PermanentProviderError(f"unsafe download: {host} resolves to a private address")
+    port = parsed.port or 443
+    if literal is not None:
+        address = str(literal)
+    else:
+        address = _resolve_checked(host, port)
+    host_header = f"[{host}]" if ":" in host else host
+    if parsed.port not in (None, 443):
+        host_header = f"{host_header}:{parsed.port}"
+    return PinnedTarget(
+        url=url,
+        host=host,
+        address=address,
+        # Rebuilt from parts so any user:password in the URL is never sent.
+        request_url=httpx.URL(
+            scheme="https", host=address, port=parsed.port, raw_path=parsed.raw_path
+        ),
+        host_header=host_header,
+        sni_hostname=None if literal is not None else host,
+    )
+
+
+def _resolve_checked(host: str, port: int) -> str:
+    """Resolve once; every answer must be public (any private one means a hostile record)."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        raise TransientProviderError(f"download failed: cannot resolve {host}") from None
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses:
+        raise TransientProviderError(f"download failed: cannot resolve {host}")
+    if any(not is_public(address) for address in addresses):
+        raise PermanentProviderError(f"unsafe download: {host} resolves to a private address")
+    return str(addresses[0])
+
+
+def _declared_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not _CONTENT_LENGTH.fullmatch(value.strip()):
+        raise PermanentProviderError("unsafe download: malformed Content-Length header")
+    return int(value)
 
 
 def download_image(
@@ -57,40 +148,80 @@ def download_image(
     timeout: float = 60,
     client: httpx.Client | None = None,
 ) -> tuple[bytes, str, int, int]:
-    """Return (data, content_type, width, height) or raise a provider error."""
-    client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+    """Return (data, content_type, width, height) or raise a provider error.
+
+    ``timeout`` bounds the whole download, redirects included. A ``client`` passed in is
+    used as it is and left open.
+    """
+    own_client = client is None
+    if client is None:
+        client = httpx.Client(
+            follow_redirects=False,
+            trust_env=False,  # no proxy or .netrc from the environment
+            # No reuse: a pooled connection to an address could carry a request for a
+            # different host name than the one its TLS session verified.
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+    try:
+        data, content_type = _fetch(url, allowed_hosts, max_bytes, timeout, client)
+    finally:
+        if own_client:
+            client.close()
+    width, height = verify_image(data, max_pixels)
+    return data, content_type, width, height
+
+
+def _fetch(
+    url: str, allowed_hosts: list[str], max_bytes: int, timeout: float, client: httpx.Client
+) -> tuple[bytes, str]:
+    deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
-        check_url(url, allowed_hosts)
+        target = check_url(url, allowed_hosts)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransientProviderError("download timed out")
+        extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
         try:
-            with client.stream("GET", url, timeout=timeout) as response:
+            with client.stream(
+                "GET",
+                target.request_url,
+                headers={"Host": target.host_header},
+                extensions=extensions,
+                timeout=httpx.Timeout(remaining),
+                follow_redirects=False,
+            ) as response:
                 if response.is_redirect:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
-                if response.status_code != 200:
-                    error = TransientProviderError if response.status_code >= 500 else (
-                        PermanentProviderError
-                    )
-                    raise error(f"download failed: HTTP {response.status_code}")
-                content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                if content_type not in ALLOWED_CONTENT_TYPES:
-                    raise PermanentProviderError(
-                        f"download is not an image ({content_type or 'no content type'})"
-                    )
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > max_bytes:
-                    raise PermanentProviderError(f"download too large ({declared} bytes)")
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    data.extend(chunk)
-                    if len(data) > max_bytes:
-                        raise PermanentProviderError(f"download too large (> {max_bytes} bytes)")
+                return _read_body(response, max_bytes, deadline)
         except httpx.TimeoutException:
             raise TransientProviderError("download timed out") from None
         except httpx.HTTPError as exc:
             raise TransientProviderError(f"download failed: {exc.__class__.__name__}") from None
-        width, height = verify_image(bytes(data), max_pixels)
-        return bytes(data), content_type, width, height
     raise PermanentProviderError(f"download redirected more than {MAX_REDIRECTS} times")
+
+
+def _read_body(response: httpx.Response, max_bytes: int, deadline: float) -> tuple[bytes, str]:
+    if response.status_code != 200:
+        error = TransientProviderError if response.status_code >= 500 else PermanentProviderError
+        raise error(f"download failed: HTTP {response.status_code}")
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if content_type not in ALLOWED_CONTENT_TYPES:
+        raise PermanentProviderError(
+            f"download is not an image ({content_type or 'no content type'})"
+        )
+    declared = _declared_length(response.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
+        raise PermanentProviderError(f"download too large ({declared} bytes)")
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data.extend(chunk)
+        if len(data) > max_bytes:
+            raise PermanentProviderError(f"download too large (> {max_bytes} bytes)")
+        # Per-read timeouts never fire on a server that drips a byte at a time.
+        if time.monotonic() > deadline:
+            raise TransientProviderError("download timed out")
+    return bytes(data), content_type
 
 
 def verify_image(data: bytes, max_pixels: int) -> tuple[int, int]:

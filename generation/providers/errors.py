@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from django.conf import settings
 
 # Known key shapes, in case a provider echoes a key we were not configured with.
 _KEY_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|(?:key|Key)\s+[A-Za-z0-9:_\-]{16,})")
+SECRET_SETTINGS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAL_KEY")
 MAX_REASON = 300
+
+
+def redact_secrets(text: str) -> str:
+    """Replace every configured secret and anything shaped like a key; the rest is kept."""
+    for name in SECRET_SETTINGS:
+        secret = getattr(settings, name, "")
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_PATTERNS.sub("[redacted]", text)
 
 
 def redact(text: str) -> str:
     """Strip every configured secret and anything shaped like a key; one short line."""
-    for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAL_KEY"):
-        secret = getattr(settings, name, "")
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _KEY_PATTERNS.sub("[redacted]", text)
-    text = " ".join(text.split())
+    text = " ".join(redact_secrets(text).split())
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
@@ -59,3 +65,29 @@ def error_for_status(provider: str, status: int, detail: str, retry_after: str |
     if status in TRANSIENT_STATUSES or status >= 500:
         return TransientProviderError(reason, retry_after=parse_retry_after(retry_after))
     return PermanentProviderError(reason)
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Rewrite a log record so no configured key or key-shaped string reaches a handler.
+
+    Unlike ``redact()`` it keeps line breaks and length: tracebacks stay readable.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the raw template, lose the args
+            message = str(record.msg)
+        try:
+            record.msg = redact_secrets(message)
+            record.args = None
+            if record.exc_info and not record.exc_text:
+                # Formatters reuse a cached exc_text, so filling it here is what they print.
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact_secrets(record.exc_text)
+            if record.stack_info:
+                record.stack_info = redact_secrets(record.stack_info)
+        except Exception:  # settings unreadable: drop the record rather than risk a leak
+            return False
+        return True

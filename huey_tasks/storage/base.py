@@ -6,6 +6,10 @@ loses it. A leasing storage instead *claims* the message until a deadline; the w
 it runs, and a message whose lease ran out is delivered again. A message delivered
 ``max_deliveries`` times without an ack is moved to a dead-letter store.
 
+Every claim carries a fresh *fencing token*. Ack, release and extend name it, so a worker
+whose lease ran out and whose message was claimed again by another worker can no longer
+touch the new holder's claim (its calls simply report failure).
+
 The same storage also keeps concurrency *slots* (a lease-based distributed semaphore) so a
 crashed worker's slot frees itself when its lease runs out.
 """
@@ -13,7 +17,12 @@ crashed worker's slot frees itself when its lease runs out.
 from __future__ import annotations
 
 import datetime
+import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_MAX_DELIVERIES = 5
@@ -21,11 +30,12 @@ DEFAULT_MAX_DELIVERIES = 5
 
 @dataclass(frozen=True)
 class Delivery:
-    """A claimed message: hand ``message_id`` back to ack/release/extend."""
+    """A claimed message: hand ``message_id`` and ``token`` back to ack/release/extend."""
 
     message_id: str
     data: bytes
     deliveries: int
+    token: str
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,33 @@ class DeadLetter:
     deliveries: int
     died_at: datetime.datetime
     reason: str
+    priority: float = 0  # kept, so a requeued message runs at its old priority
 
 
 def utc_from_timestamp(ts: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+
+
+def epoch_seconds(ts: datetime.datetime | float) -> float:
+    """Epoch seconds of ``ts``; a naive datetime is UTC (Huey's ``utc=True``).
+
+    ``naive.timestamp()`` would read it in the process's local time zone and shift every
+    eta by the UTC offset, so the conversion is explicit.
+    """
+    if isinstance(ts, int | float):
+        return float(ts)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=datetime.UTC)
+    return ts.timestamp()
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def is_token(token: object) -> bool:
+    # An unclaimed message has no token: None or "" must never match it.
+    return isinstance(token, str) and bool(token)
 
 
 class LeasingStorageMixin:
@@ -49,6 +82,8 @@ class LeasingStorageMixin:
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    # Called with each message ``claim()`` buries, after its dead letter is stored.
+    on_dead_letter: Callable[[DeadLetter], None] | None = None
 
     def configure_leases(
         self, lease_seconds: float | None = None, max_deliveries: int | None = None
@@ -64,13 +99,32 @@ class LeasingStorageMixin:
         delivery = self.claim()
         return None if delivery is None else delivery.data
 
+    def _dead_lettered(self, letter: DeadLetter) -> None:
+        """Tell ``on_dead_letter``; its failure must not stop the claim that buried."""
+        callback = self.on_dead_letter
+        if callback is None:
+            return
+        try:
+            callback(letter)
+        except Exception:
+            logger.exception("on_dead_letter failed for message %s", letter.message_id)
+
+    def _burial_reason(self) -> str:
+        return f"lease expired on all {self.max_deliveries} deliveries"
+
     # Messages -----------------------------------------------------------------------
     def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
         """Add many messages in one write (the fan-out of a generation request)."""
         raise NotImplementedError
 
-    def promote_due(self, ts) -> list[bytes]:
-        """Move every scheduled message due at ``ts`` onto the queue, atomically.
+    def add_to_schedule(
+        self, data: bytes, ts: datetime.datetime, priority: float | None = None
+    ) -> None:
+        """Schedule ``data`` to run at ``ts`` (naive = UTC) at ``priority``."""
+        raise NotImplementedError
+
+    def promote_due(self, ts: datetime.datetime) -> list[bytes]:
+        """Make every scheduled message due at ``ts`` runnable, atomically; return them.
 
         Huey's own scheduler reads the schedule, then enqueues what it read: a worker killed
         in between loses those messages. This does both in one step and returns what moved.
@@ -78,23 +132,37 @@ class LeasingStorageMixin:
         raise NotImplementedError
 
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:
-        """Lease the next deliverable message (highest priority, oldest first)."""
+        """Lease the next deliverable message (highest priority, oldest first).
+
+        A message already delivered ``max_deliveries`` times is buried instead (stored as
+        a dead letter, then ``on_dead_letter`` is called) and the next one is tried.
+        """
         raise NotImplementedError
 
-    def ack(self, message_id: str) -> bool:
-        """Delete a claimed message: its task reached a final outcome."""
+    def ack(self, message_id: str, token: str) -> bool:
+        """Delete a message claimed with ``token``: its task reached a final outcome."""
         raise NotImplementedError
 
-    def release(self, message_id: str) -> bool:
-        """Hand a claimed message back for immediate redelivery (not counted)."""
+    def release(self, message_id: str, token: str) -> bool:
+        """Hand a message claimed with ``token`` back for immediate redelivery (not counted)."""
         raise NotImplementedError
 
-    def extend_leases(self, message_ids: list[str], lease_seconds: float | None = None) -> int:
-        """Push the lease deadline of running messages forward; returns how many."""
+    def extend_leases(self, leases: dict[str, str], lease_seconds: float | None = None) -> set[str]:
+        """Extend the leases of ``{message_id: token}`` still held; return the ids LOST.
+
+        Lost: the message is gone or was claimed again under another token.
+        """
         raise NotImplementedError
 
     def leased_count(self) -> int:
         """Messages currently claimed by a live lease (running somewhere)."""
+        raise NotImplementedError
+
+    def all_messages(self) -> list[bytes]:
+        """Data of every message that may still run: queued, leased and scheduled.
+
+        Dead letters are not included. Read as one snapshot where the storage allows.
+        """
         raise NotImplementedError
 
     # Dead letters -------------------------------------------------------------------
@@ -105,7 +173,10 @@ class LeasingStorageMixin:
         raise NotImplementedError
 
     def requeue_dead_letter(self, message_id: str) -> bool:
-        """Put a dead letter back on the queue with a fresh delivery count."""
+        """Put a dead letter back on the queue at its priority with a fresh delivery count.
+
+        True only for the call that took the dead letter off the store.
+        """
         raise NotImplementedError
 
     def purge_dead_letters(self, message_ids: list[str] | None = None) -> int:

@@ -4,10 +4,16 @@ Every operation is one atomic MongoDB command where one exists, and only standar
 commands are used (find_one_and_update/delete, update with upsert, createIndexes), so the
 same code runs on a standalone server, a replica set or Atlas. Times are the workers'
 clocks (epoch seconds); keep hosts NTP-synchronised.
+
+Scheduled messages live in the messages collection itself, flagged ``scheduled`` and leased
+until their eta, so ``claim`` cannot take them early. Becoming runnable therefore never
+copies a message from one collection to another: nothing can deliver it twice.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 import threading
 import time
@@ -18,9 +24,27 @@ from bson.errors import InvalidId
 from huey.constants import EmptyData
 from huey.storage import BaseStorage
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from .base import DeadLetter, Delivery, LeasingStorageMixin, utc_from_timestamp
+from .base import (
+    DeadLetter,
+    Delivery,
+    LeasingStorageMixin,
+    epoch_seconds,
+    is_token,
+    new_token,
+    utc_from_timestamp,
+)
+
+logger = logging.getLogger(__name__)
+
+# claim's sort, and the index that serves it: identical, so no in-memory SORT stage.
+CLAIM_SORT = [("priority", DESCENDING), ("seq", ASCENDING), ("_id", ASCENDING)]
+CLAIM_INDEX = "claim_order"
+LEGACY_CLAIM_INDEX = "priority_-1_seq_1"
+# Order of the schedule: eta (a scheduled message is leased until it), then insertion.
+SCHEDULE_SORT = [("lease_until", ASCENDING), ("_id", ASCENDING)]
+NOT_SCHEDULED = {"scheduled": {"$ne": True}}  # also matches messages written before the flag
 
 _clients: dict[tuple[int, str], MongoClient] = {}
 _clients_lock = threading.Lock()
@@ -48,7 +72,12 @@ def _live(now: float) -> dict:
 
 
 class MongoStorage(LeasingStorageMixin, BaseStorage):
-    """Queue, schedule, results, counters, dead letters and slots in six collections."""
+    """Messages (queued, leased, scheduled), results, counters, dead letters and slots.
+
+    A message document: ``data``, ``priority``, ``seq`` (FIFO order), ``lease_until``
+    (epoch seconds; 0 = deliverable now; a scheduled message's eta), ``deliveries``,
+    ``token`` (the current claim's fencing token, or None) and ``scheduled``.
+    """
 
     def __init__(
         self,
@@ -70,21 +99,31 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         db = client[database] if database else client.get_default_database(default="huey")
         prefix = f"{collection_prefix}.{name}"
         self.messages = db[f"{prefix}.messages"]
-        self.schedule = db[f"{prefix}.schedule"]
+        # Where releases before scheduled messages moved into `messages` kept them.
+        self.legacy_schedule = db[f"{prefix}.schedule"]
         self.kv = db[f"{prefix}.kv"]
         self.counters = db[f"{prefix}.counters"]
         self.dead = db[f"{prefix}.dead_letters"]
         self.slots = db[f"{prefix}.slots"]
         self.create_indexes()
+        self.adopt_legacy_schedule()
 
     def create_indexes(self) -> None:
         """Idempotent: createIndexes is a no-op for indexes that exist."""
-        self.messages.create_index([("priority", DESCENDING), ("seq", ASCENDING)])
+        self.messages.create_index(CLAIM_SORT, name=CLAIM_INDEX)
         self.messages.create_index([("lease_until", ASCENDING)])
-        self.schedule.create_index([("ts", ASCENDING)])
-        self.schedule.create_index([("claim", ASCENDING)])
+        self.messages.create_index([("scheduled", ASCENDING), *SCHEDULE_SORT])
+        self._drop_legacy_claim_index()
         self.dead.create_index([("died_at", DESCENDING)])
         self.slots.create_index([("name", ASCENDING), ("expires_at", ASCENDING)])
+
+    def _drop_legacy_claim_index(self) -> None:
+        # Superseded by CLAIM_INDEX (it lacked _id, so claim sorted in memory).
+        if LEGACY_CLAIM_INDEX in self.messages.index_information():
+            try:
+                self.messages.drop_index(LEGACY_CLAIM_INDEX)
+            except OperationFailure:
+                pass  # another process dropped it first
 
     def close(self):
         # The client is shared by the process; nothing per-storage to release.
@@ -99,143 +138,215 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             "seq": time.time(),
             "lease_until": 0.0,
             "deliveries": 0,
+            "token": None,
+            "scheduled": False,
         }
 
-    def enqueue(self, data, priority=None):
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
         self.messages.insert_one(self._message(data, priority))
 
-    def enqueue_many(self, messages, priority=None):
+    def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
         if messages:
             self.messages.insert_many(
                 [self._message(data, priority) for data in messages], ordered=True
             )
 
-    def claim(self, lease_seconds=None):
+    def claim_query(self, now: float) -> dict:
+        """The filter claim uses (exposed so a test can explain it)."""
+        return {"lease_until": {"$lte": now}}
+
+    def claim(self, lease_seconds: float | None = None) -> Delivery | None:
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         while True:
             now = time.time()
+            token = new_token()
+            # A due scheduled message is claimable too; the claim ends its scheduled state.
             doc = self.messages.find_one_and_update(
-                {"lease_until": {"$lte": now}},
-                {"$set": {"lease_until": now + lease}, "$inc": {"deliveries": 1}},
-                sort=[("priority", DESCENDING), ("seq", ASCENDING), ("_id", ASCENDING)],
+                self.claim_query(now),
+                {
+                    "$set": {"lease_until": now + lease, "token": token, "scheduled": False},
+                    "$inc": {"deliveries": 1},
+                },
+                sort=CLAIM_SORT,
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
                 return None
-            if doc["deliveries"] > self.max_deliveries:
-                self._bury(doc, now)
-                continue
-            return Delivery(str(doc["_id"]), bytes(doc["data"]), doc["deliveries"])
+            if doc["deliveries"] <= self.max_deliveries:
+                return Delivery(str(doc["_id"]), bytes(doc["data"]), doc["deliveries"], token)
+            self._dead_lettered(self._bury(doc, token, now))
 
-    def _bury(self, doc: dict, now: float) -> None:
+    def _bury(self, doc: dict, token: str, now: float) -> DeadLetter:
         # Upsert first, delete second: a crash in between leaves a duplicate, never a loss.
+        letter = DeadLetter(
+            str(doc["_id"]),
+            bytes(doc["data"]),
+            doc["deliveries"] - 1,
+            utc_from_timestamp(now),
+            self._burial_reason(),
+            doc.get("priority", 0),
+        )
         self.dead.replace_one(
             {"_id": doc["_id"]},
             {
                 "data": doc["data"],
-                "deliveries": doc["deliveries"] - 1,
+                "deliveries": letter.deliveries,
                 "died_at": now,
-                "reason": f"lease expired on all {self.max_deliveries} deliveries",
+                "reason": letter.reason,
+                "priority": letter.priority,
             },
             upsert=True,
         )
-        self.messages.delete_one({"_id": doc["_id"]})
+        self.messages.delete_one({"_id": doc["_id"], "token": token})
+        return letter
 
-    def ack(self, message_id):
+    def ack(self, message_id: str, token: str) -> bool:
         oid = _object_id(message_id)
-        return oid is not None and self.messages.delete_one({"_id": oid}).deleted_count == 1
+        if oid is None or not is_token(token):
+            return False
+        return self.messages.delete_one({"_id": oid, "token": token}).deleted_count == 1
 
-    def release(self, message_id):
+    def release(self, message_id: str, token: str) -> bool:
         oid = _object_id(message_id)
-        if oid is None:
+        if oid is None or not is_token(token):
             return False
         result = self.messages.update_one(
-            {"_id": oid}, {"$set": {"lease_until": 0.0}, "$inc": {"deliveries": -1}}
+            {"_id": oid, "token": token},
+            {"$set": {"lease_until": 0.0, "token": None}, "$inc": {"deliveries": -1}},
         )
         return result.matched_count == 1
 
-    def extend_leases(self, message_ids, lease_seconds=None):
-        ids = [oid for oid in map(_object_id, message_ids) if oid is not None]
-        if not ids:
-            return 0
+    def extend_leases(
+        self, leases: dict[str, str], lease_seconds: float | None = None
+    ) -> set[str]:
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
-        result = self.messages.update_many(
-            {"_id": {"$in": ids}}, {"$set": {"lease_until": time.time() + lease}}
+        wanted = {
+            oid: (message_id, token)
+            for message_id, token in leases.items()
+            if is_token(token) and (oid := _object_id(message_id)) is not None
+        }
+        kept: set[str] = set()
+        if wanted:
+            # Tokens are unique per claim, so the $in pair matches only claims still held.
+            held = {
+                "_id": {"$in": list(wanted)},
+                "token": {"$in": [token for _, token in wanted.values()]},
+            }
+            self.messages.update_many(held, {"$set": {"lease_until": time.time() + lease}})
+            # A claim that still carries its token now was extended by the update above.
+            for doc in self.messages.find(held, {"token": 1}):
+                message_id, token = wanted[doc["_id"]]
+                if doc["token"] == token:
+                    kept.add(message_id)
+        return set(leases) - kept
+
+    def leased_count(self) -> int:
+        return self.messages.count_documents(
+            {"lease_until": {"$gt": time.time()}, **NOT_SCHEDULED}
         )
-        return result.matched_count
 
-    def leased_count(self):
-        return self.messages.count_documents({"lease_until": {"$gt": time.time()}})
+    def queue_size(self) -> int:
+        return self.messages.count_documents(
+            {"lease_until": {"$lte": time.time()}, **NOT_SCHEDULED}
+        )
 
-    def queue_size(self):
-        return self.messages.count_documents({"lease_until": {"$lte": time.time()}})
-
-    def enqueued_items(self, limit=None):
+    def enqueued_items(self, limit: int | None = None) -> list[bytes]:
         cursor = self.messages.find(
-            {"lease_until": {"$lte": time.time()}},
-            {"data": 1},
-            sort=[("priority", DESCENDING), ("seq", ASCENDING), ("_id", ASCENDING)],
+            {"lease_until": {"$lte": time.time()}, **NOT_SCHEDULED}, {"data": 1}, sort=CLAIM_SORT
         )
         if limit:
             cursor = cursor.limit(limit)
         return [bytes(doc["data"]) for doc in cursor]
 
-    def flush_queue(self):
-        self.messages.delete_many({})
+    def all_messages(self) -> list[bytes]:
+        # One collection holds queued, leased and scheduled messages; a plain scan visits
+        # each document that exists throughout it once, however its lease changes meanwhile.
+        data = [bytes(doc["data"]) for doc in self.messages.find({}, {"data": 1})]
+        data += [bytes(doc["data"]) for doc in self.legacy_schedule.find({}, {"data": 1})]
+        return data
+
+    def flush_queue(self) -> None:
+        self.messages.delete_many(NOT_SCHEDULED)
 
     # Schedule -----------------------------------------------------------------------
-    def add_to_schedule(self, data, ts):
-        self.schedule.insert_one({"data": bytes(data), "ts": ts.timestamp(), "claim": None})
+    def add_to_schedule(
+        self, data: bytes, ts: datetime.datetime, priority: float | None = None
+    ) -> None:
+        eta = epoch_seconds(ts)
+        self.messages.insert_one(self._scheduled_message(data, eta, priority))
 
-    def _claim_due(self, ts) -> tuple[str, list[dict]]:
-        # Tag what is due with a token, then read it: each entry goes to exactly one of
-        # several concurrent schedulers. A tag left by a crashed reader goes stale.
-        token = uuid.uuid4().hex
-        now = time.time()
-        self.schedule.update_many(
-            {
-                "ts": {"$lte": ts.timestamp()},
-                "$or": [{"claim": None}, {"claimed_at": {"$lt": now - 60}}],
-            },
-            {"$set": {"claim": token, "claimed_at": now}},
+    def _scheduled_message(self, data: bytes, eta: float, priority: float | None) -> dict:
+        message = self._message(data, priority)
+        # Leased until its eta: claim cannot take it before. Once due it queues in the
+        # order it became runnable.
+        message.update(lease_until=eta, seq=max(eta, message["seq"]), scheduled=True)
+        return message
+
+    def _due(self, ts: datetime.datetime) -> dict:
+        return {"scheduled": True, "lease_until": {"$lte": epoch_seconds(ts)}}
+
+    def read_schedule(self, ts: datetime.datetime) -> list[bytes]:
+        # Huey's plain API: remove and return what is due. Each removal is one atomic
+        # command, so concurrent readers (and claims) never share a message.
+        due = []
+        while doc := self.messages.find_one_and_delete(self._due(ts), sort=SCHEDULE_SORT):
+            due.append(bytes(doc["data"]))
+        return due
+
+    def promote_due(self, ts: datetime.datetime) -> list[bytes]:
+        # Clearing the flag only moves the message from the schedule's counts to the
+        # queue's (claim takes a due message either way). The tag tells this caller which
+        # ones it flipped, so each is announced by one scheduler.
+        tag = uuid.uuid4().hex
+        flipped = self.messages.update_many(
+            self._due(ts), {"$set": {"scheduled": False, "promoted_by": tag}}
         )
-        docs = list(self.schedule.find({"claim": token}, sort=[("ts", ASCENDING), ("_id", 1)]))
-        return token, docs
-
-    def read_schedule(self, ts):
-        token, docs = self._claim_due(ts)
-        if docs:
-            self.schedule.delete_many({"claim": token})
-        return [bytes(doc["data"]) for doc in docs]
-
-    def promote_due(self, ts):
-        token, docs = self._claim_due(ts)
-        if not docs:
+        if not flipped.modified_count:
             return []
-        # The schedule entry's _id becomes the message's: promoting again after a crash
-        # between these two commands collides instead of duplicating.
-        try:
-            self.messages.insert_many(
-                [{**self._message(doc["data"], 0), "_id": doc["_id"]} for doc in docs],
-                ordered=False,
-            )
-        except BulkWriteError as exc:
-            if any(error["code"] != 11000 for error in exc.details["writeErrors"]):
-                raise
-        self.schedule.delete_many({"claim": token})
-        return [bytes(doc["data"]) for doc in docs]
+        cursor = self.messages.find({"promoted_by": tag}, {"data": 1}, sort=SCHEDULE_SORT)
+        return [bytes(doc["data"]) for doc in cursor]
 
-    def schedule_size(self):
-        return self.schedule.count_documents({})
+    def schedule_size(self) -> int:
+        return self.messages.count_documents({"scheduled": True})
 
-    def scheduled_items(self, limit=None):
-        cursor = self.schedule.find({}, {"data": 1}, sort=[("ts", ASCENDING), ("_id", 1)])
+    def scheduled_items(self, limit: int | None = None) -> list[bytes]:
+        cursor = self.messages.find({"scheduled": True}, {"data": 1}, sort=SCHEDULE_SORT)
         if limit:
             cursor = cursor.limit(limit)
         return [bytes(doc["data"]) for doc in cursor]
 
-    def flush_schedule(self):
-        self.schedule.delete_many({})
+    def flush_schedule(self) -> None:
+        self.messages.delete_many({"scheduled": True})
+        self.legacy_schedule.delete_many({})
+
+    def adopt_legacy_schedule(self) -> int:
+        """Move entries of the old schedule collection into ``messages``; returns how many.
+
+        Each entry is first marked by one adopter (atomic), then inserted under its own _id,
+        then deleted. A crash after the mark leaves the entry marked in the old collection,
+        never inserted twice: it is logged for an operator (at worst it is still there).
+        """
+        adopted = 0
+        stranded = self.legacy_schedule.count_documents({"adopted_at": {"$exists": True}})
+        if stranded:
+            logger.warning(
+                "%d entries of %s were half-moved by a crashed process; check them against"
+                " %s and delete them by hand.",
+                stranded, self.legacy_schedule.name, self.messages.name,
+            )
+        while doc := self.legacy_schedule.find_one_and_update(
+            {"adopted_at": {"$exists": False}},
+            {"$set": {"adopted_at": time.time()}},
+            sort=[("ts", ASCENDING), ("_id", ASCENDING)],
+        ):
+            message = self._scheduled_message(doc["data"], doc["ts"], doc.get("priority"))
+            try:
+                self.messages.insert_one({**message, "_id": doc["_id"]})
+            except DuplicateKeyError:
+                pass  # an old-release promoter already copied it
+            self.legacy_schedule.delete_one({"_id": doc["_id"]})
+            adopted += 1
+        return adopted
 
     # Key/value store ----------------------------------------------------------------
     def put_data(self, key, value, is_result=False):
@@ -315,7 +426,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         self.counters.delete_many({})
 
     # Dead letters -------------------------------------------------------------------
-    def dead_letters(self, limit=None):
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         cursor = self.dead.find({}, sort=[("died_at", DESCENDING), ("_id", DESCENDING)])
         if limit:
             cursor = cursor.limit(limit)
@@ -326,22 +437,35 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
                 doc["deliveries"],
                 utc_from_timestamp(doc["died_at"]),
                 doc["reason"],
+                doc.get("priority", 0),
             )
             for doc in cursor
         ]
 
-    def dead_letter_count(self):
+    def dead_letter_count(self) -> int:
         return self.dead.count_documents({})
 
-    def requeue_dead_letter(self, message_id):
+    def requeue_dead_letter(self, message_id: str) -> bool:
         oid = _object_id(message_id)
-        doc = None if oid is None else self.dead.find_one_and_delete({"_id": oid})
+        doc = None if oid is None else self.dead.find_one({"_id": oid})
         if doc is None:
             return False
-        self.messages.insert_one({**self._message(doc["data"], 0), "_id": oid})
-        return True
+        # Insert first, delete second: a crash in between leaves the dead letter too, and
+        # requeueing it again collides on _id instead of queueing a second copy.
+        message = self._message(doc["data"], doc.get("priority", 0))
+        try:
+            self.messages.insert_one({**message, "_id": oid})
+        except DuplicateKeyError:
+            # Queued already by an earlier (or concurrent) requeue; or a burial crashed
+            # before its delete, and that copy needs the fresh count it would have had.
+            self.messages.update_one(
+                {"_id": oid, "deliveries": {"$gt": self.max_deliveries}},
+                {"$set": {"deliveries": 0}},
+            )
+        # The call that removes the dead letter is the one that requeued it.
+        return self.dead.delete_one({"_id": oid}).deleted_count == 1
 
-    def purge_dead_letters(self, message_ids=None):
+    def purge_dead_letters(self, message_ids: list[str] | None = None) -> int:
         if message_ids is None:
             return self.dead.delete_many({}).deleted_count
         ids = [oid for oid in map(_object_id, message_ids) if oid is not None]

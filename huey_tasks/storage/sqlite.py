@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 from huey.constants import EmptyData
 from huey.storage import SqliteStorage
 
-from .base import DeadLetter, Delivery, LeasingStorageMixin, utc_from_timestamp
+from .base import (
+    DeadLetter,
+    Delivery,
+    LeasingStorageMixin,
+    epoch_seconds,
+    is_token,
+    new_token,
+    utc_from_timestamp,
+)
 
 # Own table names, so a file once used by Huey's stock SqliteStorage cannot clash.
 DDL = [
     "create table if not exists karasu_message ("
     " id integer primary key autoincrement, queue text not null, data blob not null,"
     " priority real not null default 0, lease_until real not null default 0,"
-    " deliveries integer not null default 0, enqueued_at real not null)",
+    " deliveries integer not null default 0, enqueued_at real not null, token text)",
     "create index if not exists karasu_message_next on karasu_message"
     " (queue, priority desc, id)",
     "create table if not exists karasu_schedule ("
     " id integer primary key, queue text not null, data blob not null,"
-    " timestamp real not null)",
+    " timestamp real not null, priority real not null default 0)",
     "create index if not exists karasu_schedule_due on karasu_schedule (queue, timestamp)",
     "create table if not exists karasu_kv ("
     " queue text not null, key text not null, value blob not null,"
@@ -29,17 +38,37 @@ DDL = [
     " primary key (queue, key))",
     "create table if not exists karasu_dead_letter ("
     " id integer primary key, queue text not null, data blob not null,"
-    " deliveries integer not null, died_at real not null, reason text not null)",
+    " deliveries integer not null, died_at real not null, reason text not null,"
+    " priority real not null default 0)",
     "create table if not exists karasu_slot ("
     " queue text not null, name text not null, idx integer not null,"
     " holder text not null, expires_at real not null, primary key (queue, name, idx))",
 ]
+
+# Columns added after the first release: a queue file created by the older DDL gets them
+# in place when it is opened (table, column, declaration).
+UPGRADES = [
+    ("karasu_message", "token", "text"),
+    ("karasu_schedule", "priority", "real not null default 0"),
+    ("karasu_dead_letter", "priority", "real not null default 0"),
+]
+
+# Heartbeat extensions per statement: two bound parameters each, well under SQLite's limit.
+EXTEND_CHUNK = 400
 
 LIVE_KEY = "(expires_at is null or expires_at > ?)"
 
 
 def placeholders(values) -> str:
     return ",".join("?" * len(values))
+
+
+def _int_id(message_id: str) -> int | None:
+    # An id this storage never issued matches nothing (None never equals in SQL).
+    try:
+        return int(message_id)
+    except (TypeError, ValueError):
+        return None
 
 
 class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
@@ -67,8 +96,22 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
         conn.execute("pragma synchronous=NORMAL")
         return conn
 
+    def initialize_schema(self):
+        # One write transaction: two processes opening an old file at once cannot both
+        # add the same column.
+        with self.db(commit=True, close=True) as curs:
+            for sql in self.ddl:
+                curs.execute(sql)
+            self._upgrade_columns(curs)
+
+    def _upgrade_columns(self, curs) -> None:
+        for table, column, declaration in UPGRADES:
+            curs.execute(f"pragma table_info({table})")
+            if column not in {row[1] for row in curs.fetchall()}:
+                curs.execute(f"alter table {table} add column {column} {declaration}")
+
     # Queue --------------------------------------------------------------------------
-    def enqueue(self, data, priority=None):
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
         self.sql(
             "insert into karasu_message (queue, data, priority, enqueued_at)"
             " values (?, ?, ?, ?)",
@@ -76,7 +119,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             commit=True,
         )
 
-    def enqueue_many(self, messages, priority=None):
+    def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
         now = time.time()
         with self.db(commit=True) as curs:
             curs.executemany(
@@ -85,7 +128,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
                 [(self.name, self.to_blob(data), priority or 0, now) for data in messages],
             )
 
-    def claim(self, lease_seconds=None):
+    def claim(self, lease_seconds: float | None = None) -> Delivery | None:
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         while True:
             now = time.time()
@@ -96,71 +139,111 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
                 results=True,
             ):
                 return None
+            token = new_token()
             # One statement picks and leases the next message: atomic without BEGIN.
             rows = self.sql(
-                "update karasu_message set lease_until = ?, deliveries = deliveries + 1"
-                " where id = (select id from karasu_message where queue = ? and lease_until <= ?"
-                " order by priority desc, id limit 1) returning id, data, deliveries",
-                (now + lease, self.name, now),
+                "update karasu_message set lease_until = ?, deliveries = deliveries + 1,"
+                " token = ? where id = (select id from karasu_message where queue = ?"
+                " and lease_until <= ? order by priority desc, id limit 1)"
+                " returning id, data, deliveries",
+                (now + lease, token, self.name, now),
                 results=True,
             )
             if not rows:
                 continue  # another worker took it between the check and the update
             message_id, data, deliveries = rows[0]
             if deliveries <= self.max_deliveries:
-                return Delivery(str(message_id), bytes(data), deliveries)
-            with self.db(commit=True) as curs:
-                self._bury(curs, message_id, now)
+                return Delivery(str(message_id), bytes(data), deliveries, token)
+            letter = self._bury(message_id, token, now)
+            if letter is not None:
+                self._dead_lettered(letter)
 
-    def _bury(self, curs, message_id, now):
-        curs.execute(
-            "insert into karasu_dead_letter (id, queue, data, deliveries, died_at, reason)"
-            " select id, queue, data, deliveries - 1, ?, ? from karasu_message where id = ?",
-            (now, f"lease expired on all {self.max_deliveries} deliveries", message_id),
+    def _bury(self, message_id: int, token: str, now: float) -> DeadLetter | None:
+        """Move the message just claimed with ``token`` to the dead letters, in one step."""
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "delete from karasu_message where id = ? and token = ?"
+                " returning queue, data, deliveries - 1, priority",
+                (message_id, token),
+            )
+            row = curs.fetchone()
+            if row is None:
+                return None
+            queue, data, deliveries, priority = row
+            reason = self._burial_reason()
+            curs.execute(
+                "insert into karasu_dead_letter"
+                " (id, queue, data, deliveries, died_at, reason, priority)"
+                " values (?, ?, ?, ?, ?, ?, ?)",
+                (message_id, queue, data, deliveries, now, reason, priority),
+            )
+        return DeadLetter(
+            str(message_id), bytes(data), deliveries, utc_from_timestamp(now), reason, priority
         )
-        curs.execute("delete from karasu_message where id = ?", (message_id,))
 
-    def ack(self, message_id):
-        with self.db(commit=True) as curs:
-            curs.execute("delete from karasu_message where id = ?", (int(message_id),))
-            return curs.rowcount == 1
-
-    def release(self, message_id):
+    def ack(self, message_id: str, token: str) -> bool:
+        if not is_token(token):
+            return False
         with self.db(commit=True) as curs:
             curs.execute(
-                "update karasu_message set lease_until = 0,"
-                " deliveries = max(deliveries - 1, 0) where id = ?",
-                (int(message_id),),
+                "delete from karasu_message where id = ? and token = ?",
+                (_int_id(message_id), token),
             )
             return curs.rowcount == 1
 
-    def extend_leases(self, message_ids, lease_seconds=None):
-        if not message_ids:
-            return 0
+    def release(self, message_id: str, token: str) -> bool:
+        if not is_token(token):
+            return False
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "update karasu_message set lease_until = 0, token = null,"
+                " deliveries = max(deliveries - 1, 0) where id = ? and token = ?",
+                (_int_id(message_id), token),
+            )
+            return curs.rowcount == 1
+
+    def extend_leases(
+        self, leases: dict[str, str], lease_seconds: float | None = None
+    ) -> set[str]:
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
-        ids = [int(i) for i in message_ids]
+        pairs = [
+            (_int_id(message_id), token)
+            for message_id, token in leases.items()
+            if is_token(token)
+        ]
+        kept: set[tuple[int, str]] = set()
         with self.db(commit=True) as curs:
-            curs.execute(
-                f"update karasu_message set lease_until = ? where id in ({placeholders(ids)})",
-                [time.time() + lease, *ids],
-            )
-            return curs.rowcount
+            deadline = time.time() + lease
+            for start in range(0, len(pairs), EXTEND_CHUNK):
+                chunk = pairs[start : start + EXTEND_CHUNK]
+                values = ",".join("(?, ?)" for _ in chunk)
+                curs.execute(
+                    "update karasu_message set lease_until = ? where queue = ?"
+                    f" and (id, token) in (values {values}) returning id, token",
+                    [deadline, self.name, *(v for pair in chunk for v in pair)],
+                )
+                kept.update(curs.fetchall())
+        return {
+            message_id
+            for message_id, token in leases.items()
+            if (_int_id(message_id), token) not in kept
+        }
 
-    def leased_count(self):
+    def leased_count(self) -> int:
         return self.sql(
             "select count(*) from karasu_message where queue = ? and lease_until > ?",
             (self.name, time.time()),
             results=True,
         )[0][0]
 
-    def queue_size(self):
+    def queue_size(self) -> int:
         return self.sql(
             "select count(*) from karasu_message where queue = ? and lease_until <= ?",
             (self.name, time.time()),
             results=True,
         )[0][0]
 
-    def enqueued_items(self, limit=None):
+    def enqueued_items(self, limit: int | None = None) -> list[bytes]:
         sql = (
             "select data from karasu_message where queue = ? and lease_until <= ?"
             " order by priority desc, id"
@@ -171,48 +254,61 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             params += (limit,)
         return [bytes(data) for (data,) in self.sql(sql, params, results=True)]
 
-    def flush_queue(self):
+    def all_messages(self) -> list[bytes]:
+        # One statement reads both tables in one snapshot: a message promoted meanwhile
+        # is seen exactly once.
+        rows = self.sql(
+            "select data from karasu_message where queue = ?"
+            " union all select data from karasu_schedule where queue = ?",
+            (self.name, self.name),
+            results=True,
+        )
+        return [bytes(data) for (data,) in rows]
+
+    def flush_queue(self) -> None:
         self.sql("delete from karasu_message where queue = ?", (self.name,), commit=True)
 
     # Schedule -----------------------------------------------------------------------
-    def add_to_schedule(self, data, ts):
+    def add_to_schedule(
+        self, data: bytes, ts: datetime.datetime, priority: float | None = None
+    ) -> None:
         self.sql(
-            "insert into karasu_schedule (queue, data, timestamp) values (?, ?, ?)",
-            (self.name, self.to_blob(data), ts.timestamp()),
+            "insert into karasu_schedule (queue, data, timestamp, priority)"
+            " values (?, ?, ?, ?)",
+            (self.name, self.to_blob(data), epoch_seconds(ts), priority or 0),
             commit=True,
         )
 
-    def read_schedule(self, ts):
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "delete from karasu_schedule where queue = ? and timestamp <= ?"
-                " returning timestamp, id, data",
-                (self.name, ts.timestamp()),
-            )
-            return [bytes(data) for _, _, data in sorted(curs.fetchall())]
+    def _take_due(self, curs, ts: datetime.datetime) -> list[tuple]:
+        curs.execute(
+            "delete from karasu_schedule where queue = ? and timestamp <= ?"
+            " returning timestamp, id, data, priority",
+            (self.name, epoch_seconds(ts)),
+        )
+        return sorted(curs.fetchall())
 
-    def promote_due(self, ts):
+    def read_schedule(self, ts: datetime.datetime) -> list[bytes]:
         with self.db(commit=True) as curs:
-            curs.execute(
-                "delete from karasu_schedule where queue = ? and timestamp <= ?"
-                " returning timestamp, id, data",
-                (self.name, ts.timestamp()),
-            )
-            due = [bytes(data) for _, _, data in sorted(curs.fetchall())]
+            return [bytes(data) for _, _, data, _ in self._take_due(curs, ts)]
+
+    def promote_due(self, ts: datetime.datetime) -> list[bytes]:
+        # Delete from the schedule and insert into the queue in one transaction.
+        with self.db(commit=True) as curs:
+            due = self._take_due(curs, ts)
             now = time.time()
             curs.executemany(
                 "insert into karasu_message (queue, data, priority, enqueued_at)"
-                " values (?, ?, 0, ?)",
-                [(self.name, data, now) for data in due],
+                " values (?, ?, ?, ?)",
+                [(self.name, data, priority, now) for _, _, data, priority in due],
             )
-            return due
+            return [bytes(data) for _, _, data, _ in due]
 
-    def schedule_size(self):
+    def schedule_size(self) -> int:
         return self.sql(
             "select count(*) from karasu_schedule where queue = ?", (self.name,), results=True
         )[0][0]
 
-    def scheduled_items(self, limit=None):
+    def scheduled_items(self, limit: int | None = None) -> list[bytes]:
         sql = "select data from karasu_schedule where queue = ? order by timestamp, id"
         params: tuple = (self.name,)
         if limit is not None:
@@ -220,7 +316,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             params += (limit,)
         return [bytes(data) for (data,) in self.sql(sql, params, results=True)]
 
-    def flush_schedule(self):
+    def flush_schedule(self) -> None:
         self.sql("delete from karasu_schedule where queue = ?", (self.name,), commit=True)
 
     # Key/value store (results, locks, revocations) -----------------------------------
@@ -334,9 +430,9 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
         self.sql("delete from karasu_counter where queue = ?", (self.name,), commit=True)
 
     # Dead letters -------------------------------------------------------------------
-    def dead_letters(self, limit=None):
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         sql = (
-            "select id, data, deliveries, died_at, reason from karasu_dead_letter"
+            "select id, data, deliveries, died_at, reason, priority from karasu_dead_letter"
             " where queue = ? order by died_at desc, id desc"
         )
         params: tuple = (self.name,)
@@ -344,37 +440,42 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             sql += " limit ?"
             params += (limit,)
         return [
-            DeadLetter(str(i), bytes(data), deliveries, utc_from_timestamp(died_at), reason)
-            for i, data, deliveries, died_at, reason in self.sql(sql, params, results=True)
+            DeadLetter(
+                str(i), bytes(data), deliveries, utc_from_timestamp(died_at), reason, priority
+            )
+            for i, data, deliveries, died_at, reason, priority in self.sql(
+                sql, params, results=True
+            )
         ]
 
-    def dead_letter_count(self):
+    def dead_letter_count(self) -> int:
         return self.sql(
             "select count(*) from karasu_dead_letter where queue = ?", (self.name,), results=True
         )[0][0]
 
-    def requeue_dead_letter(self, message_id):
+    def requeue_dead_letter(self, message_id: str) -> bool:
         with self.db(commit=True) as curs:
             curs.execute(
-                "delete from karasu_dead_letter where queue = ? and id = ? returning data",
-                (self.name, int(message_id)),
+                "delete from karasu_dead_letter where queue = ? and id = ?"
+                " returning data, priority",
+                (self.name, _int_id(message_id)),
             )
             row = curs.fetchone()
             if row is None:
                 return False
             curs.execute(
                 "insert into karasu_message (queue, data, priority, enqueued_at)"
-                " values (?, ?, 0, ?)",
-                (self.name, row[0], time.time()),
+                " values (?, ?, ?, ?)",
+                (self.name, row[0], row[1], time.time()),
             )
             return True
 
-    def purge_dead_letters(self, message_ids=None):
+    def purge_dead_letters(self, message_ids: list[str] | None = None) -> int:
         with self.db(commit=True) as curs:
             if message_ids is None:
                 curs.execute("delete from karasu_dead_letter where queue = ?", (self.name,))
             else:
-                ids = [int(i) for i in message_ids]
+                ids = [_int_id(i) for i in message_ids]
                 curs.execute(
                     "delete from karasu_dead_letter where queue = ?"
                     f" and id in ({placeholders(ids)})",

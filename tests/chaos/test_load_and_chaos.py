@@ -4,6 +4,8 @@ Run on SQLite by default and on PostgreSQL too when TEST_DATABASE_URL is set.
 """
 
 import signal
+import time
+from collections import Counter
 
 import pytest
 from django.db.models import Count
@@ -11,8 +13,14 @@ from wagtail.images import get_image_model
 
 from generation.actions import generate
 from generation.models import GenerationJob, GenerationRequest
-from generation.providers.demo import DemoImageModel
+from generation.providers.demo import DemoImageModel, call_key
 from tests.support import consumers
+from tests.support.provider_calls import (
+    calls_per_key,
+    max_in_flight,
+    overlapping_calls,
+    read_calls,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,8 +41,23 @@ def empty_queue():
 
 
 def start(tmp_path, name, **knobs):
+    # Every consumer appends to one provider call log (KARASU_DEMO_CALL_LOG).
+    knobs.setdefault("call_log", tmp_path / "calls.log")
     env = {f"KARASU_DEMO_{key.upper()}": str(value) for key, value in knobs.items()}
     return consumers.start_consumer(tmp_path / f"{name}.log", workers=8, **env)
+
+
+def provider_calls(tmp_path, request) -> dict[str, int]:
+    """Calls per job (by its prompt's key), from the consumers' shared call log."""
+    log = tmp_path / "calls.log"
+    assert log.exists(), (
+        "the consumers wrote no provider call log: cms/settings/base.py must pass "
+        'KARASU_DEMO_CALL_LOG to the demo image model ("CALL_LOG")'
+    )
+    per_key = calls_per_key(log)
+    keys = {call_key(prompt) for prompt in request.jobs.values_list("prompt", flat=True)}
+    assert set(per_key) == keys  # only this request's jobs were called
+    return per_key
 
 
 def images_of(request) -> int:
@@ -72,8 +95,11 @@ def test_sigkill_of_one_of_two_consumers_loses_and_duplicates_nothing(tmp_path):
     try:
         consumers.wait_for(lambda: images_of(request) >= 60, 120, interval=0.2,
                            message="30% of the images")
+        killed = processes[0].pid
         processes[0].send_signal(signal.SIGKILL)
         processes[0].wait(10)
+        # Its calls in flight ended with it (at the latest now): not open for ever.
+        deaths = {killed: time.time()}
         processes[0] = start(tmp_path, "a-restarted", **knobs)
         request = wait_terminal(request, timeout=180)
     finally:
@@ -89,6 +115,20 @@ def test_sigkill_of_one_of_two_consumers_loses_and_duplicates_nothing(tmp_path):
     assert request.jobs.filter(status=Job.SUCCEEDED).count() == 200
     assert not request.jobs.exclude(status__in=GenerationJob.TERMINAL).exists()
     assert request.jobs_succeeded == 200 and request.jobs_failed == 0
+
+    # The provider: every job called, never twice at once, never beyond the 8 slots.
+    per_key = provider_calls(tmp_path, request)
+    log = tmp_path / "calls.log"
+    assert overlapping_calls(log, deaths) == []
+    assert max_in_flight(log, deaths) <= 8
+    # No failures configured: one call per job, except the jobs the killed consumer was
+    # working on (at most its 8 workers' worth), which were called again once elsewhere.
+    by_killed = Counter(call.key for call in read_calls(log, deaths) if call.pid == killed)
+    called_again = {key for key, count in per_key.items() if count > 1}
+    assert all(per_key[key] == 2 and by_killed[key] == 1 for key in called_again), {
+        key: per_key[key] for key in called_again
+    }
+    assert len(called_again) <= 8
 
 
 def test_injected_transient_failures_and_rejections(tmp_path):
@@ -112,3 +152,20 @@ def test_injected_transient_failures_and_rejections(tmp_path):
     assert images_of(request) == 200 - len(rejected)
     assert request.jobs.filter(attempts__gt=1).exists()  # transient failures were retried
     assert request.status == GenerationRequest.Status.COMPLETED_WITH_ERRORS
+
+    # The provider: every job called, never twice at once; permanent rejections are not
+    # retried; a success is never called again; within the 8 slots.
+    per_key = provider_calls(tmp_path, request)
+    log = tmp_path / "calls.log"
+    assert overlapping_calls(log) == []
+    assert max_in_flight(log) <= 8
+    outcomes = Counter((call.key, call.outcome) for call in read_calls(log))
+    for job in request.jobs.all():
+        key = call_key(job.prompt)
+        if job.pk in rejected:
+            assert per_key[key] == 1 and outcomes[key, "permanent"] == 1, job.prompt
+        else:
+            assert per_key[key] >= 1 and outcomes[key, "ok"] == 1, job.prompt
+            # At most 2 transient failures in a row per process (MAX_FAILURE_STREAK).
+            assert per_key[key] == outcomes[key, "transient"] + 1 <= 1 + 3, job.prompt
+    assert sum(count for (_, outcome), count in outcomes.items() if outcome == "transient")

@@ -15,6 +15,7 @@ from generation.providers.demo import DemoImageModel
 FAL_KEY = "fal-key-id:SECRETSECRETSECRETfalsecret"
 QUEUE = "https://queue.fal.run"
 IMAGE_URL = "https://v3.fal.media/files/crow/result.jpg"
+FAL_MEDIA_ADDRESS = "34.120.0.1"
 
 
 def jpeg(size=(64, 48)) -> bytes:
@@ -36,7 +37,7 @@ def fal(settings, monkeypatch):
         if host == "evil.fal.media":
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 443))]
         if host.endswith("fal.media"):
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("34.120.0.1", 443))]
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (FAL_MEDIA_ADDRESS, 443))]
         return real_getaddrinfo(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
@@ -61,10 +62,16 @@ def queue_routes(router, endpoint, result, status=None, request_id="req-123"):
     return submit, cancel
 
 
+def pinned(url):
+    """Route for a download: it is sent to the checked address, named by its Host header."""
+    parts = httpx.URL(url)
+    return {"url": str(parts.copy_with(host=FAL_MEDIA_ADDRESS)), "headers": {"host": parts.host}}
+
+
 def image_route(router, url=IMAGE_URL, **response):
     response.setdefault("content", jpeg())
     response.setdefault("headers", {"content-type": "image/jpeg"})
-    return router.get(url).mock(return_value=httpx.Response(200, **response))
+    return router.get(**pinned(url)).mock(return_value=httpx.Response(200, **response))
 
 
 def test_flux_schnell_happy_path(fal):
@@ -185,7 +192,7 @@ def test_unsafe_downloads_are_permanent_errors(fal, settings, url, route_kwargs,
     queue_routes(fal, "fal-ai/flux/schnell", {"images": [{"url": url}]})
     if route_kwargs is not None:
         status = route_kwargs.pop("status_code", 200)
-        fal.get(url).mock(return_value=httpx.Response(status, **route_kwargs))
+        fal.get(**pinned(url)).mock(return_value=httpx.Response(status, **route_kwargs))
     with pytest.raises(PermanentProviderError, match=message):
         get_image_model("flux-schnell").generate("a crow")
 
@@ -193,7 +200,9 @@ def test_unsafe_downloads_are_permanent_errors(fal, settings, url, route_kwargs,
 def test_redirect_within_allowed_hosts_is_followed(fal):
     other = "https://cdn.fal.media/files/final.jpg"
     queue_routes(fal, "fal-ai/flux/schnell", {"images": [{"url": IMAGE_URL}]})
-    fal.get(IMAGE_URL).mock(return_value=httpx.Response(302, headers={"location": other}))
+    fal.get(**pinned(IMAGE_URL)).mock(
+        return_value=httpx.Response(302, headers={"location": other})
+    )
     image_route(fal, other)
     assert get_image_model("flux-schnell").generate("a crow").width == 64
 

@@ -37,7 +37,12 @@ def serialise_mongomock():
     originals = {name: getattr(mongomock.Collection, name) for name in _ATOMIC_COMMANDS}
     for name, method in originals.items():
         setattr(mongomock.Collection, name, _serialised(method))
+    # A find's results are computed on first iteration: one read under the lock, as a
+    # server answers one batch.
+    compute = mongomock.collection.Cursor._compute_results
+    mongomock.collection.Cursor._compute_results = _serialised(compute)
     yield
+    mongomock.collection.Cursor._compute_results = compute
     for name, method in originals.items():
         setattr(mongomock.Collection, name, method)
 
@@ -72,11 +77,18 @@ def make_storage(request, tmp_path):
         created.append(storage)
         return storage
 
+    make.backend = request.param
     yield make
     for storage in created:
         if isinstance(storage, MongoStorage) and request.param == "mongodb":
             storage.client.drop_database(storage.messages.database.name)
         storage.close()
+
+
+@pytest.fixture
+def backend(make_storage) -> str:
+    """Which storage this parametrised test runs on: sqlite, mongomock or mongodb."""
+    return make_storage.backend
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def test_viewer_sees_the_monitor_but_no_actions(make_user):
 @pytest.mark.usefixtures("collections")
 def test_changer_retries_a_failed_run(make_user):
     run = failed_job_run()
-    client = make_user("view_taskrun", "change_taskrun")
+    client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
     confirm = client.get(reverse("job_monitor:run_retry", args=[run.pk]))
     assert confirm.status_code == 200 and b"again?" in confirm.content
     response = client.post(reverse("job_monitor:run_retry", args=[run.pk]))
@@ -111,7 +111,7 @@ def test_changer_revokes_a_queued_run_and_retries_a_requests_failures(make_user)
             for i in range(2)]
     queue_jobs([job.pk for job in jobs])
     run = TaskRun.objects.get(generation_job=jobs[0])
-    client = make_user("view_taskrun", "change_taskrun")
+    client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
     client.post(reverse("job_monitor:run_revoke", args=[run.pk]))
     run.refresh_from_db()
     jobs[0].refresh_from_db()
@@ -141,7 +141,7 @@ def test_dead_letters_listed_requeued_and_purged(make_user):
         storage.claim(lease_seconds=0.001)
         time.sleep(0.002)
     assert storage.dead_letter_count() == 2 and storage.claim() is None
-    client = make_user("view_taskrun", "change_taskrun")
+    client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
     page = client.get(MONITOR + "dead-letters/")
     assert page.status_code == 200 and page.content.count(b"record_run") == 2
     [first, second] = storage.dead_letters()

@@ -1,12 +1,21 @@
 """One conformance suite for every Karasu queue storage (SQLite, mongomock, real MongoDB)."""
 
 import datetime
+import logging
+import os
+import queue
+import sqlite3
 import threading
 import time
 
+import pytest
 from huey.constants import EmptyData
 
+from huey_tasks.storage import mongo as mongo_module
+from huey_tasks.storage.base import DeadLetter
+
 UTC = datetime.UTC
+SECOND = datetime.timedelta(seconds=1)
 
 
 def now():
@@ -20,6 +29,14 @@ def run_concurrently(target, count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def bury(storage, data: bytes = b"poison", priority=None) -> None:
+    """Enqueue ``data`` and let all its leases (max_deliveries=3) run out unacked."""
+    storage.enqueue(data, priority)
+    for _ in range(3):
+        assert storage.claim(lease_seconds=0.01).data == data
+        time.sleep(0.02)
 
 
 # Queue --------------------------------------------------------------------------------
@@ -51,13 +68,14 @@ def test_claim_leases_instead_of_deleting(storage):
     storage.enqueue(b"job")
     delivery = storage.claim()
     assert delivery.data == b"job" and delivery.deliveries == 1
+    assert isinstance(delivery.token, str) and len(delivery.token) == 32
     # Leased: not deliverable, not counted as queued, counted as running.
     assert storage.claim() is None
     assert storage.queue_size() == 0
     assert storage.leased_count() == 1
-    assert storage.ack(delivery.message_id) is True
+    assert storage.ack(delivery.message_id, delivery.token) is True
     assert storage.leased_count() == 0
-    assert storage.ack(delivery.message_id) is False
+    assert storage.ack(delivery.message_id, delivery.token) is False
 
 
 def test_expired_lease_is_redelivered_with_count_raised(storage):
@@ -68,21 +86,77 @@ def test_expired_lease_is_redelivered_with_count_raised(storage):
     assert second is not None
     assert second.message_id == first.message_id
     assert second.deliveries == 2
+    assert second.token != first.token  # a fresh token per claim
+
+
+def test_stale_token_cannot_touch_the_new_holders_claim(storage):
+    storage.enqueue(b"job")
+    stale = storage.claim(lease_seconds=0.05)
+    time.sleep(0.1)
+    fresh = storage.claim()  # the lease ran out: another worker takes the message over
+    assert fresh.message_id == stale.message_id
+    assert storage.ack(stale.message_id, stale.token) is False
+    assert storage.release(stale.message_id, stale.token) is False
+    assert storage.extend_leases({stale.message_id: stale.token}) == {stale.message_id}
+    # The new holder's claim is untouched: still leased, still its own.
+    assert storage.leased_count() == 1
+    assert storage.claim() is None
+    assert storage.extend_leases({fresh.message_id: fresh.token}) == set()
+    assert storage.ack(fresh.message_id, fresh.token) is True
+
+
+def test_expired_lease_nobody_took_is_still_its_holders(storage):
+    storage.enqueue(b"job")
+    delivery = storage.claim(lease_seconds=0.05)
+    time.sleep(0.1)
+    assert storage.extend_leases({delivery.message_id: delivery.token}, 30) == set()
+    assert storage.claim() is None
+    assert storage.ack(delivery.message_id, delivery.token) is True
+
+
+def test_no_token_matches_an_unclaimed_message(storage):
+    storage.enqueue(b"job")
+    delivery = storage.claim()
+    assert storage.release(delivery.message_id, delivery.token) is True
+    for token in (None, ""):
+        assert storage.ack(delivery.message_id, token) is False
+        assert storage.release(delivery.message_id, token) is False
+        assert storage.extend_leases({delivery.message_id: token}) == {delivery.message_id}
+    assert storage.ack("not-an-id", delivery.token) is False
+    assert storage.queue_size() == 1
 
 
 def test_heartbeat_extends_lease(storage):
     storage.enqueue(b"job")
     delivery = storage.claim(lease_seconds=0.2)
-    assert storage.extend_leases([delivery.message_id], lease_seconds=30) == 1
+    assert storage.extend_leases({delivery.message_id: delivery.token}, lease_seconds=30) == set()
     time.sleep(0.3)
     assert storage.claim() is None
-    assert storage.extend_leases([]) == 0
+    assert storage.extend_leases({}) == set()
+
+
+def test_extend_leases_reports_lost_ids(storage):
+    for data in (b"held", b"acked", b"released", b"retaken"):
+        storage.enqueue(data)
+    held, acked, released = storage.claim(), storage.claim(), storage.claim()
+    retaken = storage.claim(lease_seconds=0.05)
+    assert storage.ack(acked.message_id, acked.token)
+    assert storage.release(released.message_id, released.token)
+    time.sleep(0.1)
+    assert storage.claim().message_id in {released.message_id, retaken.message_id}
+    assert storage.claim().message_id in {released.message_id, retaken.message_id}
+    leases = {d.message_id: d.token for d in (held, acked, released, retaken)}
+    leases["not-an-id"] = held.token
+    lost = storage.extend_leases(leases, lease_seconds=30)
+    assert lost == {acked.message_id, released.message_id, retaken.message_id, "not-an-id"}
+    assert storage.ack(held.message_id, held.token) is True
 
 
 def test_release_hands_back_without_counting(storage):
     storage.enqueue(b"job")
     delivery = storage.claim()
-    assert storage.release(delivery.message_id) is True
+    assert storage.release(delivery.message_id, delivery.token) is True
+    assert storage.release(delivery.message_id, delivery.token) is False  # token cleared
     again = storage.claim()
     assert again.message_id == delivery.message_id
     assert again.deliveries == 1
@@ -110,13 +184,93 @@ def test_dead_letter_after_max_deliveries(storage):
     assert requeued.data == b"poison" and requeued.deliveries == 1
 
 
+def test_burial_calls_on_dead_letter_once(storage):
+    letters: list[DeadLetter] = []
+    storage.on_dead_letter = letters.append
+    storage.enqueue(b"poison", 4)
+    claimed = []
+    for _ in range(3):
+        claimed.append(storage.claim(lease_seconds=0.01))
+        time.sleep(0.02)
+    assert {d.message_id for d in claimed} == {claimed[0].message_id}
+    assert storage.claim() is None  # buries
+    assert storage.claim() is None
+    [letter] = letters
+    [stored] = storage.dead_letters()
+    assert letter == stored
+    assert letter.data == b"poison" and letter.deliveries == 3 and letter.priority == 4
+    assert "3 deliveries" in letter.reason
+    assert letter.died_at.tzinfo is not None
+    assert abs(letter.died_at.timestamp() - time.time()) < 5
+    assert letter.message_id == claimed[0].message_id
+
+
+def test_failing_on_dead_letter_does_not_break_claim(storage, caplog):
+    def fail(letter):
+        raise RuntimeError("monitor down")
+
+    storage.on_dead_letter = fail
+    bury(storage, b"poison")
+    storage.enqueue(b"fine")
+    with caplog.at_level(logging.ERROR, logger="huey_tasks.storage.base"):
+        assert storage.claim().data == b"fine"
+    assert storage.dead_letter_count() == 1
+    assert any("monitor down" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_requeue_keeps_priority_and_is_idempotent(storage):
+    bury(storage, b"urgent", priority=7)
+    assert storage.claim() is None
+    [dead] = storage.dead_letters()
+    assert dead.priority == 7
+    storage.enqueue(b"normal", 1)
+    assert storage.requeue_dead_letter(dead.message_id) is True
+    assert storage.requeue_dead_letter(dead.message_id) is False
+    assert storage.requeue_dead_letter("not-an-id") is False
+    assert storage.queue_size() == 2
+    first = storage.claim()
+    assert first.data == b"urgent" and first.deliveries == 1
+    assert storage.claim().data == b"normal"
+    assert storage.claim() is None
+
+
+def test_requeue_after_a_crash_between_insert_and_delete(storage, backend):
+    if backend == "sqlite":
+        pytest.skip("SQLite requeues in one transaction: there is no in-between")
+    bury(storage, b"poison")
+    assert storage.claim() is None
+    [dead] = storage.dead_letters()
+    stored = storage.dead.find_one({})
+    assert storage.requeue_dead_letter(dead.message_id) is True
+    storage.dead.insert_one(stored)  # the state a crash after the insert leaves
+    assert storage.requeue_dead_letter(dead.message_id) is True  # resolved via the _id
+    assert storage.dead_letter_count() == 0
+    assert storage.queue_size() == 1
+    assert storage.claim().deliveries == 1
+    assert storage.claim() is None
+
+
+def test_requeue_after_a_crash_during_burial(storage, backend):
+    if backend == "sqlite":
+        pytest.skip("SQLite buries in one transaction: there is no in-between")
+    bury(storage, b"poison")
+    message = storage.messages.find_one({})
+    assert storage.claim() is None
+    storage.messages.insert_one({**message, "deliveries": 4})  # the burial's delete never ran
+    [dead] = storage.dead_letters()
+    assert storage.requeue_dead_letter(dead.message_id) is True
+    assert storage.dead_letter_count() == 0
+    assert storage.claim().deliveries == 1  # the fresh count, not buried again
+    assert storage.claim() is None
+
+
 def test_purge_dead_letters(storage):
     for data in (b"p1", b"p2", b"p3"):
         storage.enqueue(data)
     for _ in range(3):
-        for _ in range(3):
-            storage.claim(lease_seconds=0.01)
-        time.sleep(0.02)
+        # A lease long enough to outlast three claims even on a slow server.
+        assert len({storage.claim(lease_seconds=0.5).data for _ in range(3)}) == 3
+        time.sleep(0.55)
     assert storage.claim() is None
     assert storage.dead_letter_count() == 3
     first = storage.dead_letters(limit=1)[0]
@@ -135,12 +289,24 @@ def test_concurrent_claims_never_share_a_message(storage):
 
     def consume(_):
         while (delivery := storage.claim()) is not None:
-            storage.ack(delivery.message_id)
+            assert storage.ack(delivery.message_id, delivery.token)
             with lock:
                 seen.append(delivery.data)
 
     run_concurrently(consume, 8)
     assert sorted(seen) == sorted(str(i).encode() for i in range(total))
+
+
+def test_all_messages_are_queued_leased_and_scheduled(storage):
+    assert storage.all_messages() == []
+    bury(storage, b"dead")
+    assert storage.claim() is None
+    storage.enqueue(b"leased")
+    assert storage.claim().data == b"leased"
+    storage.enqueue(b"queued")
+    storage.add_to_schedule(b"scheduled", now() + 60 * SECOND)
+    storage.add_to_schedule(b"due", now() - SECOND)
+    assert sorted(storage.all_messages()) == [b"due", b"leased", b"queued", b"scheduled"]
 
 
 # Schedule -----------------------------------------------------------------------------
@@ -166,7 +332,43 @@ def test_promote_due_moves_schedule_to_queue(storage):
     assert storage.promote_due(base) == [b"due"]
     assert storage.promote_due(base) == []
     assert storage.schedule_size() == 1
+    assert storage.queue_size() == 1
+    assert storage.leased_count() == 0
     assert storage.enqueued_items() == [b"due"]
+    assert storage.claim().data == b"due"
+    assert storage.claim() is None  # "later" is not due
+
+
+def test_scheduled_message_keeps_its_priority(storage):
+    base = now()
+    storage.add_to_schedule(b"low", base - 2 * SECOND)
+    storage.add_to_schedule(b"high", base - SECOND, priority=7)
+    storage.enqueue(b"mid", 3)
+    storage.promote_due(base)
+    assert [storage.dequeue() for _ in range(4)] == [b"high", b"mid", b"low", None]
+
+
+def test_naive_datetimes_are_utc_whatever_the_local_zone(storage):
+    old_tz = os.environ.get("TZ")
+    os.environ["TZ"] = "KAR-14"  # POSIX: local time is UTC+14, no tzdata needed
+    time.tzset()
+    try:
+        base = now()  # naive UTC, as Huey passes with utc=True
+        storage.add_to_schedule(b"in-1h", base + 3600 * SECOND)
+        storage.add_to_schedule(b"no-eta", datetime.datetime.fromtimestamp(0))  # Huey's
+        assert storage.promote_due(base) == [b"no-eta"]
+        assert storage.promote_due(datetime.datetime.now(UTC)) == []
+        delivery = storage.claim()
+        assert delivery.data == b"no-eta"
+        assert storage.ack(delivery.message_id, delivery.token)
+        assert storage.claim() is None  # not due by the real clock either
+        assert storage.promote_due(base + 3601 * SECOND) == [b"in-1h"]
+    finally:
+        if old_tz is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old_tz
+        time.tzset()
 
 
 def test_schedule_read_is_atomic_across_threads(storage):
@@ -181,6 +383,113 @@ def test_schedule_read_is_atomic_across_threads(storage):
     run_concurrently(read, 6)
     everything = [item for batch in results for item in batch]
     assert sorted(everything) == sorted(str(i).encode() for i in range(100))
+
+
+def claim_and_ack_all(storage, delivered: list[bytes]) -> None:
+    while (delivery := storage.claim()) is not None:
+        assert storage.ack(delivery.message_id, delivery.token)
+        delivered.append(delivery.data)
+
+
+def test_promoted_and_acked_message_never_comes_back(storage, monkeypatch):
+    base = now()
+    storage.add_to_schedule(b"once", base - SECOND)
+    delivered: list[bytes] = []
+    storage.promote_due(base)
+    claim_and_ack_all(storage, delivered)
+    # Another scheduler, two minutes later (past any stale-claim timeout).
+    clock = time.time
+    monkeypatch.setattr(mongo_module, "time", type("Later", (), {"time": lambda: clock() + 120}))
+    assert storage.promote_due(base + 120 * SECOND) == []
+    claim_and_ack_all(storage, delivered)
+    assert delivered == [b"once"]
+    assert storage.all_messages() == []
+
+
+def test_stalled_promoter_cannot_deliver_twice(storage, backend, monkeypatch):
+    """Promoter A stalls between each two of its commands; meanwhile workers claim and ack
+    everything, and promoter B runs two minutes later. Every item is delivered once."""
+    if backend == "sqlite":
+        pytest.skip("SQLite promotes in one transaction: there is no in-between to stall in")
+    base = now()
+    items = [f"item{i}".encode() for i in range(5)]
+    for data in items:
+        storage.add_to_schedule(data, base - SECOND)
+    real = storage.messages
+    to_main: queue.Queue = queue.Queue()
+    to_a: queue.Queue = queue.Queue()
+    a_thread: list[int] = []
+
+    class Stalling:
+        """The messages collection, pausing promoter A before each of its commands."""
+
+        def __getattr__(self, name):
+            attr = getattr(real, name)
+            if not callable(attr) or threading.get_ident() not in a_thread:
+                return attr
+
+            def call(*args, **kwargs):
+                to_main.put("paused")
+                to_a.get(timeout=30)
+                return attr(*args, **kwargs)
+
+            return call
+
+    def promoter_a():
+        a_thread.append(threading.get_ident())
+        try:
+            storage.promote_due(base)
+        finally:
+            to_main.put("done")
+
+    monkeypatch.setattr(storage, "messages", Stalling())
+    delivered: list[bytes] = []
+    clock = time.time
+    later = type("Later", (), {"time": lambda: clock() + 120})
+    thread = threading.Thread(target=promoter_a)
+    thread.start()
+    stalls = 0
+    while to_main.get(timeout=30) == "paused":
+        stalls += 1
+        claim_and_ack_all(storage, delivered)
+        with monkeypatch.context() as patch:
+            patch.setattr(mongo_module, "time", later)
+            storage.promote_due(base + 120 * SECOND)  # B, after A's claim went stale
+            claim_and_ack_all(storage, delivered)
+        to_a.put("go")
+    thread.join()
+    claim_and_ack_all(storage, delivered)
+    assert stalls >= 1
+    assert sorted(delivered) == items
+
+
+def test_concurrent_promoters_and_workers_deliver_each_once(storage):
+    base = now()
+    items = [str(i).encode() for i in range(60)]
+    for data in items:
+        storage.add_to_schedule(data, base - SECOND)
+    delivered: list[bytes] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 60
+
+    def work(i):
+        while time.monotonic() < deadline:
+            with lock:
+                if len(delivered) >= len(items):
+                    return
+            if i % 2:
+                storage.promote_due(base)
+                continue
+            delivery = storage.claim()
+            if delivery is not None:
+                assert storage.ack(delivery.message_id, delivery.token)
+                with lock:
+                    delivered.append(delivery.data)
+
+    run_concurrently(work, 6)
+    assert sorted(delivered) == sorted(items)
+    assert storage.promote_due(base + 3600 * SECOND) == []
+    assert storage.claim() is None
 
 
 # Key/value ----------------------------------------------------------------------------
@@ -307,3 +616,115 @@ def test_storages_with_different_names_are_isolated(storage):
     assert other.claim() is None
     assert other.peek_data("k") is EmptyData
     assert storage.claim().data == b"mine"
+
+
+# Upgrades and indexes -----------------------------------------------------------------
+OLD_SQLITE_DDL = [  # the tables as the first release created them
+    "create table karasu_message (id integer primary key autoincrement, queue text not null,"
+    " data blob not null, priority real not null default 0, lease_until real not null"
+    " default 0, deliveries integer not null default 0, enqueued_at real not null)",
+    "create table karasu_schedule (id integer primary key, queue text not null,"
+    " data blob not null, timestamp real not null)",
+    "create table karasu_dead_letter (id integer primary key, queue text not null,"
+    " data blob not null, deliveries integer not null, died_at real not null,"
+    " reason text not null)",
+]
+
+
+def test_sqlite_file_of_the_old_layout_is_upgraded_in_place(make_storage, backend, tmp_path):
+    if backend != "sqlite":
+        pytest.skip("only the SQLite storage has a table layout to upgrade")
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    for sql in OLD_SQLITE_DDL:
+        conn.execute(sql)
+    conn.execute(
+        "insert into karasu_message (queue, data, priority, lease_until, deliveries,"
+        " enqueued_at) values ('conformance', x'6f6c64', 2, 0, 0, 0)"
+    )
+    conn.execute(
+        "insert into karasu_schedule (queue, data, timestamp) values ('conformance', x'73', 0)"
+    )
+    conn.commit()
+    conn.close()
+    storage = make_storage(lease_seconds=30, max_deliveries=3)
+    delivery = storage.claim()
+    assert delivery.data == b"old" and delivery.token
+    assert storage.ack(delivery.message_id, delivery.token) is True
+    storage.add_to_schedule(b"new", now() - SECOND, priority=5)
+    assert storage.promote_due(now()) == [b"s", b"new"]
+    assert storage.dequeue() == b"new"
+    bury(storage, b"poison", priority=3)
+    assert storage.claim().data == b"s"
+    assert storage.claim() is None
+    assert storage.dead_letters()[0].priority == 3
+    make_storage()  # opening an upgraded file again changes nothing
+
+
+def test_mongo_schedule_of_the_old_layout_is_adopted(storage, backend, caplog):
+    if backend == "sqlite":
+        pytest.skip("MongoStorage's collections")
+    base = now()
+    legacy = storage.legacy_schedule
+    legacy.insert_many(
+        [
+            {"data": b"due", "ts": (base - SECOND).replace(tzinfo=UTC).timestamp(), "claim": None},
+            {"data": b"later", "ts": time.time() + 60, "claim": None},
+            {"data": b"half-moved", "ts": 0.0, "claim": None, "adopted_at": 1.0},
+        ]
+    )
+    with caplog.at_level(logging.WARNING, logger="huey_tasks.storage.mongo"):
+        assert storage.adopt_legacy_schedule() == 2
+    assert "1 entries" in caplog.text
+    assert storage.schedule_size() == 2
+    assert sorted(storage.all_messages()) == [b"due", b"half-moved", b"later"]
+    assert storage.promote_due(base) == [b"due"]
+    assert storage.dequeue() == b"due"
+    assert storage.adopt_legacy_schedule() == 0
+
+
+def _plan_stages(plan) -> list[dict]:
+    """Every stage of an explain plan, in any of the servers' plan formats."""
+    stages = []
+    if isinstance(plan, dict):
+        if "stage" in plan:
+            stages.append(plan)
+        for value in plan.values():
+            stages += _plan_stages(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            stages += _plan_stages(value)
+    return stages
+
+
+def test_claim_uses_its_index_without_an_in_memory_sort(storage, backend):
+    if backend != "mongodb":
+        pytest.skip("needs a real server's explain (TEST_MONGODB_URI); mongomock has none")
+    storage.enqueue_many([str(i).encode() for i in range(200)])
+    storage.enqueue_many([b"urgent"] * 20, priority=5)
+    for _ in range(10):
+        storage.claim()
+    storage.add_to_schedule(b"later", now() + 60 * SECOND)
+    now_ts = time.time()
+    explained = storage.messages.database.command(
+        "explain",
+        {
+            "findAndModify": storage.messages.name,
+            "query": storage.claim_query(now_ts),
+            "sort": dict(mongo_module.CLAIM_SORT),
+            "update": {"$set": {"lease_until": now_ts + 30}, "$inc": {"deliveries": 1}},
+        },
+        verbosity="queryPlanner",
+    )
+    provider = explained.get("cxp", {}).get("provider")
+    if "queryPlanner" not in explained and provider == "mongoeco":
+        pytest.skip(
+            "mongoeco emulator bug: its explain has no queryPlanner/winningPlan (it has no"
+            " query planner; it scans and sorts in Python), so there is no plan to check"
+        )
+    stages = _plan_stages(explained["queryPlanner"]["winningPlan"])
+    names = [stage["stage"] for stage in stages]
+    assert "SORT" not in names, names
+    scans = [stage for stage in stages if stage["stage"] == "IXSCAN"]
+    assert [scan["indexName"] for scan in scans] == [mongo_module.CLAIM_INDEX], stages
+    index = storage.messages.index_information()[mongo_module.CLAIM_INDEX]
+    assert index["key"] == mongo_module.CLAIM_SORT

@@ -1,0 +1,78 @@
+"""Provider keys never reach the log output, whichever logger or traceback carries them."""
+
+import io
+import logging
+
+import pytest
+
+# Deliberately not key-shaped: only the configured value can catch them.
+ANTHROPIC_KEY = "anthropic-configured-0123456789abcdef"
+OPENAI_KEY = "openai-configured-0123456789abcdef"
+FAL_KEY = "fal-id-1234:falconfiguredsecret0123456789"
+
+
+@pytest.fixture
+def console(settings):
+    """The console handler from settings.LOGGING, writing into a buffer for the test."""
+    settings.ANTHROPIC_API_KEY = ANTHROPIC_KEY
+    settings.OPENAI_API_KEY = OPENAI_KEY
+    settings.FAL_KEY = FAL_KEY
+    handlers = [h for h in logging.getLogger().handlers if h.get_name() == "console"]
+    assert handlers, "settings.LOGGING attaches no console handler to the root logger"
+    handler = handlers[0]
+    assert handler in logging.getLogger("huey").handlers
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield buffer
+    handler.setStream(previous)
+
+
+def assert_no_secrets(output: str) -> None:
+    for secret in (ANTHROPIC_KEY, OPENAI_KEY, FAL_KEY, "falconfiguredsecret"):
+        assert secret not in output
+
+
+def test_root_and_huey_loggers_redact_configured_keys(console):
+    logging.getLogger("generation.tasks").warning("calling fal with %s", FAL_KEY)
+    logging.getLogger("huey").error(
+        "task failed: anthropic=%s openai=%s", ANTHROPIC_KEY, OPENAI_KEY
+    )
+    logging.getLogger().warning(f"inline {OPENAI_KEY} in the message")
+    output = console.getvalue()
+    assert_no_secrets(output)
+    assert "generation.tasks calling fal with [redacted]" in output
+    assert "huey task failed: anthropic=[redacted] openai=[redacted]" in output
+    assert "inline [redacted] in the message" in output
+
+
+def test_tracebacks_are_redacted_but_kept_whole(console):
+    def call_provider():
+        raise RuntimeError(f"401 Unauthorized for {FAL_KEY}\nsecond line of the detail")
+
+    try:
+        call_provider()
+    except RuntimeError:
+        logging.getLogger("huey").exception("Unhandled exception in task %s", "generate_image")
+    output = console.getvalue()
+    assert_no_secrets(output)
+    assert "Unhandled exception in task generate_image" in output
+    # Unlike error reasons, log records keep their lines and length: the traceback is usable.
+    assert "Traceback (most recent call last):" in output
+    assert "in call_provider" in output
+    assert "RuntimeError: 401 Unauthorized for [redacted]\nsecond line of the detail" in output
+
+
+def test_key_shaped_strings_are_redacted_even_when_not_configured(console):
+    stray = "sk-proj-unconfiguredLEAKED0123456789"
+    logging.getLogger("generation.providers").warning("echoed back: %s", stray)
+    logging.getLogger().error("header was Authorization: Key abcdefABCDEF0123456789xyz")
+    output = console.getvalue()
+    assert "unconfiguredLEAKED" not in output and "abcdefABCDEF0123456789xyz" not in output
+    assert "echoed back: [redacted]" in output
+
+
+def test_a_long_message_is_not_truncated(console):
+    logging.getLogger().warning("x" * 1000 + " " + FAL_KEY)
+    output = console.getvalue()
+    assert_no_secrets(output)
+    assert "x" * 1000 + " [redacted]" in output

@@ -1,0 +1,87 @@
+import contextlib
+import threading
+
+import pytest
+from django.urls import reverse
+from huey.contrib.djhuey import HUEY
+from wagtail.models import Collection
+
+from generation.models import GenerationJob, GenerationRequest
+from generation.providers import reset_cache
+from huey_tasks.tasks import limiter_for
+from tests.support.queue_backends import queue_backend  # noqa: F401  (a fixture)
+
+NS = "wagtailsnippets_generation_generationrequest"
+
+
+@pytest.fixture
+def call_log(tmp_path):
+    return tmp_path / "provider-calls.log"
+
+
+@pytest.fixture
+def demo(settings, call_log):
+    """Tune the demo image provider for one test; every call is written to ``call_log``."""
+
+    def configure(**knobs):
+        settings.KARASU["IMAGE_MODELS"]["demo"] = {
+            **settings.KARASU["IMAGE_MODELS"]["demo"],
+            **{key.upper(): value for key, value in knobs.items()},
+        }
+        reset_cache()
+        limiter_for.cache_clear()
+
+    configure(latency=0, failure_rate=0, reject_rate=0, concurrency=8,
+              call_log=str(call_log), max_failure_streak=2)
+    yield configure
+    reset_cache()
+    limiter_for.cache_clear()
+
+
+@pytest.fixture
+def editor(client, django_user_model):
+    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def make_request(count: int = 4, *, status=GenerationRequest.Status.GENERATING,
+                 job_status=GenerationJob.Status.PENDING, **fields) -> GenerationRequest:
+    """A request with ``count`` prompts written (no LLM call)."""
+    request = GenerationRequest.objects.create(
+        theme=fields.pop("theme", "Crows over Kyoto"), count=count, llm="demo",
+        image_model=fields.pop("image_model", "demo"), status=status, jobs_total=count,
+        collection=Collection.objects.get(name="Generated images"), **fields,
+    )
+    GenerationJob.objects.bulk_create(
+        GenerationJob(request=request, index=i, prompt=f"{request.theme}: prompt number {i}",
+                      seed=i, status=job_status)
+        for i in range(count)
+    )
+    HUEY.storage.flush_queue()  # Wagtail's index tasks for the new rows: not under test
+    return request
+
+
+def action_url(name: str, request: GenerationRequest) -> str:
+    return reverse(f"{NS}:action", args=[request.pk, name])
+
+
+@pytest.fixture
+def thread_consumer_factory():
+    """Start a real consumer (thread workers) on the queue as it is, for part of a test."""
+
+    @contextlib.contextmanager
+    def start(workers: int = 8):
+        consumer = HUEY.create_consumer(
+            workers=workers, initial_delay=0.01, max_delay=0.05, periodic=False
+        )
+        consumer._set_signal_handlers = lambda: None  # only the main thread may
+        runner = threading.Thread(target=consumer.run, daemon=True)
+        runner.start()
+        try:
+            yield consumer
+        finally:
+            consumer.stop(graceful=True)
+            runner.join(30)
+
+    return start

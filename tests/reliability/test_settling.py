@@ -1,0 +1,281 @@
+"""No open state without a way to a final one: dead letters, lost messages, deadlines,
+unknown models, infrastructure errors, cancels and the monitor's actions."""
+
+import time
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.db import OperationalError
+from django.urls import reverse
+from huey.contrib.djhuey import HUEY
+from wagtail.images import get_image_model
+
+from generation import services
+from generation.models import GenerationJob, GenerationRequest
+from huey_tasks import reconcile
+from huey_tasks.models import TaskRun
+from huey_tasks.tasks import expand_prompt, maintenance, queue_jobs
+from tests.reliability.conftest import make_request
+from tests.support.consumers import queued_tasks, wait_for
+from tests.support.provider_calls import calls_per_key, overlapping_calls
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
+Job = GenerationJob.Status
+Req = GenerationRequest.Status
+Image = get_image_model()
+
+
+@pytest.fixture
+def one_delivery():
+    storage = HUEY.storage
+    original = storage.max_deliveries
+    storage.max_deliveries = 1
+    yield storage
+    storage.max_deliveries = original
+
+
+def die_holding(storage) -> None:
+    """A worker claims the next message and dies: its lease just runs out."""
+    assert storage.claim(lease_seconds=0.01) is not None
+    time.sleep(0.05)
+
+
+def settled(request) -> bool:
+    request.refresh_from_db()
+    return request.status in GenerationRequest.TERMINAL
+
+
+def test_a_buried_job_fails_at_once_and_requeue_reopens_it(
+    demo, one_delivery, queue_backend, editor, thread_consumer_factory
+):
+    request = make_request(1)
+    [job_id] = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    die_holding(HUEY.storage)
+    assert HUEY.storage.claim() is None  # the second delivery is one too many: buried
+    assert HUEY.storage.dead_letter_count() == 1
+    job = GenerationJob.objects.get(pk=job_id)
+    assert job.status == Job.FAILED
+    assert job.error == "the worker running this job stopped 1 times; see the job monitor"
+    request.refresh_from_db()
+    assert request.status == Req.FAILED and request.jobs_failed == 1
+    assert TaskRun.objects.get(generation_job_id=job_id).status == TaskRun.Status.DEAD
+
+    [letter] = HUEY.storage.dead_letters()
+    editor.post(reverse("job_monitor:dead_letter", args=[letter.message_id, "requeue"]))
+    job.refresh_from_db()
+    request.refresh_from_db()
+    assert job.status == Job.QUEUED and request.status == Req.GENERATING
+    assert request.jobs_failed == 0
+    with thread_consumer_factory():
+        wait_for(lambda: settled(request), 30, message="requeued job finished")
+    assert request.status == Req.COMPLETED
+    assert Image.objects.filter(generation_job_id=job_id).count() == 1
+
+
+def test_a_buried_expansion_fails_its_request(demo, one_delivery, queue_backend):
+    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                               image_model="demo", status=Req.QUEUED)
+    HUEY.storage.flush_queue()
+    expand_prompt(request.pk)
+    die_holding(HUEY.storage)
+    assert HUEY.storage.claim() is None
+    request.refresh_from_db()
+    assert request.status == Req.FAILED
+    assert "stopped 1 times" in request.error
+
+
+def test_maintenance_requeues_lost_jobs_then_gives_up(demo, queue_backend, settings):
+    settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0, "MAX_RECOVERIES": 1}
+    request = make_request(2)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    HUEY.storage.flush_queue()  # the messages are lost
+    result = maintenance.call_local()
+    assert result["jobs_requeued"] == 2
+    assert len(queued_tasks("generate_image")) == 2
+    assert set(request.jobs.values_list("recoveries", flat=True)) == {1}
+    HUEY.storage.flush_queue()
+    result = maintenance.call_local()
+    assert result["jobs_failed"] == 2 and result["requests_settled"] == 0
+    request.refresh_from_db()
+    assert request.status == Req.FAILED
+    assert "left the queue unfinished" in request.jobs.first().error
+    # The monitor shows what maintenance did.
+    assert reconcile.last_result(HUEY)["jobs_failed"] == 2
+
+
+def test_maintenance_leaves_claimed_and_fresh_jobs_alone(demo, queue_backend, settings):
+    settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 60}
+    request = make_request(2)
+    ids = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    HUEY.storage.flush_queue()
+    services.claim_job(ids[0], "live", 30)
+    assert maintenance.call_local()["jobs_requeued"] == 0  # fresh: within the grace
+    settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
+    assert maintenance.call_local()["jobs_requeued"] == 1  # the claimed one waits
+    assert [t.args[0] for t in queued_tasks("generate_image")] == [ids[1]]
+
+
+def test_maintenance_restarts_lost_expansions_and_pauses_unsent_prompts(
+    demo, queue_backend, settings
+):
+    settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
+    lost = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                            image_model="demo", status=Req.EXPANDING)
+    review = make_request(3, auto_generate=False)
+    refanned = make_request(2)
+    result = maintenance.call_local()
+    assert result["requests_restarted"] == 1 and result["requests_paused"] == 1
+    assert [t.args[0] for t in queued_tasks("expand_prompt")] == [lost.pk]
+    review.refresh_from_db()
+    assert review.status == Req.DRAFT
+    assert sorted(t.args[0] for t in queued_tasks("generate_image")) == sorted(
+        refanned.jobs.values_list("pk", flat=True)
+    )
+
+
+def test_an_unknown_image_model_fails_the_job(demo, thread_consumer):
+    request = make_request(1, image_model="renamed-in-a-deploy")
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: settled(request), 20, message="request settled")
+    job = request.jobs.get()
+    assert job.status == Job.FAILED and "renamed-in-a-deploy" in job.error
+
+
+def test_a_task_past_its_deadline_fails_as_timed_out(demo, call_log, thread_consumer):
+    demo(latency=2.5)
+    original = HUEY.task_deadline
+    HUEY.task_deadline = 0.5
+    try:
+        request = make_request(1)
+        queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+        wait_for(lambda: settled(request), 20, message="timed out")
+        job = request.jobs.get()
+        assert job.status == Job.FAILED and job.error.startswith("timed out")
+        wait_for(lambda: calls_per_key(call_log) and open(call_log).read().count("end ") == 1,
+                 10, message="the stuck call returns")
+        time.sleep(0.5)
+    finally:
+        HUEY.task_deadline = original
+    assert not Image.objects.filter(generation_job_id=job.pk).exists()  # fenced out
+    assert HUEY.storage.leased_count() == 0 and HUEY.storage.queue_size() == 0
+    run = TaskRun.objects.get(generation_job_id=job.pk)
+    assert run.status == TaskRun.Status.FAILED and "timed out" in run.error_message
+
+
+def test_infrastructure_errors_do_not_use_provider_attempts(demo, thread_consumer, monkeypatch):
+    failures = {"left": 2}
+    real_save = Image.save
+
+    def flaky_save(self, *args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("database is locked")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "save", flaky_save)
+    request = make_request(1)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: settled(request), 30, message="request settled")
+    job = request.jobs.get()
+    assert job.status == Job.SUCCEEDED and job.attempts == 1 and job.infra_retries == 2
+
+
+def test_a_lasting_infrastructure_error_fails_the_job_with_the_real_reason(
+    demo, thread_consumer, monkeypatch, settings
+):
+    settings.KARASU["RETRY"] = {**settings.KARASU["RETRY"], "MAX_INFRASTRUCTURE_RETRIES": 2}
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image, "save", disk_full)
+    request = make_request(1)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: settled(request), 30, message="request settled")
+    job = request.jobs.get()
+    assert job.status == Job.FAILED and "No space left on device" in job.error
+    assert job.attempts == 1 and job.infra_retries == 2  # retries used no attempts
+
+
+def test_a_failing_slot_release_never_fails_a_generated_image(demo, thread_consumer, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(HUEY.storage, "release_slot", broken)
+    request = make_request(2)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: settled(request), 30, message="request settled")
+    assert request.status == Req.COMPLETED
+
+
+def test_cancel_stops_the_retries_of_running_jobs(demo, call_log, thread_consumer):
+    demo(latency=0.6, failure_rate=1.0, max_failure_streak=0)
+    request = make_request(2)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: request.jobs.filter(status=Job.RUNNING).count() == 2, 10,
+             message="both running")
+    services.cancel_request(GenerationRequest.objects.get(pk=request.pk))
+    wait_for(lambda: not request.jobs.filter(status__in=GenerationJob.OPEN).exists(), 10,
+             message="jobs final")
+    time.sleep(1.5)  # past any re-schedule: nothing new starts
+    assert set(request.jobs.values_list("status", "attempts")) == {(Job.CANCELLED, 1)}
+    assert set(calls_per_key(call_log).values()) == {1}
+    assert overlapping_calls(call_log) == []
+
+
+def test_regenerate_unlinks_every_image_of_the_old_run(demo):
+    request = make_request(1, status=Req.COMPLETED, job_status=Job.SUCCEEDED, jobs_succeeded=1)
+    job = request.jobs.get()
+    from generation.providers import get_image_model as get_provider
+
+    generated = get_provider("demo").generate(job.prompt, seed=1)
+    GenerationJob.objects.filter(pk=job.pk).update(status=Job.RUNNING, claim_token="t")
+    services.store(job, "t", generated)
+    stray = Image.objects.get(generation_job_id=job.pk)
+    job.refresh_from_db()
+    assert services.regenerate_job(job)
+    assert not Image.objects.filter(generation_job_id=job.pk).exists()
+    assert Image.objects.filter(pk=stray.pk).exists()  # stays in the library
+
+
+def test_retrying_an_old_failed_run_of_a_succeeded_job_does_nothing(demo, editor):
+    HUEY.storage.flush_all()
+    request = make_request(1, status=Req.COMPLETED, job_status=Job.SUCCEEDED, jobs_succeeded=1)
+    job = request.jobs.get()
+    run = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image", task_id="old",
+                                 status=TaskRun.Status.FAILED, args=[job.pk],
+                                 generation_job=job, generation_request=request)
+    editor.post(reverse("job_monitor:run_retry", args=[run.pk]))
+    job.refresh_from_db()
+    assert job.status == Job.SUCCEEDED and queued_tasks("generate_image") == []
+
+
+def test_spending_actions_need_change_permission_on_requests(demo, client, django_user_model):
+    HUEY.storage.flush_all()
+    user = django_user_model.objects.create_user("ops", password="pw")
+    group = Group.objects.create(name="Operators")
+    group.permissions.add(
+        Permission.objects.get(codename="access_admin"),
+        Permission.objects.get(codename="view_taskrun"),
+        Permission.objects.get(codename="change_taskrun"),
+    )
+    user.groups.add(group)
+    client.force_login(user)
+    request = make_request(1, status=Req.FAILED, job_status=Job.FAILED, jobs_failed=1)
+    job = request.jobs.get()
+    run = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image", task_id="r1",
+                                 status=TaskRun.Status.FAILED, args=[job.pk],
+                                 generation_job=job, generation_request=request)
+    urls = [
+        reverse("job_monitor:run_retry", args=[run.pk]),
+        reverse("job_monitor:request_retry_failed", args=[request.pk]),
+        reverse("job_monitor:dead_letters_all", args=["requeue"]),
+    ]
+    for url in urls:
+        # Wagtail's answer to PermissionDenied in the admin: back to the dashboard.
+        for response in (client.get(url), client.post(url)):
+            assert (response.status_code, response.url) == (302, "/admin/"), url
+    job.refresh_from_db()
+    assert job.status == Job.FAILED and queued_tasks("generate_image") == []
+    # Purging spends nothing: task-run change permission is enough.
+    assert client.post(reverse("job_monitor:dead_letters_all", args=["purge"])).status_code == 302

@@ -1,0 +1,48 @@
+"""Run queue tests on the embedded SQLite queue and, with TEST_MONGODB_URI, on MongoDB.
+
+``queue_backend`` swaps the storage of the project's Huey instance for the test (tasks are
+bound to that instance) and tells worker subprocesses, through the environment, to use the
+same MongoDB database (see cms/settings/test.py).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from huey.contrib.djhuey import HUEY
+
+from huey_tasks.storage import MongoStorage
+
+MONGO_ENV = "KARASU_TEST_QUEUE_MONGODB"
+
+
+def _mongo_url() -> str:
+    url = os.environ.get("TEST_MONGODB_URI")
+    if not url:
+        pytest.skip("TEST_MONGODB_URI is not set: the MongoDB queue tier is not tested")
+    base, _, query = url.partition("?")
+    database = f"karasu_test_{uuid.uuid4().hex[:8]}"
+    return f"{base.rstrip('/')}/{database}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def queue_backend(request, monkeypatch):
+    """The queue storage the test runs on; both start empty and are emptied afterwards."""
+    original = HUEY.storage
+    if request.param == "mongodb":
+        url = _mongo_url()
+        storage = MongoStorage(
+            original.name, url=url, lease_seconds=original.lease_seconds,
+            max_deliveries=original.max_deliveries,
+        )
+        storage.on_dead_letter = original.on_dead_letter
+        monkeypatch.setenv(MONGO_ENV, url)
+        HUEY.storage = storage
+    HUEY.storage.flush_all()
+    yield request.param
+    HUEY.storage.flush_all()
+    if HUEY.storage is not original:
+        HUEY.storage.client.drop_database(HUEY.storage.messages.database.name)
+        HUEY.storage = original
