@@ -29,6 +29,7 @@ def ingest(
     job: GenerationJob,
     generated: GeneratedImage,
     confirm: Callable[[object], bool] | None = None,
+    check_existing: bool = True,
 ) -> tuple[object | None, bool]:
     """Create the library image for ``job``; returns (image, created).
 
@@ -36,9 +37,10 @@ def ingest(
     ``generation_job_id`` makes this hold under concurrent redelivery too: the loser's
     insert fails and it returns the winner's image. ``confirm(image)`` runs in the same
     transaction as the insert; when it returns False nothing is filed: (None, False).
+    ``check_existing=False`` skips the first look-up for a caller that just made it.
     """
     Image = get_image_model()
-    existing = Image.objects.filter(generation_job_id=job.pk).first()
+    existing = Image.objects.filter(generation_job_id=job.pk).first() if check_existing else None
     if existing is not None:
         return existing, False
     request = job.request

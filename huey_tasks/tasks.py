@@ -172,11 +172,10 @@ def _generate(job_id: int, task) -> int | None:
         if rate_limit := rate_limit_for(model):
             rate_limit.acquire()
         try:
-            job = services.claim_job(job_id, token, HUEY.storage.lease_seconds)
+            if not services.claim_job(job, token, HUEY.storage.lease_seconds):
+                return None
         except services.JobBusy as exc:
             raise RateLimitExceeded(str(exc), CLAIM_WAIT) from None
-        if job is None:
-            return None
         task.job_claim = token
         task.job_attempts = job.attempts
         HUEY.hold(JOB_CLAIMS, token)

@@ -1,4 +1,5 @@
-"""Load and chaos: real consumer processes, the embedded queue, the demo provider.
+"""Load and chaos: real consumer processes, the demo provider, on the embedded queue and
+(with TEST_MONGODB_URI) on MongoDB.
 
 Run on SQLite by default and on PostgreSQL too when TEST_DATABASE_URL is set.
 """
@@ -21,23 +22,15 @@ from tests.support.provider_calls import (
     overlapping_calls,
     read_calls,
 )
+from tests.support.queue_backends import queue_backend  # noqa: F401  (a fixture)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("collections"),
+    pytest.mark.usefixtures("collections", "queue_backend"),
 ]
 Image = get_image_model()
 Job = GenerationJob.Status
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    from huey.contrib.djhuey import HUEY
-
-    HUEY.storage.flush_all()
-    yield
-    HUEY.storage.flush_all()
 
 
 def start(tmp_path, name, **knobs):

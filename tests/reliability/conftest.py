@@ -85,3 +85,51 @@ def thread_consumer_factory():
             runner.join(30)
 
     return start
+
+
+@pytest.fixture
+def reliability_report(request):
+    """``report(scenario, requests, call_log)``: what happened to every job of a scenario.
+
+    With KARASU_RELIABILITY_REPORT set (bench/reliability.py), each figure is appended to
+    that file as a JSON line; the README's reliability table is made from them.
+    """
+    import json
+    import os
+
+    from wagtail.images import get_image_model
+
+    from tests.support.provider_calls import overlapping_calls
+
+    def report(scenario: str, requests, call_log=None, deaths=None) -> dict:
+        jobs = GenerationJob.objects.filter(request__in=requests)
+        images = get_image_model().objects.filter(generation_request_id__in=[
+            r.pk for r in requests
+        ])
+        succeeded = jobs.filter(status=GenerationJob.Status.SUCCEEDED)
+        figures = {
+            "scenario": scenario,
+            "jobs": jobs.count(),
+            "succeeded": succeeded.count(),
+            "failed with a reason": jobs.filter(status=GenerationJob.Status.FAILED)
+            .exclude(error="").count(),
+            # Final without a result or a reason: the work vanished.
+            "lost": succeeded.filter(image=None).count()
+            + jobs.filter(status=GenerationJob.Status.FAILED, error="").count(),
+            "stuck": jobs.filter(status__in=GenerationJob.OPEN).count()
+            + sum(1 for r in requests
+                  if GenerationRequest.objects.get(pk=r.pk).status
+                  not in GenerationRequest.TERMINAL),
+            "duplicate images": images.count() - images.values("generation_job_id").distinct()
+            .count() + images.filter(generation_job_id=None).count(),
+            # Two calls for one job in flight at once (a killed worker's call ends at its death).
+            "duplicate provider calls": len(overlapping_calls(call_log, deaths=deaths))
+            if call_log else 0,
+        }
+        path = os.environ.get("KARASU_RELIABILITY_REPORT")
+        if path:
+            with open(path, "a") as handle:
+                handle.write(json.dumps({**figures, "test": request.node.nodeid}) + "\n")
+        return figures
+
+    return report

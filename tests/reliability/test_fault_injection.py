@@ -37,16 +37,18 @@ def all_final(request) -> bool:
     ).exists()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("faults, seed", [("storage", 1), ("database", 2), ("both", 3)])
 def test_random_faults_leave_nothing_open(
-    seed, queue_backend, demo, call_log, settings, thread_consumer_factory
+    faults, seed, queue_backend, demo, call_log, settings, thread_consumer_factory,
+    reliability_report,
 ):
     demo(latency=0.05, failure_rate=0.1, concurrency=8)
     settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
     original = HUEY.storage
     requests = [make_request(JOBS)]
-    faulty_storage = FaultyStorage(original, seed=seed, rate=0.05)
-    faulty_db = FaultyDatabase(seed=seed, rate=0.03)
+    faulty_storage = FaultyStorage(original, seed=seed,
+                                   rate=0.05 if faults in ("storage", "both") else 0)
+    faulty_db = FaultyDatabase(seed=seed, rate=0.03 if faults in ("database", "both") else 0)
     HUEY.storage = faulty_storage
     try:
         with faulty_db.installed(), thread_consumer_factory(workers=8):
@@ -67,7 +69,14 @@ def test_random_faults_leave_nothing_open(
             if quiet() and all(all_final(r) for r in requests):
                 break
             wait_for(quiet, 30, interval=0.2, message="queue drained")
-    assert sum(faulty_storage.injected.values()) > 0 and faulty_db.injected > 0
+    if faults != "database":
+        assert sum(faulty_storage.injected.values()) > 0
+    if faults != "storage":
+        assert faulty_db.injected > 0
+    scenario = {"storage": "queue storage errors", "database": "database errors",
+                "both": "storage and database errors"}[faults]
+    figures = reliability_report(f"{scenario} ({queue_backend})", requests, call_log)
+    assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
     for request in requests:
         assert all_final(request)
         jobs = list(request.jobs.all())

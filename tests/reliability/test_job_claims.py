@@ -49,12 +49,12 @@ def test_duplicate_messages_make_one_provider_call_per_job(demo, call_log, threa
 def test_a_live_claim_sends_the_duplicate_away(demo):
     request = make_request(1)
     job = request.jobs.get()
-    assert services.claim_job(job.pk, "first", 30) is not None
+    assert services.claim_job(job, "first", 30)
     with pytest.raises(services.JobBusy):
-        services.claim_job(job.pk, "second", 30)
+        services.claim_job(GenerationJob.objects.get(pk=job.pk), "second", 30)
     # An expired claim is taken over, and the old holder is fenced out.
     GenerationJob.objects.filter(pk=job.pk).update(claim_expires_at="2000-01-01T00:00Z")
-    assert services.claim_job(job.pk, "second", 30) is not None
+    assert services.claim_job(GenerationJob.objects.get(pk=job.pk), "second", 30)
     generated = get_provider("demo").generate(job.prompt, seed=1)
     assert services.store(job, "first", generated) is False
     assert not Image.objects.filter(generation_job_id=job.pk).exists()
@@ -66,7 +66,7 @@ def test_a_live_claim_sends_the_duplicate_away(demo):
 def test_a_late_result_after_revoke_files_no_image(demo, tmp_path):
     request = make_request(1)
     job = request.jobs.get()
-    services.claim_job(job.pk, "holder", 30)
+    services.claim_job(job, "holder", 30)
     services.finish_job(job.pk, Job.CANCELLED)  # the monitor's revoke
     generated = get_provider("demo").generate(job.prompt, seed=1)
     assert services.store(job, "holder", generated) is False
@@ -172,3 +172,23 @@ def test_an_expansion_that_finishes_after_cancel_creates_nothing(demo, settings,
     assert services.expand_request(request.pk) == []
     request.refresh_from_db()
     assert request.status == Req.CANCELLED and request.jobs.count() == 0
+
+
+def test_concurrent_clicks_end_to_end(demo, call_log, thread_consumer, reliability_report):
+    """Three editors press "Generate pending prompts" at once, then "Retry failed jobs"
+    twice at once: every prompt is generated once, every retry runs once."""
+    demo(latency=0.1, reject_rate=0.2)
+    request = make_request(20, status=Req.DRAFT)
+    _concurrently(lambda: actions.generate_pending(
+        GenerationRequest.objects.get(pk=request.pk)), times=3)
+    wait_for(lambda: settled(request), 60, message="first run settled")
+    rejected = request.jobs_failed
+    assert rejected > 0
+    _concurrently(lambda: actions.retry_failed(GenerationRequest.objects.get(pk=request.pk)))
+    wait_for(lambda: settled(request), 60, message="retry settled")
+    figures = reliability_report("double clicks (generate, retry)", [request], call_log)
+    assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
+    assert figures["duplicate provider calls"] == 0
+    calls = calls_per_key(call_log)
+    # Each prompt called once, the rejected ones once more by the single retry.
+    assert sorted(calls.values()) == sorted([1] * (20 - rejected) + [2] * rejected)

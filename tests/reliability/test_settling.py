@@ -108,7 +108,7 @@ def test_maintenance_leaves_claimed_and_fresh_jobs_alone(demo, queue_backend, se
     request = make_request(2)
     ids = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
     HUEY.storage.flush_queue()
-    services.claim_job(ids[0], "live", 30)
+    services.claim_job(GenerationJob.objects.get(pk=ids[0]), "live", 30)
     assert maintenance.call_local()["jobs_requeued"] == 0  # fresh: within the grace
     settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
     assert maintenance.call_local()["jobs_requeued"] == 1  # the claimed one waits
