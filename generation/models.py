@@ -164,6 +164,7 @@ class GenerationJob(models.Model):
     # and an expiry the worker's heartbeat pushes forward (see services.claim_job).
     claim_token = models.CharField(max_length=32, blank=True, editable=False)
     claim_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    claim_message = models.CharField(max_length=64, blank=True, editable=False)
     infra_retries = models.PositiveSmallIntegerField(
         default=0, help_text="Retries after database, queue or media errors (not attempts)."
     )

@@ -123,6 +123,17 @@ def fresh_connection() -> None:
         close_old_connections()
 
 
+@contextlib.contextmanager
+def worker_connection() -> Iterator[None]:
+    """For database work outside a task (heartbeat, dead-letter and deadline handlers):
+    a usable connection before, and none left open after beyond CONN_MAX_AGE."""
+    fresh_connection()
+    try:
+        yield
+    finally:
+        fresh_connection()
+
+
 def _log_line(text: str):
     line = f"{timezone.now():%H:%M:%S} {text}\n"
     return Right(Concat(F("log"), Value(line)), LOG_LIMIT)
@@ -185,15 +196,16 @@ def handle(signal: str, task, *args) -> None:
                 log=_log_line(f"retrying: {redact(reason)}"))
     elif signal == SIGNAL_DEAD_LETTERED:
         letter = args[0]
-        fresh_connection()
-        _update(task, status=Status.DEAD, finished_at=timezone.now(),
-                deliveries=letter.deliveries, error_message=redact(letter.reason)[:500],
-                log=_log_line(f"dead-lettered: {letter.reason}"))
+        with worker_connection():
+            _update(task, status=Status.DEAD, finished_at=timezone.now(),
+                    deliveries=letter.deliveries, error_message=redact(letter.reason)[:500],
+                    log=_log_line(f"dead-lettered: {letter.reason}"))
     elif signal == SIGNAL_DEADLINE:
-        fresh_connection()
         message = f"timed out: no result within {args[0]:.0f} s"
-        _update(task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
-                error_class="DeadlineExceeded", error_message=message, log=_log_line(message))
+        with worker_connection():
+            _update(task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
+                    error_class="DeadlineExceeded", error_message=message,
+                    log=_log_line(message))
     elif signal == S.SIGNAL_TIMEOUT:
         _update(task, log=_log_line("timed out"))
     elif signal in SIMPLE:

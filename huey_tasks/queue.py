@@ -291,8 +291,12 @@ class LeasingHuey(Huey):
             live = [r for r in self._running.values() if not r.lost]
             holds = set(self._free_holds).union(*(r.holds for r in live)) - self._lost
         for running in overdue:
-            self._expire(running)
+            if not running.lost:  # a lost one is another worker's now: not ours to fail
+                self._expire(running)
+        self._extend_holds(holds)
         self._extend_leases(live)
+
+    def _extend_holds(self, holds: set[tuple[str, Hashable]]) -> None:
         by_group: dict[str, list] = {}
         for group, item in holds:
             by_group.setdefault(group, []).append(item)
@@ -305,10 +309,12 @@ class LeasingHuey(Huey):
             except Exception:
                 logger.exception("Heartbeat could not extend %s; will retry.", group)
                 continue
+            with self._lock:  # not what was dropped meanwhile (its task finished)
+                held = self._free_holds.union(*(r.holds for r in self._running.values()))
+                lost &= held
+                self._lost.update(lost)
             if lost:
                 logger.warning("Lost %d %s leases to other workers.", len(lost), group)
-                with self._lock:
-                    self._lost.update(lost)
 
     def _extend_leases(self, live: list[Running]) -> None:
         if not live:
@@ -320,10 +326,13 @@ class LeasingHuey(Huey):
             logger.exception("Lease heartbeat failed; will retry.")
             return
         for running in live:
-            if running.delivery.message_id in lost_ids and not running.lost:
+            if running.delivery.message_id not in lost_ids or running.lost:
+                continue
+            with self._lock:
+                if id(running.task) not in self._running:
+                    continue  # settled meanwhile (acked): not lost
                 running.lost = True
-                with self._lock:
-                    self._lost.update(running.holds)
+                self._lost.update(running.holds)
                 logger.warning(
                     "Lost the lease of task %s to another worker; it will not be acked here.",
                     running.task.id,

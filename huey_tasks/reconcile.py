@@ -44,6 +44,24 @@ def dead_request_reason(deliveries: int) -> str:
     )
 
 
+def settle_dead_letter(name: str, target: int, letter) -> bool:
+    """Fail what a buried message was for, unless something moved it on since (an
+    editor's retry, a requeue) or another worker holds it."""
+    if name == "generate_image":
+        # Its worker stopped: the claim it took need not run out first.
+        return services.finish_job(
+            target, Job.FAILED, error=dead_job_reason(letter.deliveries),
+            unclaimed_only=True, claim_message=letter.message_id, not_after=letter.died_at,
+        )
+    if name == "expand_prompt":
+        return services.fail_request(
+            target, dead_request_reason(letter.deliveries),
+            [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING],
+            not_after=letter.died_at,
+        )
+    return False
+
+
 def _targets(huey, messages: list[bytes]) -> tuple[set[int], set[int]]:
     """Job ids of generate_image and request ids of expand_prompt messages."""
     jobs, requests = set(), set()
@@ -71,7 +89,6 @@ def reconcile(huey, queue_jobs: Callable, expand_prompt, grace: float | None = N
 
     live_jobs, live_requests = _targets(huey, huey.storage.all_messages())
     letters = huey.storage.dead_letters()
-    dead_jobs, dead_requests = _targets(huey, [letter.data for letter in letters])
 
     # Dead letters whose settlement at burial did not happen (e.g. the database was down).
     for letter in letters:
@@ -80,20 +97,12 @@ def reconcile(huey, queue_jobs: Callable, expand_prompt, grace: float | None = N
         except Exception:
             continue
         name, target = task.name.rsplit(".", 1)[-1], task.args[0] if task.args else None
-        if name == "generate_image" and services.finish_job(
-            target, Job.FAILED, error=dead_job_reason(letter.deliveries),
-            unclaimed_only=True, task_id=task.id,
-        ):
-            counts["jobs_failed"] += 1
-        elif name == "expand_prompt" and services.fail_request(
-            target, dead_request_reason(letter.deliveries),
-            [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING],
-        ):
-            counts["requests_failed"] += 1
+        if target is not None and settle_dead_letter(name, target, letter):
+            counts["jobs_failed" if name == "generate_image" else "requests_failed"] += 1
 
     # Jobs queued, retrying or running that no message and no live claim will finish.
     retry, give_up = [], []
-    for job_id, recoveries, request_status in services.lost_jobs(live_jobs | dead_jobs, cutoff):
+    for job_id, recoveries, request_status in services.lost_jobs(live_jobs, cutoff):
         if request_status == GenerationRequest.Status.CANCELLED:
             if services.finish_job(job_id, Job.CANCELLED, error="request cancelled",
                                    unclaimed_only=True):
@@ -118,8 +127,7 @@ def reconcile(huey, queue_jobs: Callable, expand_prompt, grace: float | None = N
             counts["requests_paused"] += 1
 
     # Requests queued or expanding whose expand_prompt message is gone.
-    for request_id, recoveries in services.lost_expansions(live_requests | dead_requests,
-                                                             cutoff):
+    for request_id, recoveries in services.lost_expansions(live_requests, cutoff):
         if recoveries >= max_recoveries:
             if services.fail_request(
                 request_id,

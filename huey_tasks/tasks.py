@@ -36,6 +36,9 @@ Failed = GenerationJob.Status.FAILED
 EXPANDING = [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING]
 JOB_CLAIMS = "job-claim"  # HUEY.hold() group: claim tokens of jobs being generated
 CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks again
+# Job claims outlive message leases: a heartbeat delayed by a queue-storage failover must
+# not let another worker take a job whose call is still in flight.
+CLAIM_LEASES = 2
 
 # The database, the queue storage or the media storage failing: not the job's fault.
 INFRASTRUCTURE_ERRORS = (
@@ -171,18 +174,25 @@ def _generate(job_id: int, task) -> int | None:
     with limiter.slot() as slot:
         if rate_limit := rate_limit_for(model):
             rate_limit.acquire()
+        lease = HUEY.storage.lease_seconds
+        delivery = getattr(task, "delivery", None)
         try:
-            if not services.claim_job(job, token, HUEY.storage.lease_seconds):
+            if not services.claim_job(job, token, lease * CLAIM_LEASES,
+                                      delivery.message_id if delivery else ""):
                 return None
         except services.JobBusy as exc:
             raise RateLimitExceeded(str(exc), CLAIM_WAIT) from None
+        claimed_at = time.monotonic()
         task.job_claim = token
         task.job_attempts = job.attempts
         HUEY.hold(JOB_CLAIMS, token)
         try:
             # Paused past the lease (GC, frozen VM)? Another worker may own both now.
             limiter.ensure_held(slot)
-            if HUEY.is_lost(JOB_CLAIMS, token):
+            if HUEY.is_lost(JOB_CLAIMS, token) or (
+                time.monotonic() - claimed_at > lease / 3
+                and not services.claim_held(job_id, token)
+            ):
                 raise RateLimitExceeded(f"job {job_id} claim lost", CLAIM_WAIT)
         except RateLimitExceeded:
             services.release_job(job_id, token)
@@ -245,8 +255,8 @@ def _defer(job_id: int, task, exc: Exception) -> None:
 
 
 def _extend_job_claims(tokens: list[str], seconds: float) -> set[str]:
-    ledger.fresh_connection()  # the heartbeat thread's connection may have gone stale
-    return services.extend_job_claims(tokens, seconds)
+    with ledger.worker_connection():
+        return services.extend_job_claims(tokens, seconds * CLAIM_LEASES)
 
 
 HUEY.register_keeper(JOB_CLAIMS, _extend_job_claims)
@@ -261,32 +271,27 @@ def _task_target(task) -> tuple[str, int | None]:
 
 @HUEY.signal(SIGNAL_DEAD_LETTERED)
 def settle_dead_letter(signal, task, letter) -> None:
-    ledger.fresh_connection()
     name, target = _task_target(task)
-    if target is None:
-        return
-    if name == "generate_image":
-        # Its worker stopped: a claim it left need not run out first.
-        services.finish_job(target, Failed, error=reconcile.dead_job_reason(letter.deliveries),
-                            unclaimed_only=True, task_id=task.id)
-    elif name == "expand_prompt":
-        services.fail_request(target, reconcile.dead_request_reason(letter.deliveries),
-                              EXPANDING)
+    if target is not None:
+        with ledger.worker_connection():
+            reconcile.settle_dead_letter(name, target, letter)
 
 
 @HUEY.signal(SIGNAL_DEADLINE)
 def settle_deadline(signal, task, deadline) -> None:
-    ledger.fresh_connection()
     name, target = _task_target(task)
     reason = f"timed out: no result within {deadline:.0f} s"
     if target is None:
         return
-    if name == "generate_image":
-        # No claim condition: the deadline overrides the stuck holder, whose late
-        # result is then fenced out.
-        services.finish_job(target, Failed, error=reason)
-    elif name == "expand_prompt":
-        services.fail_request(target, reason, EXPANDING)
+    with ledger.worker_connection():
+        if name == "generate_image":
+            # The stuck holder's own claim (its late result is then fenced out); never a
+            # claim another worker took over meanwhile.
+            token = getattr(task, "job_claim", None)
+            services.finish_job(target, Failed, error=reason, token=token,
+                                unclaimed_only=not token)
+        elif name == "expand_prompt":
+            services.fail_request(target, reason, EXPANDING)
 
 
 # Housekeeping ---------------------------------------------------------------------------

@@ -225,8 +225,13 @@ class RevokeRunView(RunActionView):
             return f"A {run.get_status_display().lower()} run cannot be revoked.", False
         HUEY.revoke_by_id(run.task_id)
         TaskRun.objects.filter(pk=run.pk).update(status=Status.REVOKED)
-        if run.generation_job_id:
-            services.finish_job(run.generation_job_id, GenerationJob.Status.CANCELLED)
+        if run.generation_job_id and GenerationJob.objects.filter(
+            pk=run.generation_job_id, task_id=run.task_id
+        ).exists():
+            # Only the job's current run, and not while a worker holds it (its call
+            # finishes, like a cancel's).
+            services.finish_job(run.generation_job_id, GenerationJob.Status.CANCELLED,
+                                error="revoked from the job monitor", unclaimed_only=True)
         return f"{run.short_name} {run.task_id} revoked.", True
 
 

@@ -6,6 +6,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+# queue_backend: run a queue test on SQLite and, with TEST_MONGODB_URI, on MongoDB.
+pytest_plugins = ["tests.support.queue_backends"]
+
 
 def pytest_report_header(config):
     url = "TEST_DATABASE_URL (PostgreSQL)" if settings.DATABASES["default"]["ENGINE"].endswith(

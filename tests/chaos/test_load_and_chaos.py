@@ -22,7 +22,6 @@ from tests.support.provider_calls import (
     overlapping_calls,
     read_calls,
 )
-from tests.support.queue_backends import queue_backend  # noqa: F401  (a fixture)
 
 pytestmark = [
     pytest.mark.slow,

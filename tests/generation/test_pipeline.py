@@ -1,6 +1,7 @@
 """The pipeline end to end: real admin views, real queue, a real consumer, demo providers."""
 
 import threading
+import time
 
 import pytest
 from django.contrib.auth.models import Group, Permission
@@ -15,7 +16,7 @@ from generation.providers.demo import call_key
 from huey_tasks.limiter import DEFAULT_SLOT_WAIT
 from huey_tasks.tasks import generate_image, limiter_for, retry_policy
 from tests.support.consumers import wait_for
-from tests.support.provider_calls import calls_per_key, overlapping_calls
+from tests.support.provider_calls import calls_per_key, overlapping_calls, read_calls
 
 # Transactional, so that worker threads see committed data.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
@@ -141,12 +142,14 @@ def test_review_prompts_edit_one_then_generate_pending(editor, demo, thread_cons
     assert job.prompt == "A single crow on a snowy torii gate at dawn"
 
 
-def test_cancel_midway(editor, demo, thread_consumer):
-    demo(latency=0.3, concurrency=2)
+def test_cancel_midway(editor, demo, thread_consumer, tmp_path):
+    calls = tmp_path / "calls.log"
+    demo(latency=0.3, concurrency=2, call_log=str(calls))
     request = create_request(editor, count=20)
     act(editor, request, "generate")
     wait_for(lambda: Image.objects.filter(generation_request_id=request.pk).count() >= 2, 30,
              message="first images")
+    cancel_time = time.time()
     assert act(editor, request, "cancel").status_code == 302
     request.refresh_from_db()
     assert request.status == Req.CANCELLED
@@ -168,6 +171,8 @@ def test_cancel_midway(editor, demo, thread_consumer):
     assert (request.jobs_succeeded, request.jobs_cancelled) == (len(succeeded), len(cancelled))
     assert Image.objects.filter(generation_request_id=request.pk).count() == len(succeeded)
     assert request.status == Req.CANCELLED
+    # No provider call started after the cancel (running calls finished, nothing new).
+    assert [c for c in read_calls(calls) if c.start > cancel_time] == []
 
 
 def test_exhausted_transient_retries_fail_the_job(editor, demo, thread_consumer, tmp_path):
@@ -233,8 +238,8 @@ def test_transient_failures_still_end_with_every_image(editor, demo, thread_cons
     assert request.jobs.filter(attempts__gt=1).exists()
 
 
-def test_limiter_never_exceeds_its_limit_across_threads(editor, demo, thread_consumer,
-                                                        monkeypatch):
+def test_limiter_never_exceeds_its_limit_across_threads(queue_backend, editor, demo,
+                                                        thread_consumer, monkeypatch):
     demo(latency=0.15, concurrency=3)
     model = get_provider("demo")
     in_flight, peak, lock = [0], [0], threading.Lock()

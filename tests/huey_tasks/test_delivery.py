@@ -9,7 +9,6 @@ import pytest
 from huey.contrib.djhuey import HUEY
 
 from tests.support import consumers
-from tests.support.queue_backends import queue_backend  # noqa: F401  (a fixture)
 from tests.support.tasks import fail_then_succeed, record_run
 
 pytestmark = pytest.mark.usefixtures("queue_backend")

@@ -9,7 +9,6 @@ from wagtail.models import Collection
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import reset_cache
 from huey_tasks.tasks import limiter_for
-from tests.support.queue_backends import queue_backend  # noqa: F401  (a fixture)
 
 NS = "wagtailsnippets_generation_generationrequest"
 

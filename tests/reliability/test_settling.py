@@ -279,3 +279,84 @@ def test_spending_actions_need_change_permission_on_requests(demo, client, djang
     assert job.status == Job.FAILED and queued_tasks("generate_image") == []
     # Purging spends nothing: task-run change permission is enough.
     assert client.post(reverse("job_monitor:dead_letters_all", args=["purge"])).status_code == 302
+
+
+def test_maintenance_does_not_fail_again_a_job_retried_after_its_dead_letter(
+    demo, one_delivery, queue_backend, settings
+):
+    settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
+    request = make_request(1)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    die_holding(HUEY.storage)
+    HUEY.storage.claim()  # buried: the job fails
+    request.refresh_from_db()
+    assert request.jobs_failed == 1
+    ids = services.reset_jobs(request, [Job.FAILED])  # the editor retries it
+    queue_jobs(ids)
+    maintenance.call_local()  # the old dead letter is still in the store
+    job = request.jobs.get()
+    assert job.status == Job.QUEUED and job.error == ""
+
+
+def test_burying_a_stale_copy_leaves_the_job_its_twin_is_running(demo, one_delivery):
+    HUEY.storage.flush_all()
+    request = make_request(1)
+    [job_id] = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    job = GenerationJob.objects.get(pk=job_id)
+    # A twin delivery holds a live claim, taken through another message.
+    assert services.claim_job(job, "twin", 30, message_id="another-message")
+    die_holding(HUEY.storage)
+    HUEY.storage.claim()  # the stale copy is buried
+    job.refresh_from_db()
+    assert job.status == Job.RUNNING and job.claim_token == "twin"
+
+
+def test_a_deadline_after_the_lease_was_lost_fails_nothing(demo, monkeypatch):
+    from huey_tasks.queue import LeasingHuey
+
+    HUEY.storage.flush_all()
+    monkeypatch.setattr(HUEY, "beat", lambda: None)  # the test beats by hand
+    request = make_request(1)
+    [job_id] = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    task = HUEY.dequeue()
+    running = HUEY._running[id(task)]
+    running.lost = True  # another worker took the message (and then the job) over
+    assert services.claim_job(GenerationJob.objects.get(pk=job_id), "new-holder", 30)
+    running.deadline = time.monotonic() - 1
+    LeasingHuey.beat(HUEY)
+    job = GenerationJob.objects.get(pk=job_id)
+    assert job.status == Job.RUNNING and job.claim_token == "new-holder"
+    HUEY.storage.flush_all()
+
+
+def test_revoking_a_stale_run_leaves_the_current_run_alone(demo, editor):
+    HUEY.storage.flush_all()
+    request = make_request(1)
+    job = request.jobs.get()
+    stale = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image",
+                                   task_id="generate_image-old", status=TaskRun.Status.QUEUED,
+                                   args=[job.pk], generation_job=job, generation_request=request)
+    queue_jobs([job.pk])  # the job's current run has another task id
+    editor.post(reverse("job_monitor:run_revoke", args=[stale.pk]))
+    job.refresh_from_db()
+    assert job.status == Job.QUEUED
+    current = TaskRun.objects.get(task_id=job.task_id)
+    editor.post(reverse("job_monitor:run_revoke", args=[current.pk]))
+    job.refresh_from_db()
+    assert job.status == Job.CANCELLED and job.error == "revoked from the job monitor"
+    HUEY.storage.flush_all()
+
+
+def test_a_dead_letter_of_a_cancelled_request_is_not_reopened(demo, one_delivery, editor):
+    HUEY.storage.flush_all()
+    request = make_request(2)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    die_holding(HUEY.storage)
+    HUEY.storage.claim()  # one job buried and failed
+    services.cancel_request(GenerationRequest.objects.get(pk=request.pk))
+    [letter] = HUEY.storage.dead_letters()
+    editor.post(reverse("job_monitor:dead_letter", args=[letter.message_id, "requeue"]))
+    request.refresh_from_db()
+    assert (request.jobs_failed, request.jobs_cancelled) == (1, 1)
+    assert set(request.jobs.values_list("status", flat=True)) == {Job.FAILED, Job.CANCELLED}
+    HUEY.storage.flush_all()
