@@ -32,13 +32,14 @@ check: $(VENV)/.dev
 	DJANGO_SETTINGS_MODULE=cms.settings.test $(PY) manage.py makemigrations --check --dry-run
 
 # The whole suite on SQLite; then, when TEST_DATABASE_URL is set, the database tests again
-# on PostgreSQL (SQLite-specific and browser tests are skipped there, and say so). The
-# MongoDB tier (TEST_MONGODB_URI) needs no Django database: it runs in the first pass only.
+# on PostgreSQL (SQLite-specific, browser and slow process tests are left out there, to keep
+# CI short). The MongoDB tier (TEST_MONGODB_URI) needs no Django database: it runs in the
+# first pass only.
 test: lint check
-	env -u TEST_DATABASE_URL $(BIN)/pytest
+	env -u TEST_DATABASE_URL $(BIN)/pytest --durations=15
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
 		echo "== again on PostgreSQL ($$TEST_DATABASE_URL)"; \
-		env -u TEST_MONGODB_URI $(BIN)/pytest -m "not browser and not sqlite_only"; \
+		env -u TEST_MONGODB_URI $(BIN)/pytest -m "not browser and not sqlite_only and not slow"; \
 	else \
 		echo "TEST_DATABASE_URL is not set: the PostgreSQL run is skipped."; \
 	fi

@@ -32,6 +32,11 @@ LOG_LIMIT = 4000
 HOST = socket.gethostname()
 _batch = threading.local()
 
+# A promoted, re-scheduled or requeued task is queued again from these; never from a
+# running or finished one (the promotion's signal may arrive after a worker took it).
+REQUEUEABLE = [Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED, Status.LOCKED,
+               Status.DEAD]
+
 # Signal -> (status, finished?) for the simple transitions.
 SIMPLE = {
     S.SIGNAL_COMPLETE: (Status.SUCCEEDED, True),
@@ -139,8 +144,11 @@ def _log_line(text: str):
     return Right(Concat(F("log"), Value(line)), LOG_LIMIT)
 
 
-def _update(task, **fields) -> int:
-    return TaskRun.objects.filter(task_id=task.id).update(**fields)
+def _update(task, status__in=None, **fields) -> int:
+    runs = TaskRun.objects.filter(task_id=task.id)
+    if status__in is not None:
+        runs = runs.filter(status__in=status__in)
+    return runs.update(**fields)
 
 
 def on_signal(signal: str, task, *args) -> None:
@@ -156,8 +164,10 @@ def handle(signal: str, task, *args) -> None:
     if signal == S.SIGNAL_ENQUEUED:
         if getattr(_batch, "tasks", None) is not None:
             _batch.tasks.append(task)
-        else:
-            record_enqueued([task])
+        elif not _update(task, status__in=REQUEUEABLE, status=Status.QUEUED,
+                         finished_at=None):
+            if not TaskRun.objects.filter(task_id=task.id).exists():
+                record_enqueued([task])
         return
 
     if signal == S.SIGNAL_EXECUTING:

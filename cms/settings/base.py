@@ -161,7 +161,8 @@ HUEY = {
     "task_deadline": env.float("KARASU_TASK_DEADLINE", default=300.0),
     # Threads suit I/O-bound generation: a worker mostly waits on a provider. SIGTERM (what
     # process managers send) finishes running tasks for up to KARASU_SHUTDOWN_TIMEOUT seconds,
-    # then hands the rest back to the queue; SIGINT hands them back at once.
+    # then exits; SIGINT exits at once. Tasks still running then are delivered again once
+    # their leases run out (never while they may still run).
     "consumer": {
         "workers": env.int("KARASU_WORKERS", default=20),
         "worker_type": "thread",
