@@ -201,6 +201,8 @@ def handle(signal: str, task, *args) -> None:
             log=_log_line(f"error: {exc.__class__.__name__}: {message}"),
         )
     elif signal == S.SIGNAL_RETRYING:
+        if getattr(task, "_ledger_rate_limited", False):
+            return  # Huey re-schedules a rate-limited task as a retry: it is still waiting
         reason = getattr(task, "retry_reason", "") or "will retry"
         _update(task, status=Status.RETRYING, finished_at=None, duration=duration,
                 log=_log_line(f"retrying: {redact(reason)}"))
@@ -219,6 +221,7 @@ def handle(signal: str, task, *args) -> None:
     elif signal == S.SIGNAL_TIMEOUT:
         _update(task, log=_log_line("timed out"))
     elif signal in SIMPLE:
+        task._ledger_rate_limited = signal == S.SIGNAL_RATE_LIMITED
         status, finished = SIMPLE[signal]
         fields = {"status": status, "duration": duration}
         if finished:

@@ -2,8 +2,8 @@
 
 ``ConcurrencyLimiter`` is a distributed semaphore kept in the queue storage: a slot is a
 lease as long as a message lease, kept alive by the worker's heartbeat while its task runs,
-so a crashed worker's slot frees itself as soon as its messages do. The requests-per-minute
-limit is Huey's own fixed-window ``RateLimit`` over the same storage's atomic counters.
+so a crashed worker's slot frees itself as soon as its messages do. ``RequestsPerMinute`` is
+a fixed-window counter over the same storage's atomic ``incr``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 SLOT_POLL = 0.05  # seconds between tries while waiting briefly for a slot in-thread
 DEFAULT_SLOT_WAIT = 1.0  # then: seconds before a task that found no slot is tried again
+SLOT_WAIT_JITTER = 0.5  # ... times uniform(1, 1 + this), so waiting tasks come back spread out
+RATE_JITTER = 0.25  # a rate-limited task waits to the window's end + up to this many periods
 
 
 def holder_id() -> str:
@@ -99,14 +102,96 @@ class ConcurrencyLimiter:
         """Hold a slot for the block, waiting up to ``patience`` seconds for one to free.
 
         With none free after that, raise RateLimitExceeded: Huey re-schedules the task in
-        ``wait`` seconds without using up a retry.
+        ``wait`` to 1.5 × ``wait`` seconds without using up a retry.
         """
         deadline = time.monotonic() + patience
         while (slot := self.try_acquire()) is None:
             if time.monotonic() >= deadline:
-                raise RateLimitExceeded(f"{self.name} concurrency", wait)
+                # Jittered: tasks turned away together must not all come back together.
+                delay = wait * random.uniform(1, 1 + SLOT_WAIT_JITTER)
+                raise RateLimitExceeded(f"{self.name} concurrency", delay)
             time.sleep(SLOT_POLL)
         try:
             yield slot
         finally:
             self.release(slot)
+
+
+class RequestsPerMinute:
+    """At most ``limit`` acquisitions per fixed window of ``period`` seconds, fleet-wide.
+
+    Each window has its own counter (``rpm:{name}:{window number}``), so a window starts
+    from zero without a reset: one atomic ``incr`` per acquisition and nothing to race on.
+    Huey's ``RateLimit`` resets one shared counter with read, delete, put; two workers
+    crossing into a new window together can both reset it and let more through.
+    """
+
+    def __init__(
+        self, huey: LeasingHuey, name: str, limit: int, period: float = 60.0,
+        jitter: float = RATE_JITTER,
+    ):
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if period <= 0:
+            raise ValueError("period must be positive")
+        self.huey = huey
+        self.name = name
+        self.limit = limit
+        self.period = float(period)
+        self.jitter = jitter
+        self._last_window: int | None = None  # this process's, to clean up after a lull
+
+    @property
+    def storage(self):
+        return self.huey.storage
+
+    def key(self, window: int) -> str:
+        return f"rpm:{self.name}:{window}"
+
+    def window(self, now: float) -> int:
+        return int(now // self.period)
+
+    def delay(self, now: float) -> float:
+        """Seconds to the end of ``now``'s window, plus jitter so that the tasks turned
+        away in a window do not all come back in the first instant of the next one."""
+        remainder = (self.window(now) + 1) * self.period - now
+        return remainder + random.uniform(0, self.jitter * self.period)
+
+    def acquire(self, now: float | None = None) -> int:
+        """Count one request; raise RateLimitExceeded (wait, not a failure) over the limit.
+
+        Returns the request's number in its window.
+        """
+        now = time.time() if now is None else now
+        window = self.window(now)
+        count = self.storage.incr(self.key(window))
+        self._forget_old(window, first=count == 1)
+        if count > self.limit:
+            raise RateLimitExceeded(f"{self.name} requests per minute", self.delay(now))
+        return count
+
+    def __enter__(self) -> int:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def _forget_old(self, window: int, first: bool) -> None:
+        """Delete counters no one counts on any more: best effort, never raises.
+
+        The window before the current one is kept: a thread that read the clock just
+        before the edge (or a host whose clock lags) may still count on it, and must find
+        it full rather than start it again from zero.
+        """
+        stale = set()
+        if first:  # whoever opens a window clears the one before the last
+            stale.add(window - 2)
+        last, self._last_window = self._last_window, window
+        if last is not None and last < window - 2:
+            stale.add(last)  # left over from before a lull, when no one opened window - 1
+        for old in stale:
+            try:
+                self.storage.delete_counter(self.key(old))
+            except Exception:
+                logger.warning("Could not delete rate counter %s; it is left behind.",
+                               self.key(old), exc_info=True)

@@ -66,9 +66,11 @@ class TaskRun(models.Model):
 
     @property
     def short_name(self) -> str:
-        # Wagtail's django-tasks all run through Huey's one "djtasks.run" shim.
-        if self.task_name.endswith("djtasks.run") and self.args:
-            return str(self.args[0]).rsplit(".", 1)[-1]
+        """The task's function name: for Wagtail's own tasks, Wagtail's task, not the shim."""
+        # Wagtail's django-tasks all run through Huey's one "djtasks.run" shim, whose first
+        # argument is the real task's dotted path.
+        if self.task_name.endswith("djtasks.run") and self.args and isinstance(self.args[0], str):
+            return self.args[0].rsplit(".", 1)[-1]
         return self.task_name.rsplit(".", 1)[-1]
 
 

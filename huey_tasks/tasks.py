@@ -27,7 +27,7 @@ from generation.providers import (
 )
 from generation.providers.errors import redact
 from huey_tasks import ledger, reconcile
-from huey_tasks.limiter import ConcurrencyLimiter
+from huey_tasks.limiter import ConcurrencyLimiter, RequestsPerMinute
 from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,18 @@ def limiter_for(model_name: str) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(HUEY, f"image:{model_name}", model.concurrency)
 
 
-def rate_limit_for(model: ImageModel):
+def rate_limit_for(model: ImageModel) -> RequestsPerMinute | None:
+    """The model's requests-per-minute limit, if it has one (shared by every worker)."""
     if model.requests_per_minute:
-        return HUEY.rate_limit(f"image:{model.name}", model.requests_per_minute, 60)
+        return _requests_per_minute(model.name, model.requests_per_minute)
     return None
+
+
+@functools.cache
+def _requests_per_minute(model_name: str, limit: int) -> RequestsPerMinute:
+    # One per model and limit: it remembers its last window (to clean up after a lull),
+    # and a changed REQUESTS_PER_MINUTE gets a fresh one.
+    return RequestsPerMinute(HUEY, f"image:{model_name}", limit, period=60)
 
 
 # retries=0: attempts are counted on the job; RetryTask and a full limiter re-schedule

@@ -71,7 +71,7 @@ class MonitorView(MonitorMixin, TemplateView):
             runs.only(
                 "pk", "task_name", "task_id", "status", "attempts", "deliveries", "enqueued_at",
                 "duration", "worker_host", "worker_pid", "error_message",
-                "generation_request_id", "generation_job_id",
+                "generation_request_id", "generation_job_id", "args",
             ),
             RUNS_PER_PAGE,
         ).get_page(self.request.GET.get("p"))
