@@ -199,6 +199,11 @@ def mark_queued(job_ids: list[int], batch: str) -> list[int]:
         return []
 
 
+def job_indexes(job_ids: list[int]) -> dict[int, int]:
+    """Each job's position in its request (the fan-out orders by it)."""
+    return dict(GenerationJob.objects.filter(pk__in=job_ids).values_list("pk", "index"))
+
+
 def unmark_queued(job_ids: list[int], batch: str) -> int:
     """Undo mark_queued when enqueueing failed: the jobs are pending again."""
     return GenerationJob.objects.filter(

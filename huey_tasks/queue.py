@@ -190,19 +190,20 @@ class LeasingHuey(Huey):
 
     # Queue writes ---------------------------------------------------------------------
     def enqueue_many(self, tasks: list) -> None:
-        """Enqueue many tasks, one storage write per priority; signals fire for each."""
+        """Enqueue many tasks in one storage write, each at its priority; signals fire for
+        each."""
         if not self.leasing:
             for task in tasks:
                 self.enqueue(task)
             return
-        by_priority: dict = {}
         for task in tasks:
             if task.expires:
                 task.resolve_expires(self.utc)
             self._emit(S.SIGNAL_ENQUEUED, task)
-            by_priority.setdefault(task.priority, []).append(self.serialize_task(task))
-        for priority, messages in by_priority.items():
-            self.storage.enqueue_many(messages, priority)
+        self.storage.enqueue_many(
+            [self.serialize_task(task) for task in tasks],
+            priorities=[task.priority or 0 for task in tasks],
+        )
 
     def add_schedule(self, task):
         if not self.leasing:

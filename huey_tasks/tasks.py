@@ -91,6 +91,14 @@ def expand_prompt(request_id: int, task=None) -> dict:
 GENERATION_PRIORITY = 10
 
 
+def fair_priority(index: int) -> float:
+    """Slots are shared between requests, least served first: every request's k-th image
+    is claimed before anyone's (k+1)-th, so a small request submitted behind a big batch
+    runs at once and the batch waits only for its work. The priority travels with the
+    message through retries, slot waits, promotion and dead-letter requeues."""
+    return GENERATION_PRIORITY + 1 / (index + 1)
+
+
 def queue_jobs(job_ids: list[int]) -> list[int]:
     """The fan-out: one generate_image task per pending job, in one storage write.
 
@@ -104,11 +112,12 @@ def queue_jobs(job_ids: list[int]) -> list[int]:
     ids = services.mark_queued(job_ids, batch)
     if not ids:
         return []
+    indexes = services.job_indexes(ids)
     try:
         with ledger.bulk_enqueue():
             HUEY.enqueue_many(
                 [generate_image.s(job_id, id=f"generate_image-{job_id}-{batch}",
-                                  priority=GENERATION_PRIORITY) for job_id in ids]
+                                  priority=fair_priority(indexes[job_id])) for job_id in ids]
             )
     except Exception:
         services.unmark_queued(ids, batch)

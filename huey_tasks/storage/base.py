@@ -113,8 +113,14 @@ class LeasingStorageMixin:
         return f"lease expired on all {self.max_deliveries} deliveries"
 
     # Messages -----------------------------------------------------------------------
-    def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
-        """Add many messages in one write (the fan-out of a generation request)."""
+    def enqueue_many(
+        self,
+        messages: list[bytes],
+        priority: float | None = None,
+        priorities: list[float] | None = None,
+    ) -> None:
+        """Add many messages in one write (the fan-out of a generation request), at
+        ``priority``, or each at its own of ``priorities``."""
         raise NotImplementedError
 
     def add_to_schedule(

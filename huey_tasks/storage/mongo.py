@@ -145,10 +145,17 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
     def enqueue(self, data: bytes, priority: float | None = None) -> None:
         self.messages.insert_one(self._message(data, priority))
 
-    def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
+    def enqueue_many(
+        self,
+        messages: list[bytes],
+        priority: float | None = None,
+        priorities: list[float] | None = None,
+    ) -> None:
         if messages:
+            priorities = priorities or [priority] * len(messages)
             self.messages.insert_many(
-                [self._message(data, priority) for data in messages], ordered=True
+                [self._message(data, p) for data, p in zip(messages, priorities, strict=True)],
+                ordered=True,
             )
 
     def claim_query(self, now: float) -> dict:

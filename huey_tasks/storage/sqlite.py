@@ -119,13 +119,20 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             commit=True,
         )
 
-    def enqueue_many(self, messages: list[bytes], priority: float | None = None) -> None:
+    def enqueue_many(
+        self,
+        messages: list[bytes],
+        priority: float | None = None,
+        priorities: list[float] | None = None,
+    ) -> None:
         now = time.time()
+        priorities = priorities or [priority or 0] * len(messages)
         with self.db(commit=True) as curs:
             curs.executemany(
                 "insert into karasu_message (queue, data, priority, enqueued_at)"
                 " values (?, ?, ?, ?)",
-                [(self.name, self.to_blob(data), priority or 0, now) for data in messages],
+                [(self.name, self.to_blob(data), p or 0, now)
+                 for data, p in zip(messages, priorities, strict=True)],
             )
 
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:

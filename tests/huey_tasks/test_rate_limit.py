@@ -23,7 +23,7 @@ from huey_tasks.limiter import (
     RequestsPerMinute,
 )
 from huey_tasks.models import TaskRun
-from huey_tasks.tasks import limiter_for, queue_jobs, rate_limit_for
+from huey_tasks.tasks import fair_priority, limiter_for, queue_jobs, rate_limit_for
 from tests.reliability.conftest import make_request
 
 PERIOD = 60.0
@@ -309,7 +309,7 @@ def test_generate_image_over_the_limit_waits_without_using_an_attempt(queue_back
     assert HUEY.storage.schedule_size() == 1  # (the queue holds Wagtail's index updates)
     [scheduled] = HUEY.scheduled()
     assert scheduled.args == (waiting.pk,) and scheduled.retries == 0
-    assert scheduled.priority == 10
+    assert scheduled.priority == fair_priority(waiting.index)
     run = TaskRun.objects.get(task_id=scheduled.id)
     # Not a failure. (The ledger's RETRYING, which Huey signals right after RATE_LIMITED,
     # overwrites the status; the log keeps both.)

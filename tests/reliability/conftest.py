@@ -9,6 +9,7 @@ from wagtail.models import Collection
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import reset_cache
 from huey_tasks.tasks import limiter_for
+from tests.support.consumers import wait_for
 
 NS = "wagtailsnippets_generation_generationrequest"
 
@@ -77,6 +78,9 @@ def thread_consumer_factory():
         consumer._set_signal_handlers = lambda: None  # only the main thread may
         runner = threading.Thread(target=consumer.run, daemon=True)
         runner.start()
+        wait_for(lambda: len(consumer.worker_threads) == workers
+                 and all(thread.is_alive() for _, thread in consumer.worker_threads),
+                 10, interval=0.01, message="consumer started")
         try:
             yield consumer
         finally:
