@@ -52,7 +52,12 @@ def retry_policy() -> dict:
             "MAX_INFRASTRUCTURE_RETRIES": 5, **settings.KARASU.get("RETRY", {})}
 
 
-@db_task(retries=2, retry_delay=10, context=True)
+# A new request's prompts are written before any queued image is generated: otherwise a
+# request submitted behind a big batch would wait for the whole batch just to start.
+EXPANSION_PRIORITY = 20
+
+
+@db_task(retries=2, retry_delay=10, context=True, priority=EXPANSION_PRIORITY)
 def expand_prompt(request_id: int, task=None) -> dict:
     """Ask the LLM for the request's prompts; with auto-generate, fan out their jobs.
 

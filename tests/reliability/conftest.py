@@ -110,6 +110,10 @@ def reliability_report(request):
             r.pk for r in requests
         ])
         succeeded = jobs.filter(status=GenerationJob.Status.SUCCEEDED)
+        backend = getattr(request.node, "callspec", None)
+        backend = backend.params.get("queue_backend") if backend else None
+        if backend and f"({backend})" not in scenario:
+            scenario = f"{scenario} ({backend})"
         figures = {
             "scenario": scenario,
             "jobs": jobs.count(),
