@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from io import BytesIO
+
 from django.contrib import messages
-from django.db.models import Prefetch
+from django.core.paginator import Page
+from django.db.models import Prefetch, QuerySet
 from django.http import HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.functional import cached_property
 from django.views.generic import TemplateView
+from wagtail.admin.paginator import WagtailPaginator
 from wagtail.admin.ui.tables import Column
 from wagtail.admin.views.generic import WagtailAdminTemplateMixin
 from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.widgets.button import Button
+from wagtail.images import get_image_model
+from wagtail.images.models import AbstractImage, AbstractRendition, Filter
 from wagtail.snippets.views.snippets import EditView, IndexView, InspectView
 
 from generation.actions import ACTIONS, generate_job
 from generation.forms import PromptForm
 from generation.models import GenerationJob, GenerationRequest
 from generation.services import update_prompt
+
+# The request page shows this many prompts, and their images, per page: a bounded amount of
+# work whatever the request's size, including thumbnails rendered on a first view.
+JOBS_PER_PAGE = 50
+# The thumbnail rendition of the request page; inspect.html's {% image %} tag uses the same
+# spec, so the renditions prefetched here are the ones it looks for.
+THUMBNAIL_SPEC = "fill-240x240"
+# Threads making a first view's missing thumbnails; Pillow decodes and resizes without the GIL.
+THUMBNAIL_THREADS = 4
+# What the page shows of a job; the rest (claims, timings) stays in the database.
+JOB_FIELDS = ["id", "request_id", "index", "prompt", "status", "attempts", "error", "image"]
 
 
 class ProgressColumn(Column):
@@ -59,22 +79,117 @@ class RequestEditView(ActionButtonsMixin, EditView):
         return self.action_buttons(self.object, priority=5) + super().header_more_buttons
 
 
+class JobPaginator(WagtailPaginator):
+    """Wagtail's admin paginator, counting prompts rather than "generation jobs"."""
+
+    verbose_name = "prompt"
+    verbose_name_plural = "prompts"
+
+
+def request_jobs(request_id: int) -> QuerySet[GenerationJob]:
+    """The page's jobs in order, with their images and the images' thumbnail renditions.
+
+    Paginated, this is three queries (count, page, renditions) for any page size. Filtering
+    by id rather than through ``request.jobs`` leaves each job's ``request`` unset: the
+    {% image %} tag caches every rendition, pickled with its image and the image's job, and
+    the request would come along (on main, with all its prefetched jobs and images).
+    """
+    Rendition = get_image_model().get_rendition_model()
+    return (
+        GenerationJob.objects.filter(request_id=request_id)
+        .order_by("index")  # not Meta.ordering, which joins the request to sort by its date
+        .only(*JOB_FIELDS)
+        .select_related("image")
+        .prefetch_related(
+            Prefetch(
+                "image__renditions",
+                queryset=Rendition.objects.filter(filter_spec=THUMBNAIL_SPEC),
+                # Where Image.get_rendition() looks for prefetched renditions.
+                to_attr="prefetched_renditions",
+            )
+        )
+    )
+
+
+def render_thumbnail(thumbnail: Filter, image: AbstractImage) -> AbstractRendition | None:
+    """An unsaved thumbnail rendition of ``image``; None if its file cannot be rendered."""
+    try:
+        with image.open_file() as file:
+            return image.generate_rendition_instance(thumbnail, BytesIO(file.read()))
+    except Exception:
+        # The {% image %} tag tries again and handles it as it always has: a missing file
+        # becomes a broken image, anything else an error.
+        return None
+
+
+def create_missing_thumbnails(images: Sequence[AbstractImage]) -> None:
+    """Create the thumbnails of ``images`` that do not exist yet, the pixel work in parallel.
+
+    Left to the {% image %} tag, the first view after generation resizes a page of images one
+    after the other, with four queries each. As Wagtail's Image.create_renditions() does for
+    several filters of one image, threads render the files (no database access there) and
+    this thread inserts the rows, in one query. ``images`` carry their prefetched renditions
+    (request_jobs()); the new ones join them, so the tag then finds every thumbnail there.
+    """
+    thumbnail = Filter(spec=THUMBNAIL_SPEC)
+    # With prefetched renditions, find_existing_renditions() makes no query.
+    missing = [image for image in images if not image.find_existing_renditions(thumbnail)]
+    if not missing:
+        return
+    with ThreadPoolExecutor(max_workers=min(len(missing), THUMBNAIL_THREADS)) as pool:
+        renditions = [r for r in pool.map(partial(render_thumbnail, thumbnail), missing) if r]
+    if not renditions:
+        return
+    Rendition = get_image_model().get_rendition_model()
+    # Another view of the page may have created some meanwhile: use those, as Wagtail does.
+    # Our files are written only with their rows, so the ones dropped here leave nothing.
+    existing = {
+        (rendition.image_id, rendition.focal_point_key): rendition
+        for rendition in Rendition.objects.filter(
+            image__in=[r.image for r in renditions], filter_spec=thumbnail.spec
+        )
+    }
+    new = [r for r in renditions if (r.image_id, r.focal_point_key) not in existing]
+    # ignore_conflicts: a row inserted since the look-up above wins; ours still shows (its
+    # file is left over, as with Wagtail's create_renditions()).
+    Rendition.objects.bulk_create(new, ignore_conflicts=True)
+    for rendition in renditions:
+        found = existing.get((rendition.image_id, rendition.focal_point_key), rendition)
+        found.image = rendition.image  # already loaded: the tag reads it for the alt text
+        rendition.image.prefetched_renditions.append(found)
+
+
+def job_page_number(job: GenerationJob) -> int:
+    """The request page's page that lists ``job``."""
+    before = GenerationJob.objects.filter(request_id=job.request_id, index__lt=job.index).count()
+    return before // JOBS_PER_PAGE + 1
+
+
 class RequestInspectView(ActionButtonsMixin, InspectView):
-    """The request's own page: progress, actions, every prompt and the images."""
+    """The request's own page: progress, actions, and its prompts with their images, paginated."""
 
     template_name = "generation/inspect.html"
+    page_kwarg = "p"  # as in Wagtail's listings and its pagination_nav.html
 
     def get_object(self, queryset=None):
         return get_object_or_404(
-            GenerationRequest.objects.select_related("collection").prefetch_related(
-                Prefetch("jobs", GenerationJob.objects.select_related("image"))
-            ),
-            pk=self.pk,
+            GenerationRequest.objects.select_related("collection"), pk=self.pk
         )
 
     @cached_property
     def header_more_buttons(self):
         return self.action_buttons(self.object, priority=5) + super().header_more_buttons
+
+    def get_fields_context(self) -> list[dict]:
+        # inspect.html lays the request out itself; the generic field list would only cost
+        # queries (tags, creator) for values the page does not show.
+        return []
+
+    def get_jobs_page(self) -> Page:
+        paginator = JobPaginator(request_jobs(self.object.pk), JOBS_PER_PAGE)
+        # get_page() answers a missing or bad number with the first page, and one past the
+        # end with the last, as Wagtail's listings do.
+        return paginator.get_page(self.request.GET.get(self.page_kwarg))
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -82,7 +197,11 @@ class RequestInspectView(ActionButtonsMixin, InspectView):
         context["can_change"] = self.permission_policy.user_has_permission(
             self.request.user, "change"
         )
-        context["jobs"] = self.object.jobs.all()
+        jobs = self.get_jobs_page()
+        create_missing_thumbnails([job.image for job in jobs if job.image])
+        context["jobs"] = jobs
+        # A list, not Wagtail's generator: the page shows the navigation twice.
+        context["elided_page_range"] = list(jobs.paginator.get_elided_page_range(jobs.number))
         context["job_prompt_url_name"] = f"{namespace}:job_prompt"
         context["job_generate_url_name"] = f"{namespace}:job_generate"
         return context
@@ -160,8 +279,11 @@ class JobView(PermissionCheckedMixin, TemplateView):
         )
 
     def back(self):
+        # Back to the page that lists the job, scrolled to its row.
         url = reverse(self.inspect_url_name, args=[self.job.request_id])
-        return redirect(f"{url}#job-{self.job.pk}")
+        page = job_page_number(self.job)
+        query = f"?{RequestInspectView.page_kwarg}={page}" if page > 1 else ""
+        return redirect(f"{url}{query}#job-{self.job.pk}")
 
     def http_method_not_allowed(self, request, *args, **kwargs):
         return HttpResponseNotAllowed(["POST"])
