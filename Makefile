@@ -48,6 +48,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/queue.py
 	$(PY) bench/monitor.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/request_page.py
 
 clean:
 	rm -rf $(VENV) .venv-mongo var .pytest_cache .ruff_cache
