@@ -227,6 +227,10 @@ KARASU = {
             "MAX_FAILURE_STREAK": env.int("KARASU_DEMO_MAX_FAILURE_STREAK", default=2),
             # Appends a line per call start and end (tests count calls per job with it).
             "CALL_LOG": env.str("KARASU_DEMO_CALL_LOG", default=""),
+            # Output size (the 1:1 edge; other aspect ratios scale from it) and jpeg or png:
+            # 1024 jpeg is like FLUX square_hd, 2048 png like Nano Banana Pro at 2K.
+            "SIZE": env.int("KARASU_DEMO_SIZE", default=512),
+            "FORMAT": env.str("KARASU_DEMO_FORMAT", default="jpeg"),
         },
         "flux-schnell": {
             "CLASS": "generation.providers.fal.FalImageModel",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
-from dataclasses import dataclass
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 from .errors import PermanentProviderError
 
@@ -13,14 +15,161 @@ MAX_PROMPT_CHARS = 1000
 MIN_PROMPT_WORDS = 3
 
 
-@dataclass(frozen=True)
+# Bodies up to this size stay in memory; larger ones go to a temporary file, so a worker
+# holding 20 results of 5-20 MB does not hold them in RAM.
+SPOOL_BYTES = 1024 * 1024
+
+
+def temporary_directory() -> str | None:
+    """Where large bodies spool: Django's FILE_UPLOAD_TEMP_DIR, else the system default."""
+    from django.conf import settings
+
+    return getattr(settings, "FILE_UPLOAD_TEMP_DIR", None) if settings.configured else None
+
+
+class ImageBody:
+    """An image's bytes, counted and SHA-1 hashed as they are written.
+
+    Up to ``spool_bytes`` they stay in memory; past that they move to an unnamed temporary
+    file (``tempfile.TemporaryFile``: no directory entry, so even a killed worker leaves
+    nothing behind). ``close()`` frees the file; an in-memory body has nothing to free and
+    stays readable, so a caller may still file it again.
+    """
+
+    def __init__(self, spool_bytes: int | None = None) -> None:
+        self._spool_bytes = SPOOL_BYTES if spool_bytes is None else spool_bytes
+        self._memory: io.BytesIO | None = io.BytesIO()
+        self._file: IO[bytes] | None = None
+        self._sha1 = hashlib.sha1()
+        self.size = 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageBody:
+        body = cls()
+        body._memory = io.BytesIO(data)  # shares ``data`` until written to: no copy
+        body._sha1.update(data)
+        body.size = len(data)
+        return body
+
+    def write(self, chunk: bytes) -> int:
+        if self.closed:
+            raise ValueError("write to a closed image body")
+        self._sha1.update(chunk)
+        self.size += len(chunk)
+        if self._memory is not None:
+            self._memory.write(chunk)
+            if self.size > self._spool_bytes:
+                self._roll_over()
+        else:
+            self._file.write(chunk)
+        return len(chunk)
+
+    def flush(self) -> None:
+        """Pillow flushes what it saves into; there is nothing to flush here."""
+
+    def _roll_over(self) -> None:
+        file = tempfile.TemporaryFile(dir=temporary_directory())
+        try:
+            file.write(self._memory.getbuffer())
+        except BaseException:
+            file.close()
+            raise
+        self._memory, self._file = None, file
+
+    @property
+    def sha1(self) -> str:
+        return self._sha1.hexdigest()
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._file is not None and self._file.closed
+
+    def open(self) -> IO[bytes]:
+        """The body as a readable file, rewound (shared: one reader at a time)."""
+        if self.closed:
+            raise ValueError("the image body is closed")
+        stream = self._memory if self._memory is not None else self._file
+        stream.seek(0)
+        return stream
+
+    def read(self) -> bytes:
+        return self.open().read()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class GeneratedImage:
-    data: bytes
-    content_type: str
-    width: int
-    height: int
-    seed: int | None = None
-    provider_request_id: str = ""
+    """A provider's result: the image body, what it is, and where it came from.
+
+    ``data`` may be the bytes themselves or an :class:`ImageBody` a provider streamed into.
+    Whoever files the image closes it (``ingest`` does, whatever its outcome).
+    """
+
+    def __init__(
+        self,
+        data: bytes | ImageBody,
+        content_type: str,
+        width: int,
+        height: int,
+        seed: int | None = None,
+        provider_request_id: str = "",
+    ) -> None:
+        self.body = data if isinstance(data, ImageBody) else ImageBody.from_bytes(data)
+        self.content_type = content_type
+        self.width = width
+        self.height = height
+        self.seed = seed
+        self.provider_request_id = provider_request_id
+
+    def __repr__(self) -> str:
+        return (
+            f"<GeneratedImage {self.content_type} {self.width}x{self.height} "
+            f"{self.size} bytes{' on disk' if self.on_disk else ''}>"
+        )
+
+    @property
+    def data(self) -> bytes:
+        """The whole body in memory: for small results and tests; ingest streams instead."""
+        return self.body.read()
+
+    @property
+    def size(self) -> int:
+        return self.body.size
+
+    @property
+    def sha1(self) -> str:
+        return self.body.sha1
+
+    @property
+    def on_disk(self) -> bool:
+        return self.body.on_disk
+
+    @property
+    def file(self) -> IO[bytes]:
+        """The body as a readable file, rewound."""
+        return self.body.open()
+
+    def open(self) -> IO[bytes]:
+        return self.body.open()
+
+    @property
+    def closed(self) -> bool:
+        return self.body.closed
+
+    def close(self) -> None:
+        self.body.close()
+
+    def __enter__(self) -> GeneratedImage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def extension(self) -> str:

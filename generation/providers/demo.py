@@ -1,11 +1,13 @@
 """Offline providers: a deterministic prompt writer and a Pillow image renderer.
 
 They make the whole pipeline runnable without keys, and their knobs (latency, transient
-failures, content-policy rejections, concurrency) drive load, chaos and benchmark runs.
+failures, content-policy rejections, concurrency, image size and format) drive load, chaos
+and benchmark runs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -13,10 +15,13 @@ import os
 import random
 import threading
 import time
+import zlib
+from typing import Protocol
 
-from PIL import Image, ImageDraw
+from django.core.exceptions import ImproperlyConfigured
+from PIL import Image, ImageChops, ImageDraw
 
-from .base import LLM, GeneratedImage, ImageModel
+from .base import LLM, GeneratedImage, ImageBody, ImageModel
 from .errors import PermanentProviderError, TransientProviderError
 
 SUBJECTS = [
@@ -39,8 +44,17 @@ COMPOSITIONS = [
     "wide establishing shot", "close-up", "bird's-eye view", "low angle",
     "symmetrical framing", "rule-of-thirds composition", "silhouette against the sky",
 ]
+# At the default SIZE (512); other sizes scale every entry by SIZE / 512.
 SIZES = {"1:1": (512, 512), "4:3": (576, 432), "3:4": (432, 576), "16:9": (640, 360),
          "9:16": (360, 640)}
+DEFAULT_SIZE = 512
+MIN_SIZE, MAX_SIZE = 64, 4096  # 4096: Nano Banana Pro's 4K, still under the 40 MP cap
+FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png")}
+# Photographic detail: +-NOISE_AMPLITUDE levels of per-pixel noise, in bands of NOISE_ROWS
+# rows. A band repeats every NOISE_ROWS rows, which is more than deflate's 32 KB window
+# looks back, so a PNG cannot compress it away: a 2048x2048 PNG weighs ~7 MB, like a real one.
+NOISE_AMPLITUDE = 8
+NOISE_ROWS = 64
 MAX_CONSECUTIVE_FAILURES = 2  # fewer than the pipeline's 3 retries, so every image lands
 
 
@@ -87,6 +101,16 @@ class DemoImageModel(ImageModel):
         streak = options.get("MAX_FAILURE_STREAK", MAX_CONSECUTIVE_FAILURES)
         self.max_failure_streak: int | None = int(streak) if streak else None
         self.call_log = str(options.get("CALL_LOG") or "")
+        self.size = int(options.get("SIZE") or DEFAULT_SIZE)
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ImproperlyConfigured(
+                f"{name}: SIZE must be {MIN_SIZE}-{MAX_SIZE} pixels, not {self.size}"
+            )
+        self.image_format = str(options.get("FORMAT") or "jpeg").lower()
+        if self.image_format not in FORMATS:
+            raise ImproperlyConfigured(
+                f"{name}: FORMAT must be one of {', '.join(FORMATS)}, not {self.image_format!r}"
+            )
         self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -145,10 +169,19 @@ class DemoImageModel(ImageModel):
             raise TransientProviderError(f"{self.name}: simulated transient failure")
         if seed is None:
             seed = int(_fraction("seed", prompt) * 2**31)
-        data, (width, height) = render(prompt, aspect_ratio, seed), SIZES[aspect_ratio]
+        # Rendered straight into a body that spills to a temporary file past 1 MB, like a
+        # download: a large PNG is never held whole in memory as bytes.
+        body = ImageBody()
+        try:
+            width, height = render_into(
+                body, prompt, aspect_ratio, seed, size=self.size, image_format=self.image_format
+            )
+        except BaseException:
+            body.close()
+            raise
         return GeneratedImage(
-            data=data,
-            content_type="image/jpeg",
+            body,
+            content_type=FORMATS[self.image_format][1],
             width=width,
             height=height,
             seed=seed,
@@ -156,8 +189,63 @@ class DemoImageModel(ImageModel):
         )
 
 
-def render(prompt: str, aspect_ratio: str, seed: int) -> bytes:
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+def image_size(aspect_ratio: str, size: int = DEFAULT_SIZE) -> tuple[int, int]:
+    """Pixels at SIZE: the 512 table scaled, e.g. 16:9 at 1024 is 1280x720."""
     width, height = SIZES[aspect_ratio]
+    return round(width * size / DEFAULT_SIZE), round(height * size / DEFAULT_SIZE)
+
+
+def render(
+    prompt: str,
+    aspect_ratio: str,
+    seed: int,
+    *,
+    size: int = DEFAULT_SIZE,
+    image_format: str = "jpeg",
+) -> bytes:
+    """The rendered image as bytes (small images, tests and benchmarks)."""
+    buffer = io.BytesIO()
+    render_into(buffer, prompt, aspect_ratio, seed, size=size, image_format=image_format)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_band(width: int) -> Image.Image:
+    """Grey 128 +- NOISE_AMPLITUDE per channel, made once per width and process (and
+    deterministic, so the same prompt and seed render the same bytes in every worker)."""
+    rng = random.Random(f"noise|{width}")
+    noise = Image.frombytes("RGB", (width, NOISE_ROWS), rng.randbytes(width * NOISE_ROWS * 3))
+    grey = Image.new("RGB", noise.size, (128, 128, 128))
+    return Image.blend(grey, noise, NOISE_AMPLITUDE / 128)
+
+
+def _add_detail(image: Image.Image) -> None:
+    """Add the noise band by band: only one band's copy is ever allocated besides the image."""
+    width, height = image.size
+    band = _noise_band(width)
+    for top in range(0, height, NOISE_ROWS):
+        box = (0, top, width, min(height, top + NOISE_ROWS))
+        strip = image.crop(box)
+        noise = band if strip.size == band.size else band.crop((0, 0, *strip.size))
+        image.paste(ImageChops.add(strip, noise, scale=1.0, offset=-128), box)
+
+
+def render_into(
+    out: Writable,
+    prompt: str,
+    aspect_ratio: str,
+    seed: int,
+    *,
+    size: int = DEFAULT_SIZE,
+    image_format: str = "jpeg",
+) -> tuple[int, int]:
+    """Render and encode the image into ``out`` chunk by chunk; return (width, height)."""
+    width, height = image_size(aspect_ratio, size)
+    scale = size / DEFAULT_SIZE
     rng = random.Random(f"{prompt}|{seed}")
     top = tuple(rng.randrange(256) for _ in range(3))
     bottom = tuple(rng.randrange(256) for _ in range(3))
@@ -176,8 +264,18 @@ def render(prompt: str, aspect_ratio: str, seed: int) -> bytes:
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
         else:
             draw.rectangle((x - radius, y - radius // 2, x + radius, y + radius // 2), fill=fill)
-    draw.rectangle((0, height - 28, width, height), fill=(0, 0, 0))
-    draw.text((8, height - 22), prompt[:90], fill=(255, 255, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
+    draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
+    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255))
+    # Provider-sized output gets provider-like detail, so files weigh what real results
+    # weigh; the default stays the cheap ~15 KB picture the other benchmarks measure with.
+    if size > DEFAULT_SIZE or image_format == "png":
+        _add_detail(image)
+    if image_format == "png":
+        # Z_RLE: the noise is incompressible anyway, and it encodes ~3x faster than the
+        # default strategy for the same size.
+        image.save(out, "PNG", compress_level=6, compress_type=zlib.Z_RLE)
+    elif image_format == "jpeg":
+        image.save(out, "JPEG", quality=85)
+    else:
+        raise ValueError(f"unknown demo image format {image_format!r}")
+    return width, height

@@ -2,7 +2,8 @@
 
 Each hop resolves its host once, checks every address, and connects to a checked address
 (TLS still verifies the real host name), so a rebinding DNS answer cannot redirect the
-connection to an address that was never checked.
+connection to an address that was never checked. The body streams into an ImageBody (a
+temporary file past 1 MB), so a 20 MB result never sits in the worker's memory.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import re
 import socket
 import time
 from dataclasses import dataclass
+from typing import IO, NamedTuple
 from urllib.parse import urljoin
 
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from .base import ImageBody
 from .errors import PermanentProviderError, TransientProviderError
 
 ALLOWED_CONTENT_TYPES = {"image/png", "image/jpeg", "image/webp"}
@@ -34,6 +37,13 @@ _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
 # RFC 8215 local-use NAT64: translates into whatever the operator chose, so never public.
 _NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
 _CONTENT_LENGTH = re.compile(r"[0-9]+")
+
+
+class DownloadedImage(NamedTuple):
+    body: ImageBody  # the caller closes it
+    content_type: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -147,11 +157,12 @@ def download_image(
     max_pixels: int,
     timeout: float = 60,
     client: httpx.Client | None = None,
-) -> tuple[bytes, str, int, int]:
-    """Return (data, content_type, width, height) or raise a provider error.
+) -> DownloadedImage:
+    """Return (body, content_type, width, height) or raise a provider error.
 
     ``timeout`` bounds the whole download, redirects included. A ``client`` passed in is
-    used as it is and left open.
+    used as it is and left open. The body is closed here on any error; on success the
+    caller owns it.
     """
     own_client = client is None
     if client is None:
@@ -163,17 +174,21 @@ def download_image(
             limits=httpx.Limits(max_keepalive_connections=0),
         )
     try:
-        data, content_type = _fetch(url, allowed_hosts, max_bytes, timeout, client)
+        body, content_type = _fetch(url, allowed_hosts, max_bytes, timeout, client)
     finally:
         if own_client:
             client.close()
-    width, height = verify_image(data, max_pixels)
-    return data, content_type, width, height
+    try:
+        width, height = verify_image(body.open(), max_pixels)
+    except BaseException:
+        body.close()
+        raise
+    return DownloadedImage(body, content_type, width, height)
 
 
 def _fetch(
     url: str, allowed_hosts: list[str], max_bytes: int, timeout: float, client: httpx.Client
-) -> tuple[bytes, str]:
+) -> tuple[ImageBody, str]:
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
         target = check_url(url, allowed_hosts)
@@ -201,7 +216,9 @@ def _fetch(
     raise PermanentProviderError(f"download redirected more than {MAX_REDIRECTS} times")
 
 
-def _read_body(response: httpx.Response, max_bytes: int, deadline: float) -> tuple[bytes, str]:
+def _read_body(
+    response: httpx.Response, max_bytes: int, deadline: float
+) -> tuple[ImageBody, str]:
     if response.status_code != 200:
         error = TransientProviderError if response.status_code >= 500 else PermanentProviderError
         raise error(f"download failed: HTTP {response.status_code}")
@@ -213,21 +230,31 @@ def _read_body(response: httpx.Response, max_bytes: int, deadline: float) -> tup
     declared = _declared_length(response.headers.get("content-length"))
     if declared is not None and declared > max_bytes:
         raise PermanentProviderError(f"download too large ({declared} bytes)")
-    data = bytearray()
-    for chunk in response.iter_bytes():
-        data.extend(chunk)
-        if len(data) > max_bytes:
-            raise PermanentProviderError(f"download too large (> {max_bytes} bytes)")
-        # Per-read timeouts never fire on a server that drips a byte at a time.
-        if time.monotonic() > deadline:
-            raise TransientProviderError("download timed out")
-    return bytes(data), content_type
-
-
-def verify_image(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """Check the bytes really are an image Pillow can decode, without a decompression bomb."""
+    body = ImageBody()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        for chunk in response.iter_bytes():
+            body.write(chunk)
+            # Checked per chunk: the Content-Length may be absent or a lie.
+            if body.size > max_bytes:
+                raise PermanentProviderError(f"download too large (> {max_bytes} bytes)")
+            # Per-read timeouts never fire on a server that drips a byte at a time.
+            if time.monotonic() > deadline:
+                raise TransientProviderError("download timed out")
+    except BaseException:
+        body.close()
+        raise
+    return body, content_type
+
+
+def verify_image(source: bytes | IO[bytes], max_pixels: int) -> tuple[int, int]:
+    """Check the bytes really are an image Pillow can decode, without a decompression bomb.
+
+    ``source`` may be a file: Pillow reads the header and checks the rest (PNG chunk CRCs)
+    from it without decoding the pixels, so this needs no memory for the image itself.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    try:
+        with Image.open(stream) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise PermanentProviderError(f"image too large ({width}x{height} pixels)")

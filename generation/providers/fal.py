@@ -148,17 +148,18 @@ class FalImageModel(ImageModel):
             raise PermanentProviderError(f"{self.name}: result has no image")
         if any(result.get("has_nsfw_concepts") or []):
             raise PermanentProviderError(f"{self.name}: rejected by the safety checker")
-        data, content_type, width, height = download_image(
+        downloaded = download_image(
             images[0]["url"],
             allowed_hosts=self.allowed_hosts,
             max_bytes=self.max_bytes,
             max_pixels=self.max_pixels,
         )
+        # The body stays in its temporary file; ingest streams it into storage and closes it.
         return GeneratedImage(
-            data=data,
-            content_type=content_type,
-            width=width,
-            height=height,
+            downloaded.body,
+            content_type=downloaded.content_type,
+            width=downloaded.width,
+            height=downloaded.height,
             seed=result.get("seed", seed),
             provider_request_id=request_id,
         )

@@ -78,8 +78,8 @@ def test_request_goes_to_the_checked_address_and_tls_names_the_real_host(dns, ro
     route = router.get(f"https://{PUBLIC}/files/crow/result.jpg").mock(
         return_value=image_response()
     )
-    data, content_type, width, height = download()
-    assert (content_type, width, height) == ("image/jpeg", 64, 48) and data == jpeg()
+    body, content_type, width, height = download()
+    assert (content_type, width, height) == ("image/jpeg", 64, 48) and body.read() == jpeg()
     request = route.calls.last.request
     assert request.url.host == PUBLIC
     assert request.headers["host"] == "v3.fal.media"
