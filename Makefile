@@ -49,6 +49,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/monitor.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/request_page.py
+	$(PY) bench/image_sizes.py
 
 clean:
 	rm -rf $(VENV) .venv-mongo var .pytest_cache .ruff_cache

@@ -253,7 +253,10 @@ def test_ingest_files_the_streamed_bytes_and_closes_the_file(job, big_png, spool
     expected = hashlib.sha1(big_png).hexdigest()
     assert image.file_hash == stored_sha1(image) == expected
     assert (image.file_size, image.width, image.height) == (len(big_png), BIG_EDGE, BIG_EDGE)
+    assert image.file.name.startswith("original_images/")
     assert image.file.name.endswith(f"-job{job.pk}.png")
+    image.refresh_from_db()
+    assert (image.width, image.height, image.file_size) == (BIG_EDGE, BIG_EDGE, len(big_png))
 
 
 def test_a_streamed_and_an_in_memory_image_file_the_same_bytes(job, big_png, spool_dir):
