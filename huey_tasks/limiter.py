@@ -170,12 +170,6 @@ class RequestsPerMinute:
             raise RateLimitExceeded(f"{self.name} requests per minute", self.delay(now))
         return count
 
-    def __enter__(self) -> int:
-        return self.acquire()
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
     def _forget_old(self, window: int, first: bool) -> None:
         """Delete counters no one counts on any more: best effort, never raises.
 

@@ -39,10 +39,15 @@ def demo(settings, call_log):
 
 
 @pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
+def editor(admin_client_logged_in):
+    """A superuser's client (the suite's own fixture, under the pipeline's name)."""
+    return admin_client_logged_in
+
+
+def settled(request: GenerationRequest) -> bool:
+    """Whether ``request`` (refreshed) has reached a final status."""
+    request.refresh_from_db()
+    return request.status in GenerationRequest.TERMINAL
 
 
 def make_request(count: int = 4, *, status=GenerationRequest.Status.GENERATING,

@@ -6,16 +6,11 @@ import pytest
 
 from generation.models import GenerationRequest
 from huey_tasks.tasks import queue_jobs
-from tests.reliability.conftest import make_request
+from tests.reliability.conftest import make_request, settled
 from tests.support.consumers import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 LATENCY, SLOTS, BIG, SMALL = 0.2, 4, 80, 4
-
-
-def settled(request) -> bool:
-    request.refresh_from_db()
-    return request.status in GenerationRequest.TERMINAL
 
 
 def test_a_small_request_behind_a_big_batch_runs_at_once(

@@ -13,7 +13,7 @@ from generation import actions, services
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import get_image_model as get_provider
 from huey_tasks.tasks import generate_image, queue_jobs
-from tests.reliability.conftest import make_request
+from tests.reliability.conftest import make_request, settled
 from tests.support.consumers import queued_tasks, wait_for
 from tests.support.provider_calls import calls_per_key, overlapping_calls
 
@@ -21,11 +21,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 Job = GenerationJob.Status
 Req = GenerationRequest.Status
 Image = get_image_model()
-
-
-def settled(request) -> bool:
-    request.refresh_from_db()
-    return request.status in GenerationRequest.TERMINAL
 
 
 def test_duplicate_messages_make_one_provider_call_per_job(demo, call_log, thread_consumer):

@@ -15,7 +15,7 @@ from generation.models import GenerationJob, GenerationRequest
 from huey_tasks import reconcile
 from huey_tasks.models import TaskRun
 from huey_tasks.tasks import expand_prompt, maintenance, queue_jobs
-from tests.reliability.conftest import make_request
+from tests.reliability.conftest import make_request, settled
 from tests.support.consumers import queued_tasks, wait_for
 from tests.support.provider_calls import calls_per_key, overlapping_calls
 
@@ -38,11 +38,6 @@ def die_holding(storage) -> None:
     """A worker claims the next message and dies: its lease just runs out."""
     assert storage.claim(lease_seconds=0.01) is not None
     time.sleep(0.05)
-
-
-def settled(request) -> bool:
-    request.refresh_from_db()
-    return request.status in GenerationRequest.TERMINAL
 
 
 def test_a_buried_job_fails_at_once_and_requeue_reopens_it(

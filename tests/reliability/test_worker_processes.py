@@ -13,7 +13,7 @@ from generation.providers.demo import call_key
 from huey_tasks.models import WorkerHeartbeat
 from huey_tasks.reconcile import dead_job_reason
 from huey_tasks.tasks import queue_jobs
-from tests.reliability.conftest import make_request
+from tests.reliability.conftest import make_request, settled
 from tests.support import consumers
 from tests.support.provider_calls import calls_per_key, max_in_flight, overlapping_calls
 from tests.support.tasks import record_run
@@ -26,11 +26,6 @@ pytestmark = [
 Job = GenerationJob.Status
 Req = GenerationRequest.Status
 Image = get_image_model()
-
-
-def settled(request) -> bool:
-    request.refresh_from_db()
-    return request.status in GenerationRequest.TERMINAL
 
 
 def queue_empty() -> bool:
