@@ -25,7 +25,7 @@ from .queue import SLOTS, LeasingHuey
 
 logger = logging.getLogger(__name__)
 
-SLOT_POLL = 0.05  # seconds between tries while waiting briefly for a slot in-thread
+SLOT_POLL = 0.05  # seconds between looks for a slot freed by another process
 DEFAULT_SLOT_WAIT = 1.0  # then: seconds before a task that found no slot is tried again
 SLOT_WAIT_JITTER = 0.5  # ... times uniform(1, 1 + this), so waiting tasks come back spread out
 RATE_JITTER = 0.25  # a rate-limited task waits to the window's end + up to this many periods
@@ -58,6 +58,8 @@ class ConcurrencyLimiter:
         self.huey = huey
         self.name = name
         self.limit = limit
+        # A slot released in this process goes to a thread waiting here at once.
+        self._freed = threading.Condition()
 
     @property
     def storage(self):
@@ -96,6 +98,9 @@ class ConcurrencyLimiter:
         except Exception:
             logger.exception("Could not release slot %s of %s; it expires by itself.",
                              slot.index, self.name)
+            return
+        with self._freed:
+            self._freed.notify()
 
     @contextlib.contextmanager
     def slot(self, patience: float = 2.0, wait: float = DEFAULT_SLOT_WAIT) -> Iterator[Slot]:
@@ -110,7 +115,8 @@ class ConcurrencyLimiter:
                 # Jittered: tasks turned away together must not all come back together.
                 delay = wait * random.uniform(1, 1 + SLOT_WAIT_JITTER)
                 raise RateLimitExceeded(f"{self.name} concurrency", delay)
-            time.sleep(SLOT_POLL)
+            with self._freed:
+                self._freed.wait(SLOT_POLL)
         try:
             yield slot
         finally:

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from huey import Huey
 from huey import signals as S
 from huey.api import TaskLock
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Worker
 
 from generation.providers.errors import redact
 
+from .idle import IdleWorkers
 from .storage import LeasingSqliteStorage, MongoStorage
 from .storage.base import DeadLetter, Delivery
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TTL = 600  # seconds; a crashed worker's lock_task lock frees itself
 DEFAULT_TASK_DEADLINE = 300.0  # seconds; above the providers' own timeouts (fal: 180 s)
+DEFAULT_IDLE_POLL = 0.1  # seconds between an idle process's looks at the queue
 
 # Karasu's own signals, sent like Huey's: handler(signal, task, *args).
 SIGNAL_DEAD_LETTERED = "dead-lettered"  # args: the DeadLetter
@@ -64,10 +66,12 @@ class LeasingHuey(Huey):
         *args,
         lock_ttl: float = DEFAULT_LOCK_TTL,
         task_deadline: float = DEFAULT_TASK_DEADLINE,
+        idle_poll: float = DEFAULT_IDLE_POLL,
         **kwargs,
     ):
         self.lock_ttl = lock_ttl
         self.task_deadline = float(task_deadline)
+        self.idle = IdleWorkers(idle_poll)
         self._running: dict[int, Running] = {}  # id(task) -> lease; duplicates share ids
         self._free_holds: set[tuple[str, Hashable]] = set()  # held outside a consumer task
         self._lost: set[tuple[str, Hashable]] = set()
@@ -101,6 +105,7 @@ class LeasingHuey(Huey):
         with self._lock:
             self._running[id(task)] = running
         self._ensure_heartbeat()
+        self.idle.wake()  # there may be more: the next idle thread looks at once
         return task
 
     def execute(self, task, timestamp=None):
@@ -182,6 +187,7 @@ class LeasingHuey(Huey):
         """Put a dead letter back on the queue, announced like any enqueue."""
         if not self.storage.requeue_dead_letter(letter.message_id):
             return False
+        self.idle.wake()
         try:
             self._emit(S.SIGNAL_ENQUEUED, self.deserialize_task(letter.data))
         except Exception:
@@ -189,6 +195,11 @@ class LeasingHuey(Huey):
         return True
 
     # Queue writes ---------------------------------------------------------------------
+    def enqueue(self, task):
+        result = super().enqueue(task)
+        self.idle.wake()
+        return result
+
     def enqueue_many(self, tasks: list) -> None:
         """Enqueue many tasks in one storage write, each at its priority; signals fire for
         each."""
@@ -204,6 +215,7 @@ class LeasingHuey(Huey):
             [self.serialize_task(task) for task in tasks],
             priorities=[task.priority or 0 for task in tasks],
         )
+        self.idle.wake(len(tasks))
 
     def add_schedule(self, task):
         if not self.leasing:
@@ -223,7 +235,9 @@ class LeasingHuey(Huey):
             return super().read_schedule(timestamp)
         if timestamp is None:
             timestamp = self._get_timestamp()
-        for data in self.storage.promote_due(timestamp):
+        promoted = self.storage.promote_due(timestamp)
+        self.idle.wake(len(promoted))
+        for data in promoted:
             try:
                 self._emit(S.SIGNAL_ENQUEUED, self.deserialize_task(data))
             except Exception:  # already queued; only the signal is missed
@@ -371,9 +385,19 @@ class LeasingHuey(Huey):
         return TaskLock(self, lock_name, self.lock_ttl if ttl is None else ttl)
 
 
+class LeasingWorker(Worker):
+    """Huey's worker; when idle it waits its turn to look at the queue (see ``idle``)."""
+
+    def sleep(self):
+        if not self.huey.leasing:
+            return super().sleep()
+        self.huey.idle.wait(self.stop_flag)
+
+
 class LeasingConsumer(Consumer):
     """Huey's consumer, announcing itself so the monitor can show which workers are alive."""
 
+    worker_class = LeasingWorker
     beat_interval = 10.0
 
     def start(self):

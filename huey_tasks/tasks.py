@@ -29,6 +29,7 @@ from generation.providers.errors import redact
 from huey_tasks import ledger, reconcile
 from huey_tasks.limiter import ConcurrencyLimiter, RequestsPerMinute
 from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
+from huey_tasks.task_backend import follow_ups_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -153,15 +154,17 @@ def _requests_per_minute(model_name: str, limit: int) -> RequestsPerMinute:
 # retries=0: attempts are counted on the job; RetryTask and a full limiter re-schedule
 # without consuming Huey retries, and retry_delay stays 0 so their own delays apply.
 @db_task(retries=0, retry_delay=0, context=True)
-def generate_image(job_id: int, task=None) -> int | None:
+def generate_image(job_id: int, task=None) -> None:
     """Generate and ingest one job's image. Re-running a finished job does nothing, and
-    a job's provider call is made only under its exclusive claim."""
+    a job's provider call is made only under its exclusive claim.
+
+    The outcome is the job's state; returning nothing spares a result write per image."""
     task = task or SimpleNamespace()  # called locally: no queue context
     task.job_claim = None
     try:
-        return _run(job_id, task)
+        _run(job_id, task)
     except INFRASTRUCTURE_ERRORS as exc:  # also while recording another outcome
-        return _defer(job_id, task, exc)
+        _defer(job_id, task, exc)
     finally:
         if task.job_claim:
             HUEY.drop(JOB_CLAIMS, task.job_claim)
@@ -221,7 +224,9 @@ def _generate(job_id: int, task) -> int | None:
             task.job_claim = None
             raise
         generated = services.generate(job, model)
-    if not services.store(job, token, generated):
+    with follow_ups_in_place():  # the image's index updates: here, not as more messages
+        stored = services.store(job, token, generated)
+    if not stored:
         logger.warning("Job %s was taken over while it ran; its image was not filed.", job_id)
         return None
     return job.pk

@@ -159,6 +159,9 @@ HUEY = {
     # A hard limit per task: past it the heartbeat stops keeping its leases and slot, and
     # its job fails as timed out. Above the providers' own timeouts (fal: 180 s + download).
     "task_deadline": env.float("KARASU_TASK_DEADLINE", default=300.0),
+    # One idle thread per worker process looks at the queue this often (the others sleep
+    # until there is work), so new work starts within it: 10 light queries a second.
+    "idle_poll": env.float("KARASU_IDLE_POLL", default=0.1),
     # Threads suit I/O-bound generation: a worker mostly waits on a provider. SIGTERM (what
     # process managers send) finishes running tasks for up to KARASU_SHUTDOWN_TIMEOUT seconds,
     # then exits; SIGINT exits at once. Tasks still running then are delivered again once
@@ -167,16 +170,15 @@ HUEY = {
         "workers": env.int("KARASU_WORKERS", default=20),
         "worker_type": "thread",
         "graceful_signal": "TERM",
-        # An idle worker polls at most this many seconds apart (Huey's default is 10).
-        "max_delay": 2.0,
         "shutdown_timeout": env.float("KARASU_SHUTDOWN_TIMEOUT", default=30.0),
     },
 }
 # Wagtail's own background tasks (search and reference index, file deletion, focal points)
-# run on the same Huey queue, so one worker fleet and one monitor cover everything.
+# run on the same Huey queue, so one worker fleet and one monitor cover everything; those of
+# an image a worker files run in that worker instead (see huey_tasks.task_backend).
 TASKS = {
     "default": {
-        "BACKEND": "huey.contrib.djhuey.tasks_backend.HueyBackend",
+        "BACKEND": "huey_tasks.task_backend.FollowUpTaskBackend",
         "ENQUEUE_ON_COMMIT": True,
     }
 }

@@ -1,0 +1,55 @@
+"""Idle worker threads of one process share one look at the queue.
+
+Huey's workers each poll on their own, backing off to ``max_delay``: 20 idle threads make
+10 queries a second between them and still start new work up to 2 s late. Here one idle
+thread at a time (the poller) looks every ``interval`` seconds and the others sleep without
+querying. Whoever finds work wakes the next sleeper (which wakes the next if it finds more),
+and an enqueue in this process wakes as many as it queued, so a fan-out is picked up at once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+# Sleepers also look at the stop flag this often, so a shutdown never waits on them.
+STOP_CHECK = 1.0
+
+
+class IdleWorkers:
+    def __init__(self, interval: float):
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self.interval = interval
+        self._cond = threading.Condition()
+        self._polling = False
+        self._sleeping = 0
+        self._wakeups = 0  # sleepers asked to look now; never more than are asleep
+
+    def wait(self, stop_flag: threading.Event) -> None:
+        """Called by a worker thread that found nothing to do; returns when it should look
+        again: after ``interval`` as the poller, or when woken."""
+        with self._cond:
+            self._sleeping += 1
+            try:
+                while not stop_flag.is_set():
+                    if self._wakeups:
+                        self._wakeups -= 1
+                        return
+                    if not self._polling:
+                        self._polling = True
+                        try:
+                            self._cond.wait(self.interval)  # or until woken
+                        finally:
+                            self._polling = False
+                        return
+                    self._cond.wait(STOP_CHECK)
+            finally:
+                self._sleeping -= 1
+                self._wakeups = min(self._wakeups, self._sleeping)
+
+    def wake(self, count: int = 1) -> None:
+        """There is work (``count`` messages, as far as this process knows): wake sleepers."""
+        with self._cond:
+            self._wakeups = min(self._wakeups + count, self._sleeping)
+            if self._wakeups:
+                self._cond.notify_all()
