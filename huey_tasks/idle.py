@@ -10,6 +10,7 @@ and an enqueue in this process wakes as many as it queued, so a fan-out is picke
 from __future__ import annotations
 
 import threading
+import time
 
 # Sleepers also look at the stop flag this often, so a shutdown never waits on them.
 STOP_CHECK = 1.0
@@ -36,16 +37,24 @@ class IdleWorkers:
                         self._wakeups -= 1
                         return
                     if not self._polling:
-                        self._polling = True
-                        try:
-                            self._cond.wait(self.interval)  # or until woken
-                        finally:
-                            self._polling = False
+                        self._poll_wait(stop_flag)
                         return
                     self._cond.wait(STOP_CHECK)
             finally:
                 self._sleeping -= 1
                 self._wakeups = min(self._wakeups, self._sleeping)
+
+    def _poll_wait(self, stop_flag: threading.Event) -> None:
+        """The poller's turn: ``interval`` seconds, unless woken or stopped first."""
+        self._polling = True
+        try:
+            deadline = time.monotonic() + self.interval
+            while not stop_flag.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._cond.wait(min(remaining, STOP_CHECK)):
+                    return
+        finally:
+            self._polling = False
 
     def wake(self, count: int = 1) -> None:
         """There is work (``count`` messages, as far as this process knows): wake sleepers."""

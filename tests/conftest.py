@@ -61,7 +61,7 @@ def thread_consumer():
     from huey.contrib.djhuey import HUEY
 
     HUEY.storage.flush_all()
-    consumer = HUEY.create_consumer(workers=8, initial_delay=0.01, max_delay=0.05, periodic=False)
+    consumer = HUEY.create_consumer(workers=8, periodic=False)
     # run() installs signal handlers, which only the main thread may do.
     consumer._set_signal_handlers = lambda: None
     runner = threading.Thread(target=consumer.run, daemon=True)

@@ -19,7 +19,7 @@ import zlib
 from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from .base import LLM, GeneratedImage, ImageBody, ImageModel
 from .errors import PermanentProviderError, TransientProviderError
@@ -234,6 +234,12 @@ def _add_detail(image: Image.Image) -> None:
         image.paste(ImageChops.add(strip, noise, scale=1.0, offset=-128), box)
 
 
+@functools.cache
+def _caption_font() -> ImageFont.ImageFont:
+    # Pillow's bitmap font: a caption in 0.02 ms, where FreeType's default takes 0.5 ms.
+    return ImageFont.load_default_imagefont()
+
+
 def render_into(
     out: Writable,
     prompt: str,
@@ -265,7 +271,8 @@ def render_into(
         else:
             draw.rectangle((x - radius, y - radius // 2, x + radius, y + radius // 2), fill=fill)
     draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
-    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255))
+    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255),
+              font=_caption_font())
     # Provider-sized output gets provider-like detail, so files weigh what real results
     # weigh; the default stays the cheap ~15 KB picture the other benchmarks measure with.
     if size > DEFAULT_SIZE or image_format == "png":

@@ -77,9 +77,7 @@ def thread_consumer_factory():
 
     @contextlib.contextmanager
     def start(workers: int = 8):
-        consumer = HUEY.create_consumer(
-            workers=workers, initial_delay=0.01, max_delay=0.05, periodic=False
-        )
+        consumer = HUEY.create_consumer(workers=workers, periodic=False)
         consumer._set_signal_handlers = lambda: None  # only the main thread may
         runner = threading.Thread(target=consumer.run, daemon=True)
         runner.start()
