@@ -12,9 +12,12 @@ Three figures, each run ``--runs`` times (median and spread):
 
     python bench/pipeline.py [--count 500] [--latency 0.5] [--concurrency 16]
                              [--workers 2] [--threads 20] [--runs 3] [--only NAME]
+                             [--compare REV]
 
-Huey's stock storages cannot run this pipeline (no leases, no slots), so there is no stock
-column here; bench/queue.py compares the queues themselves.
+``--compare REV`` runs every configuration on a checkout of another revision too (a git
+worktree, e.g. the commit before a change), interleaved with this one, and prints the two
+side by side. Huey's stock storages cannot run this pipeline (no leases, no slots), so the
+side-by-side is with an earlier Karasu; bench/queue.py compares the queues themselves.
 """
 
 from __future__ import annotations
@@ -76,18 +79,21 @@ storage = HUEY.storage
 while storage.queue_size() + storage.schedule_size() + storage.leased_count():
     time.sleep(0.05)
 drained = time.time() - first.created_at.timestamp()
-calls = [float(line.split()[3]) for line in open({call_log!r}) if line.startswith("start ")]
+try:  # an older revision may not log its calls
+    calls = [float(line.split()[3]) for line in open({call_log!r}) if line.startswith("start ")]
+except OSError:
+    calls = []
 print(dict(
     status=first.status, images=first.jobs_succeeded, wall=last_image(first),
-    drained=drained, first_call=min(calls) - first.created_at.timestamp(),
+    drained=drained, first_call=min(calls) - first.created_at.timestamp() if calls else None,
     second_wall=last_image(second) if second else None,
     second_status=second.status if second else None,
 ))
 """
 
 
-def run_once(*, count: int, latency: float, concurrency: int, workers: int, threads: int,
-             second: int = 0, delay: float = 0.0) -> dict:
+def run_once(*, root: Path = ROOT, count: int, latency: float, concurrency: int, workers: int,
+             threads: int, second: int = 0, delay: float = 0.0) -> dict:
     data_dir = tempfile.mkdtemp(prefix="karasu-bench-")
     call_log = os.path.join(data_dir, "calls.log")
     env = dict(
@@ -97,17 +103,17 @@ def run_once(*, count: int, latency: float, concurrency: int, workers: int, thre
         KARASU_DEMO_CALL_LOG=call_log, LOG_LEVEL="WARNING",
     )
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=ROOT, env=env, check=True)
+                   cwd=root, env=env, check=True)
     procs = [
         subprocess.Popen([sys.executable, "manage.py", "run_huey", "--no-periodic",
-                          "-w", str(threads)], cwd=ROOT, env=env,
+                          "-w", str(threads)], cwd=root, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(workers)
     ]
     try:
         time.sleep(3)  # the workers are up and idle before the request is created
         code = CHILD.format(count=count, second=second, delay=delay, call_log=call_log)
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
                              capture_output=True, text=True)
         figures = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child
         figures["peak_rss_mb"] = max(peak_rss_mb(p.pid) for p in procs)
@@ -119,10 +125,30 @@ def run_once(*, count: int, latency: float, concurrency: int, workers: int, thre
     return figures
 
 
-def summary(values: list[float], fmt: str = "{:.2f}") -> str:
+def summary(values: list, fmt: str = "{:.2f}") -> str:
     """Median and spread (min–max) of repeated runs."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
     median = statistics.median(values)
     return f"{fmt.format(median)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def interleaved(roots: list[Path], runs: int, **config) -> list[list[dict]]:
+    """``runs`` runs of one configuration on each checkout, alternating between them so
+    that a busy moment of the machine does not fall on one side only."""
+    results: list[list[dict]] = [[] for _ in roots]
+    for _ in range(runs):
+        for i, root in enumerate(roots):
+            results[i].append(run_once(root=root, **config))
+    return results
+
+
+def worktree(rev: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="karasu-compare-")) / "checkout"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT,
+                   check=True)
+    return path
 
 
 def main() -> None:
@@ -134,51 +160,63 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=20, help="threads per worker")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", choices=["throughput", "provider", "fairness"])
+    parser.add_argument("--compare", metavar="REV", help="also run a checkout of REV")
     args = parser.parse_args()
-    rows = []
-
-    if args.only in (None, "throughput"):
-        runs = [run_once(count=args.count, latency=0, concurrency=args.concurrency,
-                         workers=args.workers, threads=args.threads)
-                for _ in range(args.runs)]
-        rate = [r["images"] / r["wall"] for r in runs]
-        rows.append((f"images/s, zero latency, {args.workers} workers x {args.threads} "
-                     "threads", summary(rate, "{:.1f}") + " /s", "goal >= 90/s"))
-        rows.append(("  worker peak RSS", summary([r["peak_rss_mb"] for r in runs], "{:.0f}")
-                     + " MB", ""))
-
-    if args.only in (None, "provider"):
-        runs = [run_once(count=args.count, latency=args.latency, concurrency=args.concurrency,
-                         workers=1, threads=args.concurrency + 4)
-                for _ in range(args.runs)]
-        ideal = math.ceil(args.count / args.concurrency) * args.latency
-        rows += [
-            (f"{args.count} images at {args.latency} s, {args.concurrency} slots, 1 worker: "
-             "created -> last image", summary([r["wall"] for r in runs]) + " s",
-             f"ideal {ideal:.2f} s"),
-            ("  efficiency (ideal / wall)", summary([ideal / r["wall"] for r in runs],
-                                                    "{:.3f}"), "goal >= 0.95"),
-            ("  created -> queue drained", summary([r["drained"] for r in runs]) + " s", ""),
-            ("  created -> first provider call", summary([r["first_call"] for r in runs])
-             + " s", "goal <= 0.3 s"),
-            ("  all images filed", ", ".join(f"{r['status']} {r['images']}" for r in runs), ""),
-        ]
-
-    if args.only in (None, "fairness"):
-        runs = [run_once(count=400, latency=args.latency, concurrency=8, workers=1,
-                         threads=12, second=8, delay=3.0)
-                for _ in range(args.runs)]
-        rows += [
-            ("8 images submitted 3 s after a 400-image batch (8 slots): time to done",
-             summary([r["second_wall"] for r in runs]) + " s", "goal <= 5 s"),
-            ("  the batch: created -> last image", summary([r["wall"] for r in runs]) + " s",
-             f"alone: ideal {math.ceil(400 / 8) * args.latency:.1f} s"),
-        ]
-
+    roots = [ROOT] + ([worktree(args.compare)] if args.compare else [])
+    try:
+        rows = measure(args, roots)
+    finally:
+        for root in roots[1:]:
+            subprocess.run(["git", "worktree", "remove", "--force", str(root)], cwd=ROOT)
+    headers = ["this checkout"] + ([args.compare] if args.compare else [])
     print(f"\nembedded SQLite database and queue, {args.runs} runs each: median (min–max)\n")
     width = max(len(label) for label, _, _ in rows)
-    for label, value, note in rows:
-        print(f"{label:{width}}  {value:>26}  {note}")
+    print(f"{'':{width}}  " + "  ".join(f"{h:>24}" for h in headers))
+    for label, values, note in rows:
+        print(f"{label:{width}}  " + "  ".join(f"{v:>24}" for v in values) + f"  {note}")
+
+
+def measure(args, roots: list[Path]) -> list[tuple[str, list[str], str]]:
+    rows = []
+
+    def row(label, runs_per_root, figure, fmt="{:.2f}", unit="", note=""):
+        rows.append((label, [summary([figure(r) for r in runs], fmt) + unit
+                             for runs in runs_per_root], note))
+
+    if args.only in (None, "throughput"):
+        runs = interleaved(roots, args.runs, count=args.count, latency=0,
+                           concurrency=args.concurrency, workers=args.workers,
+                           threads=args.threads)
+        row(f"images/s, zero latency, {args.workers} workers x {args.threads} threads", runs,
+            lambda r: r["images"] / r["wall"], "{:.1f}", " /s", "goal >= 90/s")
+        row("  counting to the queue drained (Wagtail's follow-up tasks too)", runs,
+            lambda r: r["images"] / r["drained"], "{:.1f}", " /s")
+        row("  worker peak RSS", runs, lambda r: r["peak_rss_mb"], "{:.0f}", " MB")
+
+    if args.only in (None, "provider"):
+        runs = interleaved(roots, args.runs, count=args.count, latency=args.latency,
+                           concurrency=args.concurrency, workers=1,
+                           threads=args.concurrency + 4)
+        ideal = math.ceil(args.count / args.concurrency) * args.latency
+        row(f"{args.count} images at {args.latency} s, {args.concurrency} slots, 1 worker: "
+            "created -> last image", runs, lambda r: r["wall"], unit=" s",
+            note=f"ideal {ideal:.2f} s")
+        row("  efficiency (ideal / wall)", runs, lambda r: ideal / r["wall"], "{:.3f}",
+            note="goal >= 0.95")
+        row("  created -> queue drained", runs, lambda r: r["drained"], unit=" s")
+        row("  created -> first provider call", runs, lambda r: r["first_call"], unit=" s",
+            note="goal <= 0.3 s")
+        rows.append(("  all images filed",
+                     [", ".join(str(r["images"]) for r in runs_) for runs_ in runs], ""))
+
+    if args.only in (None, "fairness"):
+        runs = interleaved(roots, args.runs, count=400, latency=args.latency, concurrency=8,
+                           workers=1, threads=12, second=8, delay=3.0)
+        row("8 images submitted 3 s after a 400-image batch (8 slots): time to done", runs,
+            lambda r: r["second_wall"], unit=" s", note="goal <= 5 s")
+        row("  the batch: created -> last image", runs, lambda r: r["wall"], unit=" s",
+            note=f"alone: ideal {math.ceil(400 / 8) * args.latency:.1f} s")
+    return rows
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ class Action:
     perform: Callable[[GenerationRequest], str]
 
 
+def has_pending_jobs(request: GenerationRequest) -> bool:
+    # The request listing annotates every row at once (RequestIndexView): no query per row.
+    annotated = getattr(request, "pending_jobs_exist", None)
+    if annotated is not None:
+        return annotated
+    return request.jobs.filter(status=Job.PENDING).exists()
+
+
 def generate(request: GenerationRequest) -> str:
     if not services.start_request(request):
         return ""
@@ -65,7 +73,7 @@ ACTIONS = {
         Action(
             "generate_pending", "Generate pending prompts", "image",
             "Generate an image for every pending prompt?",
-            lambda r: r.status != Req.CANCELLED and r.jobs.filter(status=Job.PENDING).exists(),
+            lambda r: r.status != Req.CANCELLED and has_pending_jobs(r),
             generate_pending,
         ),
         Action(

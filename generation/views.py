@@ -9,7 +9,7 @@ from io import BytesIO
 
 from django.contrib import messages
 from django.core.paginator import Page
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.http import HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
@@ -69,6 +69,12 @@ class ActionButtonsMixin:
 
 
 class RequestIndexView(ActionButtonsMixin, IndexView):
+    def get_base_queryset(self):
+        pending = GenerationJob.objects.filter(
+            request=OuterRef("pk"), status=GenerationJob.Status.PENDING
+        )
+        return super().get_base_queryset().annotate(pending_jobs_exist=Exists(pending))
+
     def get_list_more_buttons(self, instance):
         return super().get_list_more_buttons(instance) + self.action_buttons(instance)
 

@@ -105,12 +105,17 @@ def fair_priority(index: int) -> float:
     return GENERATION_PRIORITY + 1 / (index + 1)
 
 
+# Fan-out chunk: the first images start while the rest of a big request is still queued.
+FAN_OUT_CHUNK = 100
+
+
 def queue_jobs(job_ids: list[int]) -> list[int]:
-    """The fan-out: one generate_image task per pending job, in one storage write.
+    """The fan-out: one generate_image task per pending job, a storage write per chunk.
 
     Jobs move pending -> queued first, in one conditional UPDATE, so concurrent clicks
-    enqueue each job once; if the enqueue fails they are pending again (and the error
-    propagates), never queued with no message to run them. Returns the jobs queued.
+    enqueue each job once; if an enqueue fails the jobs not yet enqueued are pending again
+    (and the error propagates), never queued with no message to run them. Returns the jobs
+    queued.
     """
     if not job_ids:
         return []
@@ -119,15 +124,19 @@ def queue_jobs(job_ids: list[int]) -> list[int]:
     if not ids:
         return []
     indexes = services.job_indexes(ids)
-    try:
-        with ledger.bulk_enqueue():
-            HUEY.enqueue_many(
-                [generate_image.s(job_id, id=f"generate_image-{job_id}-{batch}",
-                                  priority=fair_priority(indexes[job_id])) for job_id in ids]
-            )
-    except Exception:
-        services.unmark_queued(ids, batch)
-        raise
+    ids.sort(key=indexes.__getitem__)  # each request's first images first
+    for start in range(0, len(ids), FAN_OUT_CHUNK):
+        chunk = ids[start:start + FAN_OUT_CHUNK]
+        try:
+            with ledger.bulk_enqueue():
+                HUEY.enqueue_many(
+                    [generate_image.s(job_id, id=f"generate_image-{job_id}-{batch}",
+                                      priority=fair_priority(indexes[job_id]))
+                     for job_id in chunk]
+                )
+        except Exception:
+            services.unmark_queued(ids[start:], batch)
+            raise
     return ids
 
 

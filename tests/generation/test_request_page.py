@@ -193,3 +193,16 @@ def test_page_needs_the_snippet_view_permission(client, django_user_model):
     # Viewing only: no prompt editing, no (re)generate buttons, no request actions.
     assert 'name="prompt"' not in page and "Regenerate" not in page
     assert reverse(f"{NS}:action", args=[request.pk, "generate_pending"]) not in page
+
+
+def test_listing_queries_do_not_grow_with_the_number_of_requests(editor):
+    listing = reverse(f"{NS}:list")
+    make_request(3)
+    editor.get(listing)  # one-off queries of a first admin view
+    one, content = queries_of(editor, listing)
+    assert b"Generate pending prompts" in content  # the row's pending jobs were seen
+    for _ in range(4):
+        make_request(3)
+    five, content = queries_of(editor, listing)
+    assert content.count(b"Generate pending prompts") == 5
+    assert five == one

@@ -151,6 +151,33 @@ def test_a_fan_out_that_fails_half_way_leaves_no_queued_job_without_a_message(de
     HUEY.storage.flush_all()
 
 
+def test_a_fan_out_that_fails_after_its_first_chunk_keeps_what_it_queued(demo, monkeypatch):
+    HUEY.storage.flush_all()
+    monkeypatch.setattr("huey_tasks.tasks.FAN_OUT_CHUNK", 2)
+    request = make_request(5)
+    job_ids = list(request.jobs.order_by("index").values_list("pk", flat=True))
+    original = HUEY.storage.enqueue_many
+    chunks = []
+
+    def second_chunk_fails(messages, **kwargs):
+        chunks.append(len(messages))
+        if len(chunks) == 2:
+            raise OSError("database is locked")
+        return original(messages, **kwargs)
+
+    monkeypatch.setattr(HUEY.storage, "enqueue_many", second_chunk_fails)
+    with pytest.raises(OSError):
+        queue_jobs(job_ids)
+    statuses = dict(request.jobs.values_list("pk", "status"))
+    # The first two images (by index) have their messages; the other three are pending.
+    assert [statuses[pk] for pk in job_ids] == [Job.QUEUED] * 2 + [Job.PENDING] * 3
+    assert len(queued_tasks("generate_image")) == 2
+    monkeypatch.setattr(HUEY.storage, "enqueue_many", original)
+    assert sorted(services.expand_request(request.pk)) == sorted(job_ids[2:])
+    assert len(queue_jobs(job_ids[2:])) == 3 and len(queued_tasks("generate_image")) == 5
+    HUEY.storage.flush_all()
+
+
 def test_an_expansion_that_finishes_after_cancel_creates_nothing(demo, settings, monkeypatch):
     request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
                                                image_model="demo", status=Req.QUEUED)
