@@ -95,6 +95,8 @@ def database_config(url: str) -> dict:
     """Parse a DATABASE_URL, applying the SQLite tuning above to SQLite files."""
     config = environ.Env.db_url_config(url)
     if config["ENGINE"] == "django.db.backends.sqlite3":
+        # Django's backend, with a process's threads taking turns to write (cms/sqlite3).
+        config["ENGINE"] = "cms.sqlite3"
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
     # Persistent connections: a worker thread runs hundreds of short tasks, and opening a
     # connection (with its PRAGMAs) per task costs more than the task's own queries.

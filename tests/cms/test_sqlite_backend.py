@@ -1,0 +1,124 @@
+"""The embedded SQLite backend: a process's threads take turns to write, reads never wait."""
+
+import threading
+import time
+
+import pytest
+from django.db import OperationalError, connection, connections, transaction
+
+from huey_tasks.models import WorkerHeartbeat
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.sqlite_only]
+
+
+def heartbeat() -> WorkerHeartbeat:
+    from django.utils import timezone
+
+    now = timezone.now()
+    return WorkerHeartbeat.objects.create(host="h", pid=1, workers=1, worker_type="thread",
+                                          started_at=now, last_seen=now)
+
+
+def in_thread(fn) -> tuple[threading.Thread, list]:
+    """Run ``fn`` in a thread with its own connection; the list gets its result or error."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(fn())
+        except Exception as exc:  # reported to the test
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def hold_a_write_transaction(row: int, release: threading.Event, rollback: bool = False):
+    holding = threading.Event()
+
+    def run():
+        with transaction.atomic():
+            WorkerHeartbeat.objects.filter(pk=row).update(workers=2)
+            holding.set()
+            release.wait(20)
+            if rollback:
+                raise RuntimeError("rolled back")
+        return "committed"
+
+    thread, outcome = in_thread(run)
+    assert holding.wait(10)
+    return thread, outcome
+
+
+def test_a_write_waits_for_the_open_write_transaction_and_reads_do_not():
+    assert type(connections["default"]).__module__ == "cms.sqlite3.base"
+    row = heartbeat().pk
+    release = threading.Event()
+    holder, held = hold_a_write_transaction(row, release)
+
+    writer, written = in_thread(lambda: WorkerHeartbeat.objects.filter(pk=row).update(pid=5))
+    reader, read = in_thread(lambda: WorkerHeartbeat.objects.get(pk=row).workers)
+    reader.join(5)
+    assert read == [1]  # the reader saw the last commit at once
+    time.sleep(0.3)
+    assert written == []  # the writer waits its turn
+    release.set()
+    holder.join(10)
+    writer.join(10)
+    assert held == ["committed"] and written == [1]
+    assert WorkerHeartbeat.objects.get(pk=row).pid == 5
+
+
+def test_a_rolled_back_transaction_passes_the_turn_on():
+    row = heartbeat().pk
+    release = threading.Event()
+    holder, held = hold_a_write_transaction(row, release, rollback=True)
+    writer, written = in_thread(lambda: WorkerHeartbeat.objects.filter(pk=row).update(pid=7))
+    release.set()
+    holder.join(10)
+    writer.join(10)
+    assert isinstance(held[0], RuntimeError) and written == [1]
+    assert WorkerHeartbeat.objects.get(pk=row).workers == 1  # the rollback kept nothing
+
+
+def test_a_turn_waited_for_past_the_timeout_is_database_is_locked():
+    row = heartbeat().pk
+    release = threading.Event()
+    holder, _ = hold_a_write_transaction(row, release)
+
+    def impatient_write():
+        settings_dict = connection.settings_dict  # this thread's connection only
+        connection.settings_dict = {
+            **settings_dict, "OPTIONS": {**settings_dict["OPTIONS"], "timeout": 0.2}
+        }
+        return WorkerHeartbeat.objects.filter(pk=row).update(pid=9)
+
+    writer, written = in_thread(impatient_write)
+    writer.join(10)
+    release.set()
+    holder.join(10)
+    assert isinstance(written[0], OperationalError) and "locked" in str(written[0])
+
+
+def test_many_threads_write_without_errors():
+    rows = [heartbeat().pk for _ in range(8)]
+
+    def bump(row):
+        def run():
+            for _ in range(25):
+                with transaction.atomic():
+                    beat = WorkerHeartbeat.objects.select_for_update().get(pk=row)
+                    beat.workers += 1
+                    beat.save(update_fields=["workers"])
+                WorkerHeartbeat.objects.filter(pk=row).update(pid=beat.workers)
+            return "done"
+        return run
+
+    threads = [in_thread(bump(row)) for row in rows]
+    for thread, _ in threads:
+        thread.join(60)
+    assert [outcome for _, outcome in threads] == [["done"]] * 8
+    assert set(WorkerHeartbeat.objects.values_list("workers", flat=True)) == {26}
