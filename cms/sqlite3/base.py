@@ -1,11 +1,13 @@
-"""Django's SQLite backend, with the threads of a process taking turns to write.
+"""Django's SQLite backend, with writers taking turns instead of sleeping.
 
 SQLite lets one connection write at a time. One that finds the database busy sleeps in
 SQLite's busy handler (1, 2, 5, 10 … 100 ms between tries) and usually wakes long after the
 write lock came free: with 20 worker threads filing images, that sleeping, not the writing,
-set the pace (two thirds of their time, profiled). Here the threads of one process queue
-for the write lock on a Python lock, which passes it on at once; SQLite's busy handler only
-arbitrates between processes. Reads never wait (WAL).
+set the pace (two thirds of their time, profiled). Here a writer first takes its process's
+turn, a Python lock that passes from thread to thread at once, then the file's turn between
+processes, a ``flock`` on ``<database>-turn`` that it looks for every 0.2 ms. SQLite's busy
+handler is left for writers that do not take turns (another program). Reads never wait
+(WAL).
 
 A write transaction (``BEGIN IMMEDIATE``, see ``SQLITE_OPTIONS``) holds the turn until it
 commits, rolls back or its connection closes; a single write outside a transaction holds it
@@ -15,21 +17,49 @@ locked", as SQLite would.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 
 from django.db import OperationalError
 from django.db.backends.sqlite3 import base
 
-WRITES = ("insert", "update", "delete", "replace")
+WRITES = ("insert", "update", "delete", "replace", "begin")
+TURN_POLL = 0.0002  # seconds between looks for the file's turn held by another process
 
-_turns: dict[str, threading.Lock] = {}
-_turns_guard = threading.Lock()
+_guard = threading.Lock()
+_process_turns: dict[str, threading.Lock] = {}
+_turn_files: dict[str, int | None] = {}
 
 
-def write_turn(name: str) -> threading.Lock:
-    """The process-wide write lock of one database file."""
-    with _turns_guard:
-        return _turns.setdefault(name, threading.Lock())
+def process_turn(name: str) -> threading.Lock:
+    """This process's write turn for one database."""
+    with _guard:
+        return _process_turns.setdefault(name, threading.Lock())
+
+
+def turn_file(name: str) -> int | None:
+    """The descriptor whose ``flock`` is the database file's turn; None for in-memory."""
+    with _guard:
+        if name not in _turn_files:
+            on_disk = os.path.isabs(name)
+            _turn_files[name] = (
+                os.open(f"{name}-turn", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                if on_disk else None
+            )
+        return _turn_files[name]
+
+
+def _take_file_turn(fd: int, deadline: float) -> bool:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(TURN_POLL)
 
 
 class WriterCursor(base.SQLiteCursorWrapper):
@@ -38,18 +68,16 @@ class WriterCursor(base.SQLiteCursorWrapper):
     def execute(self, query, params=None):
         if self.connection.in_transaction or not _is_write(query):
             return super().execute(query, params)
-        if query.lstrip()[:5].upper() == "BEGIN":
-            self.wrapper.take_turn()  # until commit or rollback
-            try:
-                return super().execute(query, params)
-            except BaseException:
-                self.wrapper.give_turn()
-                raise
+        begin = query.lstrip()[:5].lower() == "begin"
         self.wrapper.take_turn()
         try:
             return super().execute(query, params)
+        except BaseException:
+            begin = False
+            raise
         finally:
-            self.wrapper.give_turn()
+            if not begin:  # a single write is done; a transaction keeps its turn to the end
+                self.wrapper.give_turn()
 
     def executemany(self, query, param_list):
         if self.connection.in_transaction:
@@ -62,26 +90,36 @@ class WriterCursor(base.SQLiteCursorWrapper):
 
 
 def _is_write(query: str) -> bool:
-    head = query.lstrip()[:7].lower()
-    return head.startswith(WRITES) or head.startswith("begin")
+    return query.lstrip()[:7].lower().startswith(WRITES)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
     _turn: threading.Lock | None = None
+    _turn_fd: int | None = None
     _has_turn = False
 
     def take_turn(self) -> None:
+        if self._has_turn:
+            return  # e.g. a write while an INSERT ... RETURNING is still being read
         # Looked up each time: the test runner renames the database after connecting.
-        turn = write_turn(str(self.settings_dict["NAME"]))
+        name = str(self.settings_dict["NAME"])
         timeout = float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
+        deadline = time.monotonic() + timeout
+        turn, fd = process_turn(name), turn_file(name)
         if not turn.acquire(timeout=timeout):
             raise OperationalError("database is locked")
-        self._turn, self._has_turn = turn, True
+        if fd is not None and not _take_file_turn(fd, deadline):
+            turn.release()
+            raise OperationalError("database is locked")
+        self._turn, self._turn_fd, self._has_turn = turn, fd, True
 
     def give_turn(self) -> None:
-        if self._has_turn:
-            self._has_turn = False
-            self._turn.release()
+        if not self._has_turn:
+            return
+        self._has_turn = False
+        if self._turn_fd is not None:
+            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+        self._turn.release()
 
     def create_cursor(self, name=None):
         cursor = self.connection.cursor(factory=WriterCursor)

@@ -122,3 +122,35 @@ def test_many_threads_write_without_errors():
         thread.join(60)
     assert [outcome for _, outcome in threads] == [["done"]] * 8
     assert set(WorkerHeartbeat.objects.values_list("workers", flat=True)) == {26}
+
+
+def test_single_writes_outside_transactions_pass_the_turn_on():
+    # Model.save() outside a transaction is an INSERT ... RETURNING in autocommit mode.
+    rows = [heartbeat().pk for _ in range(3)]
+    WorkerHeartbeat.objects.filter(pk__in=rows).update(pid=3)
+    writer, written = in_thread(lambda: [heartbeat().pk for _ in range(3)])
+    writer.join(10)
+    assert len(written[0]) == 3
+    assert not connections["default"]._has_turn
+
+
+def test_another_process_holding_the_file_turn_makes_writers_wait():
+    import subprocess
+    import sys
+
+    name = connections["default"].settings_dict["NAME"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({name + '-turn'!r}, os.O_CREAT | os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(1.0)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    heartbeat()  # waits for the other process's turn, then writes
+    assert time.monotonic() - started > 0.3
+    holder.wait(10)
