@@ -27,11 +27,12 @@ _local = threading.local()
 @contextlib.contextmanager
 def follow_ups_in_place() -> Iterator[None]:
     """Run the tasks this thread enqueues here after commit, instead of queueing them."""
+    outer = getattr(_local, "active", False)
     _local.active = True
     try:
         yield
     finally:
-        _local.active = False
+        _local.active = outer
 
 
 class FollowUpTaskBackend(HueyBackend):

@@ -123,20 +123,21 @@ def queue_jobs(job_ids: list[int]) -> list[int]:
     ids = services.mark_queued(job_ids, batch)
     if not ids:
         return []
-    indexes = services.job_indexes(ids)
-    ids.sort(key=indexes.__getitem__)  # each request's first images first
-    for start in range(0, len(ids), FAN_OUT_CHUNK):
-        chunk = ids[start:start + FAN_OUT_CHUNK]
-        try:
+    start = 0
+    try:
+        indexes = services.job_indexes(ids)
+        ids.sort(key=lambda job_id: indexes.get(job_id, 0))  # each request's first first
+        for start in range(0, len(ids), FAN_OUT_CHUNK):
+            chunk = ids[start:start + FAN_OUT_CHUNK]
             with ledger.bulk_enqueue():
                 HUEY.enqueue_many(
                     [generate_image.s(job_id, id=f"generate_image-{job_id}-{batch}",
-                                      priority=fair_priority(indexes[job_id]))
+                                      priority=fair_priority(indexes.get(job_id, 0)))
                      for job_id in chunk]
                 )
-        except Exception:
-            services.unmark_queued(ids[start:], batch)
-            raise
+    except Exception:
+        services.unmark_queued(ids[start:], batch)
+        raise
     return ids
 
 
@@ -206,8 +207,6 @@ def _generate(job_id: int, task) -> int | None:
     # The slot covers the provider call only; filing the image needs no slot.
     # No free slot, or over the per-minute limit: RateLimitExceeded, re-scheduled.
     with limiter.slot() as slot:
-        if rate_limit := rate_limit_for(model):
-            rate_limit.acquire()
         lease = HUEY.storage.lease_seconds
         delivery = getattr(task, "delivery", None)
         try:
@@ -221,6 +220,9 @@ def _generate(job_id: int, task) -> int | None:
         task.job_attempts = job.attempts
         HUEY.hold(JOB_CLAIMS, token)
         try:
+            # Counted only for a call about to be made (not for a duplicate message).
+            if rate_limit := rate_limit_for(model):
+                rate_limit.acquire()
             # Paused past the lease (GC, frozen VM)? Another worker may own both now.
             limiter.ensure_held(slot)
             if HUEY.is_lost(JOB_CLAIMS, token) or (

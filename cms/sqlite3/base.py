@@ -6,24 +6,27 @@ write lock came free: with 20 worker threads filing images, that sleeping, not t
 set the pace (two thirds of their time, profiled). Here a writer first takes its process's
 turn, a Python lock that passes from thread to thread at once, then the file's turn between
 processes, a ``flock`` on ``<database>-turn`` that it looks for every 0.2 ms. SQLite's busy
-handler is left for writers that do not take turns (another program). Reads never wait
-(WAL).
+handler is left for writers that do not take turns (another program, or a file system
+without ``flock``). Reads never wait (WAL).
 
 A write transaction (``BEGIN IMMEDIATE``, see ``SQLITE_OPTIONS``) holds the turn until it
 commits, rolls back or its connection closes; a single write outside a transaction holds it
-for that statement. Waiting longer than the connection's ``timeout`` raises "database is
-locked", as SQLite would.
+until SQLite has finished it (an ``INSERT … RETURNING`` once its rows are read). Waiting
+longer than the connection's ``timeout`` raises "database is locked", as SQLite would.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
 
 from django.db import OperationalError
 from django.db.backends.sqlite3 import base
+
+logger = logging.getLogger(__name__)
 
 WRITES = ("insert", "update", "delete", "replace", "begin")
 TURN_POLL = 0.0002  # seconds between looks for the file's turn held by another process
@@ -33,6 +36,17 @@ _process_turns: dict[str, threading.Lock] = {}
 _turn_files: dict[str, int | None] = {}
 
 
+def _forget_turns() -> None:
+    # A forked child starts with no turn held and a file descriptor of its own.
+    global _guard
+    _guard = threading.Lock()
+    _process_turns.clear()
+    _turn_files.clear()
+
+
+os.register_at_fork(after_in_child=_forget_turns)
+
+
 def process_turn(name: str) -> threading.Lock:
     """This process's write turn for one database."""
     with _guard:
@@ -40,15 +54,28 @@ def process_turn(name: str) -> threading.Lock:
 
 
 def turn_file(name: str) -> int | None:
-    """The descriptor whose ``flock`` is the database file's turn; None for in-memory."""
+    """The descriptor whose ``flock`` is the database file's turn; None for an in-memory
+    database or where the file cannot be used (then SQLite's busy handler arbitrates)."""
     with _guard:
         if name not in _turn_files:
-            on_disk = os.path.isabs(name)
-            _turn_files[name] = (
-                os.open(f"{name}-turn", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-                if on_disk else None
-            )
+            _turn_files[name] = _open_turn_file(name)
         return _turn_files[name]
+
+
+def _open_turn_file(name: str) -> int | None:
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    path = f"{os.path.abspath(name)}-turn"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # supported here?
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return fd  # held by another process right now: it works
+    except OSError as exc:
+        logger.warning("SQLite write turns between processes are off: %s: %s", path, exc)
+        return None
+    return fd
 
 
 def _take_file_turn(fd: int, deadline: float) -> bool:
@@ -64,20 +91,21 @@ def _take_file_turn(fd: int, deadline: float) -> bool:
 
 class WriterCursor(base.SQLiteCursorWrapper):
     wrapper: DatabaseWrapper
+    _statement_turn = False  # this cursor's single write still holds the turn
 
     def execute(self, query, params=None):
         if self.connection.in_transaction or not _is_write(query):
             return super().execute(query, params)
-        begin = query.lstrip()[:5].lower() == "begin"
         self.wrapper.take_turn()
         try:
-            return super().execute(query, params)
+            result = super().execute(query, params)
         except BaseException:
-            begin = False
+            self.wrapper.give_turn()
             raise
-        finally:
-            if not begin:  # a single write is done; a transaction keeps its turn to the end
-                self.wrapper.give_turn()
+        if query.lstrip()[:5].lower() != "begin":  # a transaction keeps it to its end
+            self._statement_turn = True
+            self._statement_done()
+        return result
 
     def executemany(self, query, param_list):
         if self.connection.in_transaction:
@@ -87,6 +115,39 @@ class WriterCursor(base.SQLiteCursorWrapper):
             return super().executemany(query, param_list)
         finally:
             self.wrapper.give_turn()
+
+    def _statement_done(self) -> None:
+        """Give a single write's turn back once SQLite has finished the statement: at once,
+        or for ``INSERT … RETURNING`` once its rows have been read."""
+        if self._statement_turn and not self.connection.in_transaction:
+            self._statement_turn = False
+            self.wrapper.give_turn()
+
+    def fetchone(self):
+        try:
+            return super().fetchone()
+        finally:
+            self._statement_done()
+
+    def fetchmany(self, *args, **kwargs):
+        try:
+            return super().fetchmany(*args, **kwargs)
+        finally:
+            self._statement_done()
+
+    def fetchall(self):
+        try:
+            return super().fetchall()
+        finally:
+            self._statement_done()
+
+    def close(self):
+        try:
+            return super().close()
+        finally:
+            if self._statement_turn:
+                self._statement_turn = False
+                self.wrapper.give_turn()
 
 
 def _is_write(query: str) -> bool:
@@ -100,7 +161,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def take_turn(self) -> None:
         if self._has_turn:
-            return  # e.g. a write while an INSERT ... RETURNING is still being read
+            return  # e.g. a write while an INSERT … RETURNING is still being read
         # Looked up each time: the test runner renames the database after connecting.
         name = str(self.settings_dict["NAME"])
         timeout = float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
@@ -108,18 +169,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
         turn, fd = process_turn(name), turn_file(name)
         if not turn.acquire(timeout=timeout):
             raise OperationalError("database is locked")
-        if fd is not None and not _take_file_turn(fd, deadline):
+        try:
+            if fd is not None and not _take_file_turn(fd, deadline):
+                raise OperationalError("database is locked")
+        except BaseException:
             turn.release()
-            raise OperationalError("database is locked")
+            raise
         self._turn, self._turn_fd, self._has_turn = turn, fd, True
 
     def give_turn(self) -> None:
         if not self._has_turn:
             return
         self._has_turn = False
-        if self._turn_fd is not None:
-            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
-        self._turn.release()
+        try:
+            if self._turn_fd is not None:
+                fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+        finally:
+            self._turn.release()
 
     def create_cursor(self, name=None):
         cursor = self.connection.cursor(factory=WriterCursor)

@@ -103,6 +103,68 @@ def test_a_turn_waited_for_past_the_timeout_is_database_is_locked():
     assert isinstance(written[0], OperationalError) and "locked" in str(written[0])
 
 
+# Each writer with SQLite's busy handler off: any wait in SQLite itself is an error at once.
+WRITER = """
+import django, sys
+django.setup()
+from django.db import connection, transaction
+from huey_tasks.models import WorkerHeartbeat
+connection.cursor().execute("PRAGMA busy_timeout=0")
+row = int(sys.argv[1])
+for _ in range(60):
+    with transaction.atomic():
+        WorkerHeartbeat.objects.filter(pk=row).update(workers=2)
+    WorkerHeartbeat.objects.filter(pk=row).update(pid=3)
+print("ok")
+"""
+
+
+def write_without_busy_handler(row: int) -> str:
+    from django.db import connection as thread_connection
+
+    thread_connection.cursor().execute("PRAGMA busy_timeout=0")
+    for _ in range(60):
+        with transaction.atomic():
+            WorkerHeartbeat.objects.filter(pk=row).update(workers=2)
+        WorkerHeartbeat.objects.filter(pk=row).update(pid=3)
+    return "ok"
+
+
+def test_threads_take_turns_instead_of_waiting_in_sqlite():
+    rows = [heartbeat().pk for _ in range(6)]
+    threads = [in_thread(lambda row=row: write_without_busy_handler(row)) for row in rows]
+    for thread, _ in threads:
+        thread.join(60)
+    assert [outcome for _, outcome in threads] == [["ok"]] * 6
+
+
+def test_the_control_threads_of_djangos_backend_do_wait_in_sqlite(monkeypatch):
+    """Without turns the same load meets a busy database, so the test above means something."""
+    monkeypatch.setitem(connections.settings["default"], "ENGINE", "django.db.backends.sqlite3")
+    rows = [heartbeat().pk for _ in range(6)]
+    threads = [in_thread(lambda row=row: write_without_busy_handler(row)) for row in rows]
+    for thread, _ in threads:
+        thread.join(60)
+    errors = [outcome[0] for _, outcome in threads if outcome != ["ok"]]
+    assert any("locked" in str(error) for error in errors), errors
+
+
+def test_processes_take_turns_instead_of_waiting_in_sqlite():
+    import subprocess
+    import sys
+
+    from tests.support.consumers import ROOT, consumer_env
+
+    rows = [heartbeat().pk for _ in range(3)]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(row)], cwd=ROOT, env=consumer_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for row in rows
+    ]
+    outcomes = [writer.communicate(timeout=120) for writer in writers]
+    assert [out.strip() for out, _ in outcomes] == ["ok"] * 3, [err[-500:] for _, err in outcomes]
+
+
 def test_many_threads_write_without_errors():
     rows = [heartbeat().pk for _ in range(8)]
 

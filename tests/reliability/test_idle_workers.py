@@ -81,15 +81,18 @@ def note_pickup(log_key: str) -> None:
 def test_work_queued_elsewhere_is_picked_up_within_the_interval(
     queue_backend, thread_consumer_factory
 ):
+    delays = []
     with thread_consumer_factory(workers=8):
-        time.sleep(1.0)  # idle for a while: Huey's own workers would have backed off
-        task = note_pickup.s("pickup")
-        queued_at = time.time()
-        # Straight into the storage, as another process's enqueue would arrive: no wake-up.
-        HUEY.storage.enqueue(HUEY.serialize_task(task), 0)
-        picked_up = wait_for(lambda: HUEY.get("pickup", peek=True), 10, interval=0.01,
-                             message="the task ran")
-    assert picked_up - queued_at < HUEY.idle.interval + 0.5
+        for trial in range(3):
+            time.sleep(1.0)  # idle for a while
+            task = note_pickup.s(f"pickup-{trial}")
+            queued_at = time.time()
+            # Straight into the storage, as another process's enqueue arrives: no wake-up.
+            HUEY.storage.enqueue(HUEY.serialize_task(task), 0)
+            picked_up = wait_for(lambda key=f"pickup-{trial}": HUEY.get(key, peek=True), 10,
+                                 interval=0.005, message="the task ran")
+            delays.append(picked_up - queued_at)
+    assert sorted(delays)[1] < HUEY.idle.interval + 0.1, delays
 
 
 def test_a_released_slot_goes_to_a_waiting_thread_without_polling(monkeypatch):
