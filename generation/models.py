@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -90,6 +92,18 @@ class GenerationRequest(index.Indexed, ClusterableModel):
     recoveries = models.PositiveSmallIntegerField(
         default=0, help_text="Times maintenance restarted a lost expansion."
     )
+    # Cost in USD: the estimate (count × the image model's price) when the request is saved,
+    # the spend (succeeded images × price) as its jobs succeed.
+    cost_estimate = models.DecimalField(
+        max_digits=12, decimal_places=4, default=Decimal("0"), editable=False
+    )
+    cost_spent = models.DecimalField(
+        max_digits=12, decimal_places=4, default=Decimal("0"), editable=False
+    )
+    llm_input_tokens = models.PositiveIntegerField(default=0, editable=False)
+    llm_output_tokens = models.PositiveIntegerField(default=0, editable=False)
+    expansion_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expansion_finished_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -146,6 +160,9 @@ class GenerationJob(models.Model):
     request = models.ForeignKey(GenerationRequest, on_delete=models.CASCADE, related_name="jobs")
     index = models.PositiveIntegerField()
     prompt = models.TextField()
+    alt_text = models.CharField(
+        max_length=250, blank=True, help_text="Written with the prompt; the image's description."
+    )
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True
     )

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import Case, CharField, Exists, F, OuterRef, Q, Value, When
-from django.db.models.functions import Cast, Concat
+from django.db.models.functions import Cast, Coalesce, Concat
 from django.utils import timezone
 from wagtail.images import get_image_model
 
@@ -43,9 +43,11 @@ def expand_request(request_id: int) -> list[int]:
     A redelivery after the prompts were written returns the jobs still pending, so a
     fan-out that failed half way is completed by the retry.
     """
+    now = timezone.now()
     updated = GenerationRequest.objects.filter(
         pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING]
-    ).update(status=Req.EXPANDING, updated_at=timezone.now())
+    ).update(status=Req.EXPANDING, updated_at=now,
+             expansion_started_at=Coalesce("expansion_started_at", Value(now)))
     if updated:
         request = GenerationRequest.objects.get(pk=request_id)
         next_status = Req.GENERATING if request.auto_generate else Req.DRAFT
@@ -62,7 +64,8 @@ def expand_request(request_id: int) -> list[int]:
                 # created), and one that comes later waits for this transaction to end.
                 moved = GenerationRequest.objects.filter(
                     pk=request_id, status=Req.EXPANDING
-                ).update(status=next_status, jobs_total=len(prompts), updated_at=timezone.now())
+                ).update(status=next_status, jobs_total=len(prompts), updated_at=timezone.now(),
+                         expansion_finished_at=timezone.now())
                 if moved:
                     GenerationJob.objects.bulk_create(
                         GenerationJob(
