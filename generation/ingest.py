@@ -11,7 +11,7 @@ from taggit.models import Tag
 from wagtail.images import get_image_model
 
 from generation.models import GenerationJob
-from generation.providers import GeneratedImage
+from generation.providers import GeneratedImage, clean_alt_text
 
 TITLE_LENGTH = 255
 
@@ -27,6 +27,12 @@ def image_tags(request) -> list[Tag]:
     model_tag, _ = Tag.objects.get_or_create(name=request.image_model)
     tags[model_tag.pk] = model_tag
     return list(tags.values())
+
+
+def image_description(job: GenerationJob) -> str:
+    """The image's alt text: the one written with its prompt, else one derived from the
+    prompt (jobs from before alt texts, or whose alt text was cleared with a prompt edit)."""
+    return clean_alt_text(job.alt_text, job.prompt)
 
 
 def _tag(image, tags: list[Tag]) -> None:
@@ -77,6 +83,7 @@ def _ingest(
     title = job.prompt if len(job.prompt) <= TITLE_LENGTH else job.prompt[: TITLE_LENGTH - 1] + "…"
     image = Image(
         title=title,
+        description=image_description(job),
         collection_id=request.collection_id,
         width=generated.width,
         height=generated.height,

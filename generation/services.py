@@ -14,6 +14,7 @@ from django.db.models.functions import Cast, Coalesce, Concat
 from django.utils import timezone
 from wagtail.images import get_image_model
 
+from generation import costs
 from generation.ingest import ingest
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import GeneratedImage, ImageModel, get_llm
@@ -56,7 +57,7 @@ def expand_request(request_id: int) -> list[int]:
                 status=next_status
             )
         else:
-            prompts = get_llm(request.llm).expand(
+            expansion = get_llm(request.llm).expand(
                 request.theme, request.count, brief=request.brief, style=request.style
             )
             with transaction.atomic():
@@ -64,15 +65,22 @@ def expand_request(request_id: int) -> list[int]:
                 # created), and one that comes later waits for this transaction to end.
                 moved = GenerationRequest.objects.filter(
                     pk=request_id, status=Req.EXPANDING
-                ).update(status=next_status, jobs_total=len(prompts), updated_at=timezone.now(),
-                         expansion_finished_at=timezone.now())
+                ).update(status=next_status, jobs_total=len(expansion.prompts),
+                         updated_at=timezone.now(), expansion_finished_at=timezone.now())
+                if expansion.usage.input_tokens or expansion.usage.output_tokens:
+                    # Added even when a cancel won: the tokens were spent all the same, and
+                    # a restarted expansion's second call is spent too.
+                    GenerationRequest.objects.filter(pk=request_id).update(
+                        llm_input_tokens=F("llm_input_tokens") + expansion.usage.input_tokens,
+                        llm_output_tokens=F("llm_output_tokens") + expansion.usage.output_tokens,
+                    )
                 if moved:
                     GenerationJob.objects.bulk_create(
                         GenerationJob(
-                            request=request, index=i, prompt=prompt,
-                            seed=random.randint(0, SEED_RANGE),
+                            request=request, index=i, prompt=item.prompt,
+                            alt_text=item.alt_text, seed=random.randint(0, SEED_RANGE),
                         )
-                        for i, prompt in enumerate(prompts)
+                        for i, item in enumerate(expansion.prompts)
                     )
     if not GenerationRequest.objects.filter(
         pk=request_id, status=Req.GENERATING, auto_generate=True
@@ -385,13 +393,18 @@ def finish_job(
     if not_after is not None:
         jobs = jobs.filter(updated_at__lte=not_after)
     counter = COUNTERS[status]
+    counts = {counter: F(counter) + 1}
+    if status == Job.SUCCEEDED:
+        # The image is paid for: the spend grows with the count, in the same UPDATE, at the
+        # price per image the request was saved with (fixed once its prompts exist).
+        price = costs.request_unit_price(request_id)
+        if price:
+            counts["cost_spent"] = F("cost_spent") + price
     try:
         with transaction.atomic():
             # The request row first, as every writer of both rows takes them, so PostgreSQL
             # never sees the two locks taken in opposite orders (a deadlock).
-            GenerationRequest.objects.filter(pk=request_id).update(
-                **{counter: F(counter) + 1}
-            )
+            GenerationRequest.objects.filter(pk=request_id).update(**counts)
             if not jobs.update(
                 status=status, error=error, image=image, finished_at=now, updated_at=now,
                 **NO_CLAIM,
@@ -430,6 +443,13 @@ def reset_jobs(request: GenerationRequest, statuses: list[str]) -> list[int]:
         for status in {s for _, s in rows if s in COUNTERS}:
             counter = COUNTERS[status]
             counters[counter] = F(counter) - sum(1 for _, s in rows if s == status)
+        if succeeded := sum(1 for _, s in rows if s == Job.SUCCEEDED):
+            # A succeeded job keeps its image, and its next run records that image again
+            # (runnable_job) without a provider call: its spend is taken back here, so that
+            # finish_job counts it once. (regenerate_job pays for a new image: it does not.)
+            price = costs.request_unit_price(request.pk)
+            if price:
+                counters["cost_spent"] = F("cost_spent") - price * succeeded
         GenerationRequest.objects.filter(pk=request.pk).update(
             status=Req.GENERATING, finished_at=None, **counters
         )
@@ -453,6 +473,8 @@ def regenerate_job(job: GenerationJob) -> bool:
             updated_at=timezone.now(), **NO_CLAIM,
         )
         counter = COUNTERS[status]
+        # cost_spent stays: the old image was paid for and stays in the library, and the new
+        # one is a new provider call that finish_job adds when it succeeds.
         GenerationRequest.objects.filter(pk=job.request_id).update(
             status=Req.GENERATING, finished_at=None, **{counter: F(counter) - 1}
         )
@@ -559,8 +581,12 @@ def restart_expansion(request_id: int, cutoff) -> bool:
 
 
 def update_prompt(job: GenerationJob, prompt: str) -> bool:
+    """An editor's new prompt; its alt text, written for the old one, is derived again at
+    ingest from the new prompt."""
     return bool(
-        GenerationJob.objects.filter(pk=job.pk, status=Job.PENDING).update(prompt=prompt)
+        GenerationJob.objects.filter(pk=job.pk, status=Job.PENDING).update(
+            prompt=prompt, alt_text=""
+        )
     )
 
 

@@ -1,4 +1,7 @@
-"""Admin views: request actions (confirm on GET, act on POST), per-prompt edits, inspect."""
+"""Admin views: request actions (confirm on GET, act on POST), per-prompt edits, inspect.
+
+Also the add form's "Save and generate" and the request page's live part.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from io import BytesIO
+from typing import Any
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
-from django.http import HttpResponseNotAllowed
+from django.db.models import Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet
+from django.http import HttpRequest, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 from django.utils.functional import cached_property
@@ -22,8 +27,11 @@ from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.widgets.button import Button
 from wagtail.images import get_image_model
 from wagtail.images.models import AbstractImage, AbstractRendition, Filter
-from wagtail.snippets.views.snippets import EditView, IndexView, InspectView
+from wagtail.permission_policies.base import BasePermissionPolicy
+from wagtail.snippets.action_menu import ActionMenuItem
+from wagtail.snippets.views.snippets import CreateView, EditView, IndexView, InspectView
 
+from generation import costs
 from generation.actions import ACTIONS, generate_job
 from generation.forms import PromptForm
 from generation.models import GenerationJob, GenerationRequest
@@ -39,6 +47,8 @@ THUMBNAIL_SPEC = "fill-240x240"
 THUMBNAIL_THREADS = 4
 # What the page shows of a job; the rest (claims, timings) stays in the database.
 JOB_FIELDS = ["id", "request_id", "index", "prompt", "status", "attempts", "error", "image"]
+# How often an active request's page refreshes its live part (the monitor's rate too).
+LIVE_INTERVAL_MS = 3000
 
 
 class ProgressColumn(Column):
@@ -83,6 +93,80 @@ class RequestEditView(ActionButtonsMixin, EditView):
     @cached_property
     def header_more_buttons(self):
         return self.action_buttons(self.object, priority=5) + super().header_more_buttons
+
+
+def can_generate(user: Any, permission_policy: BasePermissionPolicy) -> bool:
+    """Starting a request needs the change permission, as RequestActionView does."""
+    return permission_policy.user_has_permission(user, "change")
+
+
+class SaveAndGenerateMenuItem(ActionMenuItem):
+    """The add form's "Save and generate", sent as ``action-generate`` (RequestCreateView).
+
+    Registered through Wagtail's register_snippet_action_menu_item hook with an order before
+    Save's, so it is the form's primary button and Save (a draft) moves to the drop-up.
+    """
+
+    name = "action-generate"
+    label = "Save and generate"
+    icon_name = "resubmit"
+    template_name = "generation/action_menu/save_and_generate.html"
+
+    def is_shown(self, context: dict) -> bool:
+        # The add form only (copies post there too): an existing request has its own actions.
+        return context["view"] == "create" and can_generate(
+            context["request"].user, context["model"].snippet_viewset.permission_policy
+        )
+
+
+class RequestCreateView(CreateView):
+    """Save, or save and start the request in one step ("Save and generate").
+
+    Wagtail's create view picks ``self.action`` from the ``action-<name>`` button that was
+    pressed, among get_available_actions(), and runs ``<name>_action()`` once the form is
+    saved; invalid input never gets there, so nothing is started.
+    """
+
+    # Set by the viewset (its common view kwargs), where "Save and generate" lands.
+    inspect_url_name = None
+    generate_message = ""
+
+    def get_available_actions(self) -> list[str]:
+        actions = [*super().get_available_actions()]
+        if self.request.method == "POST" and can_generate(
+            self.request.user, self.permission_policy
+        ):
+            actions.append("generate")
+        return actions
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any):
+        # Wagtail would quietly fall back to a plain save; refuse instead, before saving.
+        if request.POST.get("action-generate") and self.action != "generate":
+            raise PermissionDenied
+        return super().post(request, *args, **kwargs)
+
+    def generate_action(self) -> None:
+        # The request page's "Generate", with its rule: a new request is a draft without jobs.
+        action = ACTIONS["generate"]
+        if action.allowed(self.object):
+            self.generate_message = action.perform(self.object)
+        if not self.generate_message:
+            messages.warning(
+                self.request, "Saved as a draft: generation could not start. Try “Generate”."
+            )
+        return None  # Wagtail then answers as for a save (message, get_success_url())
+
+    def get_success_message(self, instance=None) -> str:
+        message = super().get_success_message(instance)
+        if self.action == "generate" and self.generate_message:
+            return f"{message} {self.generate_message}"
+        return message
+
+    def get_success_url(self) -> str:
+        if self.action == "generate":
+            # The request's page, which follows the work as it happens.
+            return reverse(self.inspect_url_name, args=[self.object.pk])
+        return super().get_success_url()
 
 
 class JobPaginator(WagtailPaginator):
@@ -171,8 +255,54 @@ def job_page_number(job: GenerationJob) -> int:
     return before // JOBS_PER_PAGE + 1
 
 
+def request_timeline(request: GenerationRequest) -> list[dict[str, Any]]:
+    """What happened to ``request`` and when, oldest first: the page's timeline.
+
+    One aggregate query over the request's jobs (none before it has any), whatever its size.
+    """
+    entries = [
+        ("expansion_started", "Expansion started", request.expansion_started_at, ""),
+        ("expansion_finished", "Expansion finished", request.expansion_finished_at,
+         f"{request.jobs_total} prompts" if request.jobs_total else ""),
+    ]
+    if request.jobs_total:
+        succeeded = Q(status=GenerationJob.Status.SUCCEEDED)
+        failed = Q(status=GenerationJob.Status.FAILED)
+        jobs = GenerationJob.objects.filter(request_id=request.pk).aggregate(
+            first_image=Min("finished_at", filter=succeeded),
+            last_image=Max("finished_at", filter=succeeded),
+            failures=Count("pk", filter=failed),
+            last_failure=Max("finished_at", filter=failed),
+        )
+        entries += [
+            ("first_image", "First image", jobs["first_image"], ""),
+            ("last_image", "Last image", jobs["last_image"],
+             f"{request.jobs_succeeded} in all"),
+            ("last_failure", "Last failure", jobs["last_failure"],
+             f"{jobs['failures']} failed in all"),
+        ]
+    if request.is_terminal:
+        entries.append(
+            ("finished", f"Finished: {request.get_status_display()}", request.finished_at, "")
+        )
+    # In time order (a failure may come before the first image); ties keep the order above.
+    return sorted(
+        (
+            {"key": key, "label": label, "at": at, "detail": detail}
+            for key, label, at, detail in entries
+            if at
+        ),
+        key=lambda entry: entry["at"],
+    )
+
+
 class RequestInspectView(ActionButtonsMixin, InspectView):
-    """The request's own page: progress, actions, and its prompts with their images, paginated."""
+    """The request's own page: progress, actions, and its prompts with their images, paginated.
+
+    While the request is active, the page's live part (inspect_live.html, served alone by
+    RequestLiveView) refreshes itself through Wagtail's w-swap controller, as the job
+    monitor does.
+    """
 
     template_name = "generation/inspect.html"
     page_kwarg = "p"  # as in Wagtail's listings and its pagination_nav.html
@@ -197,20 +327,51 @@ class RequestInspectView(ActionButtonsMixin, InspectView):
         # end with the last, as Wagtail's listings do.
         return paginator.get_page(self.request.GET.get(self.page_kwarg))
 
-    def get_context_data(self, **kwargs):
-        context = super().get_context_data(**kwargs)
+    def get_live_url(self, page_number: int) -> str:
+        """The live part of this page: the same query (filters, page) for the page shown."""
         namespace = self.index_url_name.rsplit(":", 1)[0]
-        context["can_change"] = self.permission_policy.user_has_permission(
-            self.request.user, "change"
-        )
+        query = self.request.GET.copy()
+        query[self.page_kwarg] = page_number
+        return f"{reverse(f'{namespace}:live', args=[self.object.pk])}?{query.urlencode()}"
+
+    def get_live_context(self) -> dict[str, Any]:
+        """What inspect_live.html shows: the request, the timeline and one page of prompts."""
+        namespace = self.index_url_name.rsplit(":", 1)[0]
         jobs = self.get_jobs_page()
         create_missing_thumbnails([job.image for job in jobs if job.image])
-        context["jobs"] = jobs
-        # A list, not Wagtail's generator: the page shows the navigation twice.
-        context["elided_page_range"] = list(jobs.paginator.get_elided_page_range(jobs.number))
-        context["job_prompt_url_name"] = f"{namespace}:job_prompt"
-        context["job_generate_url_name"] = f"{namespace}:job_generate"
+        return {
+            "object": self.object,
+            "can_change": self.permission_policy.user_has_permission(
+                self.request.user, "change"
+            ),
+            "jobs": jobs,
+            # A list, not Wagtail's generator: the page shows the navigation twice.
+            "elided_page_range": list(jobs.paginator.get_elided_page_range(jobs.number)),
+            "job_prompt_url_name": f"{namespace}:job_prompt",
+            "job_generate_url_name": f"{namespace}:job_generate",
+            "jobs_open": self.object.jobs_total - self.object.jobs_done,
+            "timeline": request_timeline(self.object),
+            # Only an active request polls; a final one's fragment comes without the
+            # controllers, so the swap that shows it final also ends the polling.
+            "live": self.object.status in GenerationRequest.ACTIVE,
+            "live_url": self.get_live_url(jobs.number),
+            "live_interval": LIVE_INTERVAL_MS,
+        }
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.update(self.get_live_context())
         return context
+
+
+class RequestLiveView(RequestInspectView):
+    """The self-refreshing part of the request page, for w-swap; the page's permissions."""
+
+    template_name = "generation/inspect_live.html"
+
+    def get_context_data(self, **kwargs):
+        # The fragment alone: no header, breadcrumbs or action buttons to build.
+        return {"view": self, **self.get_live_context()}
 
 
 class RequestActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, TemplateView):
@@ -262,6 +423,11 @@ class RequestActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, Templ
     def post(self, request, *args, **kwargs):
         if not self.action or not self.action.allowed(self.object):
             return self.refuse()
+        if self.action.name == "generate" and (error := costs.budget_error(
+            self.object.count, self.object.image_model, exclude_pk=self.object.pk
+        )):  # a draft saved before a budget was set, or this month's spend grew since
+            messages.error(request, error)
+            return redirect(self.back_url())
         message = self.action.perform(self.object)
         if message:
             messages.success(request, message)

@@ -7,6 +7,7 @@ from wagtail.admin.ui.tables import Column, UpdatedAtColumn
 from wagtail.snippets.models import register_snippet
 from wagtail.snippets.views.snippets import SnippetViewSet
 
+from generation.costs import cost_cell
 from generation.forms import GenerationRequestForm
 from generation.models import GenerationRequest
 from generation.views import (
@@ -14,9 +15,12 @@ from generation.views import (
     JobPromptView,
     ProgressColumn,
     RequestActionView,
+    RequestCreateView,
     RequestEditView,
     RequestIndexView,
     RequestInspectView,
+    RequestLiveView,
+    SaveAndGenerateMenuItem,
 )
 
 
@@ -27,6 +31,7 @@ class GenerationRequestViewSet(SnippetViewSet):
     menu_order = 250
     add_to_admin_menu = True
     index_view_class = RequestIndexView
+    add_view_class = RequestCreateView
     edit_view_class = RequestEditView
     inspect_view_class = RequestInspectView
     inspect_view_enabled = True
@@ -37,6 +42,7 @@ class GenerationRequestViewSet(SnippetViewSet):
         ProgressColumn("progress", label="Progress"),
         Column("image_model", label="Image model", sort_key="image_model"),
         Column("count", label="Images", sort_key="count"),
+        Column("cost", label="Cost (USD)", accessor=cost_cell, sort_key="cost_spent"),
         UpdatedAtColumn(),
     ]
     list_filter = ["status", "image_model", "llm"]
@@ -65,7 +71,13 @@ class GenerationRequestViewSet(SnippetViewSet):
             "permission_policy": self.permission_policy,
             "inspect_url_name": self.get_url_name("inspect"),
         }
+        # The request page's live part: the inspect view's permissions and options.
+        live_view = self.construct_view(
+            RequestLiveView,
+            **self.get_inspect_view_kwargs(template_name=RequestLiveView.template_name),
+        )
         return super().get_urlpatterns() + [
+            path("live/<int:pk>/", live_view, name="live"),
             path(
                 "action/<int:pk>/<slug:action>/",
                 RequestActionView.as_view(**common),
@@ -81,6 +93,14 @@ class GenerationRequestViewSet(SnippetViewSet):
 
 
 register_snippet(GenerationRequestViewSet)
+
+
+@hooks.register("register_snippet_action_menu_item")
+def save_and_generate_menu_item(model):
+    # Before Save (order 0): the primary action of a new request; Save keeps a draft.
+    if model is GenerationRequest:
+        return SaveAndGenerateMenuItem(order=-10)
+    return None
 
 
 @hooks.register("insert_global_admin_css")

@@ -12,6 +12,7 @@ from django.db.models import Case, Count, Q, Value, When
 from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 
+from generation import costs
 from generation.models import GenerationRequest
 from huey_tasks import reconcile
 from huey_tasks.models import TaskRun, WorkerHeartbeat
@@ -84,6 +85,8 @@ def headline() -> dict:
         "durations": durations,
         "workers": workers,
         "maintenance": last_maintenance(),
+        # Image spend today and this month, booked by request (generation/costs.py).
+        "spend": costs.spend_summary(now),
     }
 
 

@@ -1,8 +1,10 @@
 """Settings shared by every environment. Everything that varies comes from the environment."""
 
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -195,6 +197,21 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
 FAL_KEY = env.str("FAL_KEY", default="")
 
+
+def env_usd(name: str) -> Decimal | None:
+    """An optional USD amount from the environment, exact (Decimal); None when unset."""
+    value = env.str(name, default="").strip()
+    if not value:
+        return None
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be an amount in USD, not {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ImproperlyConfigured(f"{name} must be a positive amount in USD, not {value!r}")
+    return amount
+
+
 # Providers, by name (as wagtail-ai configures its backends). A provider whose key is not
 # set is not offered; without keys the offline demo providers are the defaults.
 FAL_RESULT_HOSTS = ["fal.media", "*.fal.media", "fal.run", "*.fal.run", "storage.googleapis.com"]
@@ -219,6 +236,10 @@ KARASU = {
             "MAX_RETRIES": 2,
         },
     },
+    # PRICE: USD per image as a decimal string (at most 4 places), used for estimates, spend
+    # and budgets (generation/costs.py). Defaults are fal.ai's list prices as of 2026-11-30;
+    # megapixel-priced models (the FLUX ones) are priced at their largest Karasu size,
+    # 1024x1024, which fal bills as 1 MP. Check https://fal.ai/pricing and override as needed.
     "IMAGE_MODELS": {
         "demo": {
             "CLASS": "generation.providers.demo.DemoImageModel",
@@ -235,10 +256,13 @@ KARASU = {
             # 1024 jpeg is like FLUX square_hd, 2048 png like Nano Banana Pro at 2K.
             "SIZE": env.int("KARASU_DEMO_SIZE", default=512),
             "FORMAT": env.str("KARASU_DEMO_FORMAT", default="jpeg"),
+            # Free by default; set it to see the accounting offline (generation/costs.py).
+            "PRICE": env.str("KARASU_DEMO_PRICE", default="0"),
         },
         "flux-schnell": {
             "CLASS": "generation.providers.fal.FalImageModel",
             "LABEL": "FLUX.1 [schnell]",
+            "PRICE": "0.003",  # $0.003/MP; 1024x1024 (square_hd, the largest size used) = 1 MP
             "ENDPOINT": "fal-ai/flux/schnell",
             "ARGUMENTS": "flux",
             "CONCURRENCY": 8,
@@ -246,6 +270,7 @@ KARASU = {
         "flux-dev": {
             "CLASS": "generation.providers.fal.FalImageModel",
             "LABEL": "FLUX.1 [dev]",
+            "PRICE": "0.025",  # $0.025/MP at 1024x1024
             "ENDPOINT": "fal-ai/flux/dev",
             "ARGUMENTS": "flux",
             "CONCURRENCY": 8,
@@ -253,6 +278,7 @@ KARASU = {
         "flux-pro": {
             "CLASS": "generation.providers.fal.FalImageModel",
             "LABEL": "FLUX1.1 [pro]",
+            "PRICE": "0.04",  # $0.04/MP at 1024x1024
             "ENDPOINT": "fal-ai/flux-pro/v1.1",
             "ARGUMENTS": "flux-pro",
             "CONCURRENCY": 4,
@@ -260,6 +286,7 @@ KARASU = {
         "flux-ultra": {
             "CLASS": "generation.providers.fal.FalImageModel",
             "LABEL": "FLUX1.1 [pro] ultra",
+            "PRICE": "0.06",  # per image (up to 4 MP)
             "ENDPOINT": "fal-ai/flux-pro/v1.1-ultra",
             "ARGUMENTS": "flux-ultra",
             "CONCURRENCY": 4,
@@ -267,12 +294,30 @@ KARASU = {
         "nano-banana": {
             "CLASS": "generation.providers.fal.FalImageModel",
             "LABEL": "Nano Banana",
+            "PRICE": "0.039",  # per image
             "ENDPOINT": "fal-ai/nano-banana",
             "ARGUMENTS": "nano-banana",
             "CONCURRENCY": 4,
             "REQUESTS_PER_MINUTE": 60,
         },
+        "nano-banana-pro": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "Nano Banana Pro",
+            "PRICE": "0.15",  # per image at 1K/2K; make it "0.30" with RESOLUTION 4K
+            "ENDPOINT": "fal-ai/nano-banana-pro",
+            "ARGUMENTS": "nano-banana-pro",
+            # 1K, 2K or 4K (fal charges 4K double); results are PNG unless OUTPUT_FORMAT.
+            "RESOLUTION": "1K",
+            # A 4K PNG can weigh more than the shared 25 MB download cap.
+            "MAX_BYTES": 64 * 1024 * 1024,
+            "CONCURRENCY": 4,
+            "REQUESTS_PER_MINUTE": 60,
+        },
     },
+    # Budgets in USD (unset: no limit). A request whose estimate is above MAX_REQUEST_COST, or
+    # would take this month's spend and open requests above MAX_MONTHLY_COST, is refused.
+    "MAX_REQUEST_COST": env_usd("KARASU_MAX_REQUEST_COST"),
+    "MAX_MONTHLY_COST": env_usd("KARASU_MAX_MONTHLY_COST"),
     # The TaskRun ledger behind the job monitor (KARASU_LEDGER=false switches it off).
     "LEDGER": env.bool("KARASU_LEDGER", default=True),
     "DEFAULT_LLM": "claude" if ANTHROPIC_API_KEY else ("openai" if OPENAI_API_KEY else "demo"),

@@ -1,6 +1,7 @@
 """Provider clients, configured by name in ``settings.KARASU``.
 
-    get_llm("claude").expand(theme, count, brief="", style="") -> list[str]
+    get_llm("claude").expand(theme, count, brief="", style="")
+        -> Expansion (ImagePrompt items with .prompt and .alt_text; .usage in tokens)
     get_image_model("flux-schnell").generate(prompt, aspect_ratio="1:1", seed=None)
         -> GeneratedImage
 """
@@ -12,20 +13,38 @@ import functools
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .base import ASPECT_RATIOS, LLM, MAX_PROMPT_CHARS, GeneratedImage, ImageModel
+from .base import (
+    ASPECT_RATIOS,
+    LLM,
+    MAX_ALT_TEXT_CHARS,
+    MAX_PROMPT_CHARS,
+    Expansion,
+    GeneratedImage,
+    ImageModel,
+    ImagePrompt,
+    TokenUsage,
+    alt_text_from_prompt,
+    clean_alt_text,
+)
 from .errors import PermanentProviderError, ProviderError, TransientProviderError
 
 __all__ = [
     "ASPECT_RATIOS",
+    "Expansion",
     "GeneratedImage",
     "ImageModel",
+    "ImagePrompt",
     "LLM",
+    "MAX_ALT_TEXT_CHARS",
     "MAX_PROMPT_CHARS",
     "PermanentProviderError",
     "ProviderError",
+    "TokenUsage",
     "TransientProviderError",
+    "alt_text_from_prompt",
     "available_image_models",
     "available_llms",
+    "clean_alt_text",
     "get_image_model",
     "get_llm",
 ]

@@ -6,6 +6,9 @@ import hashlib
 import io
 import re
 import tempfile
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .errors import PermanentProviderError
@@ -13,6 +16,9 @@ from .errors import PermanentProviderError
 ASPECT_RATIOS = ["1:1", "4:3", "3:4", "16:9", "9:16"]
 MAX_PROMPT_CHARS = 1000
 MIN_PROMPT_WORDS = 3
+# An image's alt text (its Wagtail description): short enough for a screen reader, and
+# within the description field's 255 characters.
+MAX_ALT_TEXT_CHARS = 250
 
 
 # Bodies up to this size stay in memory; larger ones go to a temporary file, so a worker
@@ -194,15 +200,69 @@ class Provider:
         return not cls.requires_setting or bool(getattr(settings, cls.requires_setting, ""))
 
 
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens an LLM call used, as the provider reported them (0 when it did not say)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens
+        )
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """One prompt and the alt text of the image it will make.
+
+    The alt text is always usable: blank or missing, it is derived from the prompt; too
+    long, it is cut at a word to ``MAX_ALT_TEXT_CHARS``.
+    """
+
+    prompt: str
+    alt_text: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alt_text", clean_alt_text(self.alt_text, self.prompt))
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """What one model call returned: raw items (validated by ``clean_prompts``) and usage."""
+
+    items: list[Any]
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """``count`` distinct prompts with their alt texts, and the tokens all calls used."""
+
+    prompts: list[ImagePrompt]
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+    def __iter__(self) -> Iterator[ImagePrompt]:
+        return iter(self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> ImagePrompt:
+        return self.prompts[index]
+
+
 class LLM(Provider):
-    """Expands a theme into ``count`` distinct image prompts."""
+    """Expands a theme into ``count`` distinct image prompts, each with its alt text."""
 
     batch_size = 25
     max_rounds_extra = 3  # top-up rounds beyond what the batches need
 
-    def expand(self, theme: str, count: int, *, brief: str = "", style: str = "") -> list[str]:
+    def expand(self, theme: str, count: int, *, brief: str = "", style: str = "") -> Expansion:
         batch_size = int(self.options.get("BATCH_SIZE", self.batch_size))
-        prompts: list[str] = []
+        prompts: list[ImagePrompt] = []
+        usage = TokenUsage()
         seen: set[str] = set()
         rounds = -(-count // batch_size) + self.max_rounds_extra
         for _ in range(rounds):
@@ -210,23 +270,32 @@ class LLM(Provider):
             if missing <= 0:
                 break
             batch = self.request_prompts(
-                theme, min(missing, batch_size), brief=brief, style=style, avoid=prompts[-20:]
+                theme,
+                min(missing, batch_size),
+                brief=brief,
+                style=style,
+                avoid=[item.prompt for item in prompts[-20:]],
             )
-            for prompt in clean_prompts(batch):
-                key = normalise(prompt)
+            usage += batch.usage
+            for item in clean_prompts(batch.items):
+                key = normalise(item.prompt)
                 if key not in seen:
                     seen.add(key)
-                    prompts.append(prompt)
+                    prompts.append(item)
         if len(prompts) < count:
             raise PermanentProviderError(
                 f"{self.name}: returned only {len(prompts)} distinct usable prompts of {count}"
             )
-        return prompts[:count]
+        return Expansion(prompts[:count], usage)
 
     def request_prompts(
         self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
-    ) -> list[str]:
-        """One call to the model for ``count`` prompts (may return fewer or duplicates)."""
+    ) -> PromptBatch:
+        """One call to the model for ``count`` prompts (may return fewer or duplicates).
+
+        Items are ``{"prompt": ..., "alt_text": ...}`` objects (plain strings are taken as
+        prompts without alt text); ``clean_prompts`` validates them.
+        """
         raise NotImplementedError
 
 
@@ -250,18 +319,59 @@ def normalise(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", prompt.lower()).strip()
 
 
-def clean_prompts(raw: list[Any]) -> list[str]:
-    """Drop non-strings and near-empty prompts; trim each to a sane length."""
+def _one_line(text: str) -> str:
+    """Whitespace collapsed, control characters dropped (PostgreSQL refuses NUL)."""
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    return " ".join(text.split())
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, cut at a word and marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    if " " in head:
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip(" ,;:-") + "…"
+
+
+def alt_text_from_prompt(prompt: str) -> str:
+    """A literal alt text when the LLM wrote none: the prompt's first sentence, which names
+    the subject and setting, without a trailing full stop."""
+    text = _one_line(prompt)
+    first = re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0]
+    if len(first.split()) >= MIN_PROMPT_WORDS:
+        text = first
+    text = _cut(text.rstrip(" ."), MAX_ALT_TEXT_CHARS)
+    return text[:1].upper() + text[1:] if text else "Generated image"
+
+
+def clean_alt_text(alt_text: Any, prompt: str) -> str:
+    """The LLM's alt text on one line and at most MAX_ALT_TEXT_CHARS; derived from the
+    prompt when it is missing or blank, so an image never goes without one."""
+    text = _one_line(alt_text) if isinstance(alt_text, str) else ""
+    if not text:
+        return alt_text_from_prompt(prompt)
+    return _cut(text, MAX_ALT_TEXT_CHARS)
+
+
+def clean_prompts(raw: list[Any]) -> list[ImagePrompt]:
+    """Drop malformed items and near-empty prompts; trim each prompt to a sane length and
+    give each a valid alt text."""
     cleaned = []
     for item in raw:
-        if not isinstance(item, str):
+        if isinstance(item, dict):
+            text, alt_text = item.get("prompt"), item.get("alt_text")
+        else:
+            text, alt_text = item, ""
+        if not isinstance(text, str):
             continue
-        prompt = " ".join(item.split())
+        prompt = " ".join(text.split())
         if len(prompt.split()) < MIN_PROMPT_WORDS:
             continue
         if len(prompt) > MAX_PROMPT_CHARS:
             prompt = prompt[:MAX_PROMPT_CHARS].rsplit(" ", 1)[0]
-        cleaned.append(prompt)
+        cleaned.append(ImagePrompt(prompt, alt_text))
     return cleaned
 
 
@@ -269,12 +379,15 @@ def system_prompt() -> str:
     return (
         "You write prompts for a text-to-image model. Given a theme, write distinct, "
         "concrete, visual prompts: each names a subject, setting, composition, lighting and "
-        "style in one or two sentences. No numbering, no commentary, no text overlays."
+        "style in one or two sentences. No numbering, no commentary, no text overlays. "
+        "For each prompt also write its alt text: one short, literal sentence (at most "
+        f"{MAX_ALT_TEXT_CHARS} characters) saying what the picture shows, for someone who "
+        "cannot see it; no 'image of', no camera or style jargon."
     )
 
 
 def user_prompt(theme: str, count: int, brief: str, style: str, avoid: list[str]) -> str:
-    parts = [f"Theme: {theme}", f"Write exactly {count} prompts."]
+    parts = [f"Theme: {theme}", f"Write exactly {count} prompts, each with its alt text."]
     if brief:
         parts.append(f"Brief: {brief}")
     if style:
@@ -286,13 +399,29 @@ def user_prompt(theme: str, count: int, brief: str, style: str, avoid: list[str]
 
 
 def prompts_schema(count: int) -> dict:
+    # No maxLength: strict schemas (Claude's tools, OpenAI's json_schema) do not accept
+    # string-length bounds, so the limit is stated here and enforced by clean_alt_text.
     return {
         "type": "object",
         "properties": {
             "prompts": {
                 "type": "array",
-                "items": {"type": "string"},
-                "description": f"Exactly {count} distinct image prompts.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "prompt": {"type": "string", "description": "The image prompt."},
+                        "alt_text": {
+                            "type": "string",
+                            "description": (
+                                "Alt text for the image: a short, literal description of "
+                                f"what it shows, at most {MAX_ALT_TEXT_CHARS} characters."
+                            ),
+                        },
+                    },
+                    "required": ["prompt", "alt_text"],
+                    "additionalProperties": False,
+                },
+                "description": f"Exactly {count} distinct image prompts with their alt texts.",
             }
         },
         "required": ["prompts"],

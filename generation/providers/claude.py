@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 from django.conf import settings
 
-from .base import LLM, prompts_schema, system_prompt, user_prompt
+from .base import LLM, PromptBatch, TokenUsage, prompts_schema, system_prompt, user_prompt
 from .errors import PermanentProviderError, TransientProviderError, error_for_status
 
 TOOL_NAME = "submit_prompts"
@@ -25,7 +25,9 @@ class ClaudeLLM(LLM):
         self.model = options.get("MODEL", "claude-sonnet-4-6")
         self.max_tokens = int(options.get("MAX_TOKENS", 8192))
 
-    def request_prompts(self, theme, count, *, brief, style, avoid):
+    def request_prompts(
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+    ) -> PromptBatch:
         try:
             message = self.client.messages.create(
                 model=self.model,
@@ -64,8 +66,15 @@ class ClaudeLLM(LLM):
             if block.type == "tool_use" and block.name == TOOL_NAME:
                 prompts = block.input.get("prompts") if isinstance(block.input, dict) else None
                 if isinstance(prompts, list):
-                    return prompts
+                    return PromptBatch(prompts, _usage(message))
         raise PermanentProviderError(f"{self.name}: malformed output (no prompts list)")
+
+
+def _usage(message: anthropic.types.Message) -> TokenUsage:
+    usage = getattr(message, "usage", None)
+    return TokenUsage(
+        int(getattr(usage, "input_tokens", 0) or 0), int(getattr(usage, "output_tokens", 0) or 0)
+    )
 
 
 def _detail(exc: anthropic.APIStatusError) -> str:

@@ -21,7 +21,7 @@ from typing import Protocol
 from django.core.exceptions import ImproperlyConfigured
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from .base import LLM, GeneratedImage, ImageBody, ImageModel
+from .base import LLM, GeneratedImage, ImageBody, ImageModel, PromptBatch
 from .errors import PermanentProviderError, TransientProviderError
 
 SUBJECTS = [
@@ -69,19 +69,29 @@ def _fraction(*parts: object) -> float:
 
 
 class DemoLLM(LLM):
-    """Combines the theme with subjects, lighting, composition and styles: distinct, readable."""
+    """Combines the theme with subjects, lighting, composition and styles: distinct, readable.
+
+    Each prompt's alt text says literally what it combines (style, subject, light, theme);
+    no tokens are used.
+    """
 
     batch_size = 500
 
-    def request_prompts(self, theme, count, *, brief, style, avoid):
+    def request_prompts(
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+    ) -> PromptBatch:
         pools = [SUBJECTS, LIGHTING, COMPOSITIONS] + ([] if style else [STYLES])
         combos = list(itertools.product(*pools))
         rng = random.Random(f"{theme}|{len(avoid)}")
-        prompts = []
+        items = []
         for combo in rng.sample(combos, min(count, len(combos))):
             subject, light, composition, *look = combo
-            prompts.append(f"{theme}: {subject} {light}, {composition}, {style or look[0]}")
-        return prompts
+            medium = style or look[0]
+            items.append({
+                "prompt": f"{theme}: {subject} {light}, {composition}, {medium}",
+                "alt_text": f"{medium[:1].upper()}{medium[1:]} of {subject} {light}: {theme}",
+            })
+        return PromptBatch(items)
 
 
 class DemoImageModel(ImageModel):

@@ -7,7 +7,7 @@ import json
 import httpx
 from django.conf import settings
 
-from .base import LLM, prompts_schema, system_prompt, user_prompt
+from .base import LLM, PromptBatch, TokenUsage, prompts_schema, system_prompt, user_prompt
 from .errors import PermanentProviderError, TransientProviderError, error_for_status
 
 
@@ -25,7 +25,9 @@ class OpenAICompatibleLLM(LLM):
             headers={"Authorization": f"Bearer {settings.OPENAI_API_KEY}"},
         )
 
-    def request_prompts(self, theme, count, *, brief, style, avoid):
+    def request_prompts(
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+    ) -> PromptBatch:
         payload = {
             "model": self.model,
             "messages": [
@@ -51,7 +53,8 @@ class OpenAICompatibleLLM(LLM):
                 response.headers.get("retry-after"),
             )
         try:
-            choice = response.json()["choices"][0]
+            body = response.json()
+            choice = body["choices"][0]
             message = choice["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise PermanentProviderError(f"{self.name}: malformed response") from None
@@ -67,7 +70,20 @@ class OpenAICompatibleLLM(LLM):
             ) from None
         if not isinstance(prompts, list):
             raise PermanentProviderError(f"{self.name}: malformed output (prompts not a list)")
-        return prompts
+        return PromptBatch(prompts, _usage(body))
+
+
+def _usage(body: dict) -> TokenUsage:
+    """OpenAI's usage block; compatible servers may leave it out or fill it partly."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return TokenUsage()
+
+    def count(key: str) -> int:
+        value = usage.get(key)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return TokenUsage(count("prompt_tokens"), count("completion_tokens"))
 
 
 def _detail(response: httpx.Response) -> str:

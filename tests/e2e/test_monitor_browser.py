@@ -62,7 +62,9 @@ def test_monitor_shows_a_request_reach_100_percent_without_reloading(
     editor.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/add/")
     editor.fill("#id_theme", "Crows over <Kyoto>")
     editor.fill("#id_count", "6")
-    editor.click("button[type=submit]:has-text('Save')")
+    # Save alone (a draft) is in the drop-up under the primary "Save and generate".
+    editor.click("footer button:has-text('More actions')")
+    editor.get_by_role("button", name="Save", exact=True).click()
     editor.wait_for_url("**/generationrequest/")
     # The listing row's "more" menu offers Generate, which asks for confirmation.
     editor.click("button[aria-label^='More options for']")

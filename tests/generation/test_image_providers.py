@@ -1,4 +1,5 @@
-"""FLUX and Nano Banana through the real fal-client with HTTP faked by respx; safe downloads."""
+"""FLUX, Nano Banana and Nano Banana Pro through the real fal-client with HTTP faked by
+respx; safe downloads."""
 
 import io
 import json
@@ -7,9 +8,15 @@ import socket
 import httpx
 import pytest
 import respx
+from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
-from generation.providers import PermanentProviderError, TransientProviderError, get_image_model
+from generation.providers import (
+    PermanentProviderError,
+    TransientProviderError,
+    available_image_models,
+    get_image_model,
+)
 from generation.providers.demo import DemoImageModel
 
 FAL_KEY = "fal-key-id:SECRETSECRETSECRETfalsecret"
@@ -27,7 +34,7 @@ def jpeg(size=(64, 48)) -> bytes:
 @pytest.fixture
 def fal(settings, monkeypatch):
     settings.FAL_KEY = FAL_KEY
-    for name in ("flux-schnell", "flux-ultra", "nano-banana", "flux-pro"):
+    for name in ("flux-schnell", "flux-ultra", "nano-banana", "flux-pro", "nano-banana-pro"):
         settings.KARASU["IMAGE_MODELS"][name] = {
             **settings.KARASU["IMAGE_MODELS"][name], "POLL_INTERVAL": 0.01, "TIMEOUT": 5,
         }
@@ -107,6 +114,53 @@ def test_endpoint_specific_arguments(fal):
     assert banana_args["aspect_ratio"] == "4:3" and "seed" not in banana_args
     pro_args = json.loads(pro.calls.last.request.content)
     assert pro_args["image_size"] == "portrait_4_3" and "seed" not in pro_args
+
+
+def png(size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 20, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_nano_banana_pro_sends_its_endpoint_and_1k_by_default(fal):
+    submit, _ = queue_routes(fal, "fal-ai/nano-banana-pro",
+                             {"images": [{"url": IMAGE_URL, "content_type": "image/png"}],
+                              "description": ""}, request_id="pro-1")
+    image_route(fal, content=png(), headers={"content-type": "image/png"})
+    image = get_image_model("nano-banana-pro").generate("a crow", aspect_ratio="16:9", seed=7)
+    assert submit.calls.last.request.url == f"{QUEUE}/fal-ai/nano-banana-pro"
+    assert json.loads(submit.calls.last.request.content) == {
+        "prompt": "a crow", "aspect_ratio": "16:9", "num_images": 1, "output_format": "png",
+        "resolution": "1K", "seed": 7,
+    }
+    assert submit.calls.last.request.headers["authorization"] == f"Key {FAL_KEY}"
+    assert (image.content_type, image.seed, image.provider_request_id) == ("image/png", 7, "pro-1")
+
+
+@pytest.mark.parametrize("configured, sent", [("2K", "2K"), ("4k", "4K"), (None, "1K")])
+def test_nano_banana_pro_resolution_comes_from_settings(fal, settings, configured, sent):
+    settings.KARASU["IMAGE_MODELS"]["nano-banana-pro"]["RESOLUTION"] = configured
+    submit, _ = queue_routes(fal, "fal-ai/nano-banana-pro", {"images": [{"url": IMAGE_URL}]})
+    image_route(fal)
+    get_image_model("nano-banana-pro").generate("a crow", aspect_ratio="1:1")
+    arguments = json.loads(submit.calls.last.request.content)
+    assert arguments["resolution"] == sent and "seed" not in arguments
+
+
+def test_nano_banana_pro_refuses_an_unknown_resolution(fal, settings):
+    settings.KARASU["IMAGE_MODELS"]["nano-banana-pro"]["RESOLUTION"] = "8K"
+    with pytest.raises(ImproperlyConfigured, match="nano-banana-pro: RESOLUTION must be one of"):
+        get_image_model("nano-banana-pro")
+    assert not fal.calls  # nothing was sent
+
+
+def test_nano_banana_pro_is_offered_only_with_a_fal_key(settings):
+    settings.FAL_KEY = FAL_KEY
+    assert dict(available_image_models())["nano-banana-pro"] == "Nano Banana Pro"
+    settings.FAL_KEY = ""
+    assert "nano-banana-pro" not in dict(available_image_models())
+    with pytest.raises(PermanentProviderError, match="needs FAL_KEY"):
+        get_image_model("nano-banana-pro")
 
 
 def test_429_on_submit_keeps_retry_after(fal):

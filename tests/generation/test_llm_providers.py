@@ -1,4 +1,7 @@
-"""Claude through the real anthropic SDK against a fake server; OpenAI-compatible via respx."""
+"""Claude through the real anthropic SDK against a fake server; OpenAI-compatible via respx.
+
+Every prompt comes with its alt text from the same structured call, and the tokens each
+provider reports are added up over the batches."""
 
 import json
 
@@ -7,32 +10,51 @@ import pytest
 import respx
 
 from generation.providers import (
+    MAX_ALT_TEXT_CHARS,
+    ImagePrompt,
     PermanentProviderError,
+    TokenUsage,
     TransientProviderError,
+    alt_text_from_prompt,
     available_llms,
     get_llm,
 )
+from generation.providers.demo import SUBJECTS
 from tests.support.fake_http import FakeHTTPServer
 
 CLAUDE_KEY = "sk-ant-api03-SECRETSECRETSECRET-claudekey"
 OPENAI_KEY = "sk-proj-SECRETSECRETSECRET-openaikey"
 
 
-def claude_message(prompts=None, stop_reason="tool_use", content=None):
+def alt_for(prompt):
+    return f"Literal alt text for: {prompt}"
+
+
+def with_alt(items):
+    """Strings become the schema's {prompt, alt_text} objects; anything else is sent as is."""
+    return [{"prompt": item, "alt_text": alt_for(item)} if isinstance(item, str) else item
+            for item in items]
+
+
+def claude_message(prompts=None, stop_reason="tool_use", content=None, usage=(10, 10)):
     if content is None:
         content = [
             {"type": "tool_use", "id": "toolu_1", "name": "submit_prompts",
-             "input": {"prompts": prompts}}
+             "input": {"prompts": with_alt(prompts)}}
         ]
     return {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
         "content": content, "stop_reason": stop_reason, "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 10},
+        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
     }
 
 
 def numbered(start, count, theme="crows"):
     return [f"{theme} scene number {i} with distinct lighting" for i in range(start, start + count)]
+
+
+def prompts_of(expansion):
+    return [item.prompt for item in expansion]
 
 
 @pytest.fixture
@@ -52,11 +74,13 @@ def claude(settings, monkeypatch):
 
 
 def test_claude_happy_path_batches_and_uses_a_strict_forced_tool(claude):
-    claude.reply(body=claude_message(numbered(0, 25)))
-    claude.reply(body=claude_message(numbered(25, 25)))
-    claude.reply(body=claude_message(numbered(50, 10)))
-    prompts = get_llm("claude").expand("crows", 60, brief="for a poster", style="ink")
-    assert prompts == numbered(0, 60)
+    claude.reply(body=claude_message(numbered(0, 25), usage=(1200, 3000)))
+    claude.reply(body=claude_message(numbered(25, 25), usage=(1500, 3100)))
+    claude.reply(body=claude_message(numbered(50, 10), usage=(1600, 1300)))
+    expansion = get_llm("claude").expand("crows", 60, brief="for a poster", style="ink")
+    assert prompts_of(expansion) == numbered(0, 60)
+    assert [item.alt_text for item in expansion] == [alt_for(p) for p in numbered(0, 60)]
+    assert expansion.usage == TokenUsage(input_tokens=4300, output_tokens=7400)
     assert len(claude.requests) == 3
     first = claude.requests[0]
     assert first["path"] == "/v1/messages"
@@ -68,19 +92,52 @@ def test_claude_happy_path_batches_and_uses_a_strict_forced_tool(claude):
     assert "Visual style for every prompt: ink" in first["json"]["messages"][0]["content"]
 
 
+def test_claude_tool_asks_for_an_alt_text_with_every_prompt(claude):
+    claude.reply(body=claude_message(numbered(0, 2)))
+    get_llm("claude").expand("crows", 2)
+    sent = claude.requests[0]["json"]
+    tool = sent["tools"][0]
+    item = tool["input_schema"]["properties"]["prompts"]["items"]
+    assert item["type"] == "object" and item["additionalProperties"] is False
+    assert item["required"] == ["prompt", "alt_text"]
+    assert set(item["properties"]) == {"prompt", "alt_text"}
+    # Strict schemas take no length bounds: the limit is in the words, enforced on receipt.
+    assert "maxLength" not in json.dumps(tool["input_schema"])
+    assert "250 characters" in item["properties"]["alt_text"]["description"]
+    assert "alt text" in sent["system"]
+
+
+def test_claude_blank_missing_or_long_alt_texts_are_mended(claude):
+    prompts = numbered(0, 4)
+    claude.reply(body=claude_message([
+        {"prompt": prompts[0], "alt_text": "   "},
+        {"prompt": prompts[1]},
+        {"prompt": prompts[2], "alt_text": "A crow " * 100},
+        {"prompt": prompts[3], "alt_text": "A crow\non a\tgate\x00 at dawn "},
+    ]))
+    first, second, third, fourth = get_llm("claude").expand("crows", 4)
+    assert first.alt_text == alt_text_from_prompt(prompts[0]) == (
+        "Crows scene number 0 with distinct lighting"
+    )
+    assert second.alt_text == "Crows scene number 1 with distinct lighting"
+    assert len(third.alt_text) <= MAX_ALT_TEXT_CHARS
+    assert third.alt_text.startswith("A crow A crow") and third.alt_text.endswith("…")
+    assert fourth.alt_text == "A crow on a gate at dawn"
+
+
 def test_claude_drops_duplicates_and_near_empty_prompts_and_tops_up(claude):
     batch = numbered(0, 3) + [numbered(0, 1)[0].upper(), "  ", "two words", 17]
     claude.reply(body=claude_message(batch))
     claude.reply(body=claude_message(numbered(3, 2)))
-    prompts = get_llm("claude").expand("crows", 5)
-    assert prompts == numbered(0, 5)
+    assert prompts_of(get_llm("claude").expand("crows", 5)) == numbered(0, 5)
     assert "existing prompts" in claude.requests[1]["json"]["messages"][0]["content"]
 
 
 def test_claude_trims_long_prompts(claude):
     long_prompt = "a very long prompt " * 200
     claude.reply(body=claude_message([long_prompt]))
-    [prompt] = get_llm("claude").expand("crows", 1)
+    [item] = get_llm("claude").expand("crows", 1)
+    prompt = item.prompt
     assert len(prompt) <= 1000 and prompt.startswith("a very long prompt")
 
 
@@ -112,7 +169,7 @@ def test_claude_500_then_success_with_sdk_retries(claude, settings):
     claude.reply(500, {"type": "error", "error": {"type": "api_error", "message": "boom"}},
                  **{"retry-after-ms": "10"})
     claude.reply(body=claude_message(numbered(0, 3)))
-    assert get_llm("claude").expand("crows", 3) == numbered(0, 3)
+    assert prompts_of(get_llm("claude").expand("crows", 3)) == numbered(0, 3)
     assert len(claude.requests) == 2
 
 
@@ -161,21 +218,29 @@ def openai_api(settings):
         yield router.post("/chat/completions")
 
 
-def completion(content=None, refusal=None, finish_reason="stop"):
+def completion(content=None, refusal=None, finish_reason="stop", usage=None):
     message = {"role": "assistant", "content": content, "refusal": refusal}
-    return {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}
+    body = {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}
+    if usage is not None:
+        body["usage"] = usage
+    return body
 
 
 def test_openai_happy_path_uses_json_schema(openai_api):
     openai_api.return_value = httpx.Response(
-        200, json=completion(json.dumps({"prompts": numbered(0, 4)}))
+        200, json=completion(json.dumps({"prompts": with_alt(numbered(0, 4))}),
+                             usage={"prompt_tokens": 321, "completion_tokens": 654,
+                                    "total_tokens": 975})
     )
-    assert get_llm("openai").expand("crows", 4) == numbered(0, 4)
+    expansion = get_llm("openai").expand("crows", 4)
+    assert prompts_of(expansion) == numbered(0, 4)
     request = openai_api.calls.last.request
     body = json.loads(request.content)
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["strict"] is True
     assert request.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert [item.alt_text for item in expansion] == [alt_for(p) for p in numbered(0, 4)]
+    assert expansion.usage == TokenUsage(input_tokens=321, output_tokens=654)
 
 
 def test_openai_errors(openai_api):
@@ -213,6 +278,51 @@ def test_openai_timeout_is_transient(openai_api):
 # Demo -------------------------------------------------------------------------------------
 def test_demo_llm_is_offline_distinct_and_deterministic():
     first = get_llm("demo").expand("Crows over Kyoto", 500, style="ink wash")
-    assert len(set(first)) == 500
-    assert all(p.startswith("Crows over Kyoto: ") and p.endswith("ink wash") for p in first)
+    prompts = prompts_of(first)
+    assert len(set(prompts)) == 500
+    assert all(p.startswith("Crows over Kyoto: ") and p.endswith("ink wash") for p in prompts)
     assert get_llm("demo").expand("Crows over Kyoto", 500, style="ink wash") == first
+    assert first.usage == TokenUsage(0, 0)
+
+
+def test_openai_schema_has_alt_text_and_missing_usage_counts_zero(openai_api):
+    # A compatible server (vLLM, Ollama) may send no usage block at all.
+    openai_api.return_value = httpx.Response(
+        200, json=completion(json.dumps({"prompts": with_alt(numbered(0, 2))}))
+    )
+    expansion = get_llm("openai").expand("crows", 2)
+    assert expansion.usage == TokenUsage(0, 0)
+    schema = json.loads(openai_api.calls.last.request.content)["response_format"]["json_schema"]
+    item = schema["schema"]["properties"]["prompts"]["items"]
+    assert item["required"] == ["prompt", "alt_text"] and item["additionalProperties"] is False
+
+
+def test_demo_llm_writes_a_literal_alt_text_for_every_prompt():
+    expansion = get_llm("demo").expand("Crows over Kyoto", 50)
+    for item in expansion:
+        assert 0 < len(item.alt_text) <= MAX_ALT_TEXT_CHARS
+        assert item.alt_text.endswith(": Crows over Kyoto")
+        subject = next(subject for subject in SUBJECTS if subject in item.prompt)
+        assert subject in item.alt_text  # it names what the picture shows
+    assert len({item.alt_text for item in expansion}) == 50
+
+
+def test_demo_alt_text_stays_short_with_a_long_theme():
+    theme = "An extremely long theme " + "with many words " * 40
+    [item] = get_llm("demo").expand(theme, 1)
+    assert len(item.alt_text) <= MAX_ALT_TEXT_CHARS and item.alt_text.endswith("…")
+
+
+# Alt text rules ---------------------------------------------------------------------------
+def test_an_alt_text_is_never_empty_and_never_too_long():
+    assert ImagePrompt("A crow on a torii gate at dawn. Ink wash, low angle.").alt_text == (
+        "A crow on a torii gate at dawn"
+    )
+    assert ImagePrompt("a fox in the snow, watercolour", alt_text=None).alt_text == (
+        "A fox in the snow, watercolour"
+    )
+    long_prompt = "word " * 400
+    derived = ImagePrompt(long_prompt).alt_text
+    assert 0 < len(derived) <= MAX_ALT_TEXT_CHARS and derived.endswith("…")
+    written = ImagePrompt("a crow at dawn on a gate", alt_text="x" * 600).alt_text
+    assert len(written) == MAX_ALT_TEXT_CHARS

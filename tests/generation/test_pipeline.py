@@ -136,6 +136,8 @@ def test_review_prompts_edit_one_then_generate_pending(editor, demo, thread_cons
     assert request.status == Req.COMPLETED
     job.refresh_from_db()
     assert job.image.prompt == "A single crow on a snowy torii gate at dawn"
+    # The alt text written for the old prompt was dropped; the new one describes the edit.
+    assert "snowy torii gate" in job.image.description
     # Not pending any more: the prompt can no longer be edited.
     editor.post(reverse(f"{NS}:job_prompt", args=[job.pk]), {"prompt": "something else entirely"})
     job.refresh_from_db()

@@ -11,6 +11,7 @@ from django.db import transaction
 from tqdm import tqdm
 from wagtail.models import Collection
 
+from generation import costs
 from generation.actions import generate
 from generation.forms import GenerationRequestForm
 from generation.models import GenerationRequest
@@ -33,14 +34,19 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         request = self.create_request(options)
-        self.stdout.write(f"Request #{request.pk}: {request.count} images of “{request.theme}”")
+        price = costs.unit_price(request.cost_estimate, request.count)
+        self.stdout.write(
+            f"Request #{request.pk}: {request.count} images of “{request.theme}”, "
+            f"estimated cost {costs.usd(request.cost_estimate)} "
+            f"({request.count} × {costs.usd(price)} per image)"
+        )
         if not options["wait"]:
             return
         request = self.wait(request, options["timeout"])
         summary = (
             f"Request #{request.pk} {request.get_status_display().lower()}: "
             f"{request.jobs_succeeded} succeeded, {request.jobs_failed} failed, "
-            f"{request.jobs_cancelled} cancelled"
+            f"{request.jobs_cancelled} cancelled; spent {costs.usd(request.cost_spent)}"
         )
         if request.status != GenerationRequest.Status.COMPLETED:
             raise CommandError(summary)

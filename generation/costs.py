@@ -1,0 +1,215 @@
+"""What image generation costs: prices, estimates, spend and budgets, in USD as exact Decimals.
+
+Prices
+    ``settings.KARASU["IMAGE_MODELS"][name]["PRICE"]``: USD per image as a decimal string with
+    at most four decimal places (the precision of the cost fields). A model without one costs 0.
+
+Estimate
+    ``GenerationRequest.cost_estimate`` = count × price, set whenever a request is saved while
+    it has no prompts yet (any save path: the ``pre_save`` receiver below). Once its prompts
+    exist, its count and image model are fixed (forms.LOCKED_AFTER_START) and so is the
+    estimate.
+
+Spend
+    ``GenerationRequest.cost_spent`` grows by the request's price per image in the same UPDATE
+    that counts a succeeded job (services.finish_job). That price is estimate ÷ count: the price
+    in effect when the request was saved, so nothing else needs storing and a later change of
+    PRICE never reprices work already started. A paid image is never taken back out: the
+    earlier image of a job regenerated with a new seed was paid for and stays in the library
+    (services.regenerate_job leaves the spend alone; the new image adds its own). Only a
+    succeeded job reset with its image kept (services.reset_jobs) gives its spend back, since
+    its next run records that same image again without a provider call. So ``cost_spent`` =
+    images delivered × price, which can exceed the estimate after regenerations.
+
+Periods and budgets
+    A request's spend is booked to the day and month (site time zone) the request was created
+    in, so "today" and "this month" always add up to the requests' own figures.
+    ``KARASU["MAX_REQUEST_COST"]`` refuses a request whose estimate is above it;
+    ``KARASU["MAX_MONTHLY_COST"]`` refuses one when this month's spend, plus what this month's
+    open requests may still spend (their jobs not yet finished × their price), plus its own
+    estimate would go above it. Unset (None): no limit.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q, Sum
+from django.db.models.signals import pre_save
+from django.dispatch import receiver
+from django.utils import timezone
+
+from generation.models import GenerationRequest
+
+PLACES = Decimal("0.0001")  # the cost fields' decimal_places
+ZERO = Decimal("0")
+Req = GenerationRequest.Status
+
+
+# Amounts ----------------------------------------------------------------------------------
+def parse_usd(value, what: str) -> Decimal:
+    """A configured USD amount: a decimal string (or int/Decimal), >= 0, at most 4 places."""
+    if isinstance(value, float):
+        raise ImproperlyConfigured(f"{what}: give the amount as a string, e.g. \"0.025\"")
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ImproperlyConfigured(f"{what}: {value!r} is not a decimal amount in USD") from None
+    if not amount.is_finite() or amount < 0:
+        raise ImproperlyConfigured(f"{what}: {value!r} is not a positive amount in USD")
+    if amount != amount.quantize(PLACES):
+        raise ImproperlyConfigured(f"{what}: {value!r} has more than 4 decimal places")
+    return amount
+
+
+def usd(amount) -> str:
+    """$1,234.50 / $0.003 / $0.00: two decimals, up to four when the amount needs them."""
+    text = f"{Decimal(amount).quantize(PLACES):,.4f}"
+    whole, fraction = text.split(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def price_per_image(model: str) -> Decimal:
+    config = settings.KARASU["IMAGE_MODELS"].get(model) or {}
+    return parse_usd(config.get("PRICE", "0"), f"KARASU IMAGE_MODELS[{model!r}] PRICE")
+
+
+def prices() -> dict[str, Decimal]:
+    return {name: price_per_image(name) for name in settings.KARASU["IMAGE_MODELS"]}
+
+
+def estimate(count: int, model: str) -> Decimal:
+    return (price_per_image(model) * int(count)).quantize(PLACES)
+
+
+def unit_price(cost_estimate, count: int) -> Decimal:
+    """The price per image a request was saved with (its estimate is count × price)."""
+    if not count:
+        return ZERO
+    return (Decimal(cost_estimate) / int(count)).quantize(PLACES)
+
+
+def request_unit_price(request_id: int) -> Decimal:
+    row = GenerationRequest.objects.filter(pk=request_id).values_list(
+        "cost_estimate", "count"
+    ).first()
+    return unit_price(*row) if row else ZERO
+
+
+@receiver(pre_save, sender=GenerationRequest, dispatch_uid="generation.costs.set_estimate")
+def set_estimate(sender, instance: GenerationRequest, update_fields=None, **kwargs) -> None:
+    """count × price on every save of a request without prompts (admin form, CLI, code)."""
+    if update_fields is not None or instance.jobs_total:
+        return
+    instance.cost_estimate = estimate(instance.count, instance.image_model)
+
+
+# Periods ----------------------------------------------------------------------------------
+def period_starts(now=None) -> tuple:
+    """The start of today and of this month in the site's time zone."""
+    local = timezone.localtime(now)
+    today = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return today, today.replace(day=1)
+
+
+def spend_summary(now=None) -> dict:
+    """Spend today and this month (requests booked by creation time), in one query."""
+    today, month = period_starts(now)
+    sums = GenerationRequest.objects.filter(created_at__gte=month).aggregate(
+        today=Sum("cost_spent", filter=Q(created_at__gte=today)),
+        month=Sum("cost_spent"),
+    )
+    today_spent = Decimal(sums["today"] or 0).quantize(PLACES)
+    month_spent = Decimal(sums["month"] or 0).quantize(PLACES)
+    return {
+        "today": today_spent, "month": month_spent,
+        "today_usd": usd(today_spent), "month_usd": usd(month_spent),
+    }
+
+
+def open_requests() -> Q:
+    """Requests that may still spend: active, or drafts whose prompts await review."""
+    return Q(status__in=GenerationRequest.ACTIVE) | Q(status=Req.DRAFT, jobs_total__gt=0)
+
+
+def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
+    """(spent, still open) this month: the spend booked to it, and what its open requests'
+    unfinished jobs may still cost at their own price."""
+    _, month = period_starts(now)
+    requests = GenerationRequest.objects.filter(created_at__gte=month)
+    spent = Decimal(requests.aggregate(spent=Sum("cost_spent"))["spent"] or 0).quantize(PLACES)
+    still_open = requests.filter(open_requests())
+    if exclude_pk is not None:
+        still_open = still_open.exclude(pk=exclude_pk)  # the request being checked itself
+    remaining = ZERO
+    for count, cost_estimate, succeeded, failed, cancelled in still_open.values_list(
+        "count", "cost_estimate", "jobs_succeeded", "jobs_failed", "jobs_cancelled"
+    ):
+        left = max(count - succeeded - failed - cancelled, 0)
+        remaining += unit_price(cost_estimate, count) * left
+    return spent, remaining.quantize(PLACES)
+
+
+# Budgets ----------------------------------------------------------------------------------
+def limit(name: str) -> Decimal | None:
+    value = settings.KARASU.get(name)
+    if value is None or value == "":
+        return None
+    return parse_usd(value, f"KARASU {name}")
+
+
+def budget_error(count: int, model: str, *, exclude_pk=None) -> str | None:
+    """Why a request of ``count`` images of ``model`` is over budget; None if it is not."""
+    cost = estimate(count, model)
+    per_request = limit("MAX_REQUEST_COST")
+    if per_request is not None and cost > per_request:
+        return (
+            f"This request would cost {usd(cost)} ({count} × {usd(price_per_image(model))}), "
+            f"above the limit of {usd(per_request)} per request (KARASU_MAX_REQUEST_COST). "
+            "Ask for fewer images or choose a cheaper model."
+        )
+    monthly = limit("MAX_MONTHLY_COST")
+    if monthly is not None:
+        spent, remaining = month_commitment(exclude_pk)
+        total = spent + remaining + cost
+        if total > monthly:
+            return (
+                f"This request would cost {usd(cost)}; with {usd(spent)} spent this month and "
+                f"{usd(remaining)} still to come from open requests that makes {usd(total)}, "
+                f"above the monthly budget of {usd(monthly)} (KARASU_MAX_MONTHLY_COST)."
+            )
+    return None
+
+
+# Display ----------------------------------------------------------------------------------
+def request_costs(request: GenerationRequest) -> dict:
+    """The figures of a request's page (generation/costs.html)."""
+    price = unit_price(request.cost_estimate, request.count)
+    return {
+        "estimate": request.cost_estimate,
+        "spent": request.cost_spent,
+        "price": price,
+        "estimate_usd": usd(request.cost_estimate),
+        "spent_usd": usd(request.cost_spent),
+        "price_usd": usd(price),
+        "count": request.count,
+        "llm_input_tokens": request.llm_input_tokens,
+        "llm_output_tokens": request.llm_output_tokens,
+    }
+
+
+def cost_cell(request: GenerationRequest) -> str:
+    """The listing's cost column: spent of the estimate."""
+    return f"{usd(request.cost_spent)} of {usd(request.cost_estimate)}"
+
+
+def price_label(label: str, price: Decimal) -> str:
+    return f"{label} — {usd(price)}/image"
+
+
+def prices_json() -> str:
+    """Every model's price, for the form's estimate as you type (cost-estimate.js)."""
+    return json.dumps({name: str(price) for name, price in prices().items()})

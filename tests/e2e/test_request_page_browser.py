@@ -1,0 +1,80 @@
+"""In a real browser: "Save and generate" on the add form, then the request page follows the
+work to the end without a reload (Debian's Chromium driven by Playwright)."""
+
+import os
+
+import pytest
+
+from tests.e2e.test_monitor_browser import CHROMIUM, browser  # noqa: F401 (a fixture)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("collections"),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason="Debian's chromium is not installed (apt-get install -y chromium)",
+    ),
+]
+
+LIVE = "#karasu-request-live"
+
+
+def test_save_and_generate_then_watch_the_request_page_reach_6_done(
+    browser, live_server, thread_consumer, django_user_model, settings, tmp_path  # noqa: F811
+):
+    from generation.providers import reset_cache
+    from huey_tasks.tasks import limiter_for
+
+    # Slow enough (6 images, 2 at a time) for the page to open while the work goes on.
+    settings.KARASU["IMAGE_MODELS"]["demo"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0.5, "CONCURRENCY": 2
+    }
+    reset_cache()
+    limiter_for.cache_clear()
+    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
+
+    page = browser.new_context().new_page()
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pass")
+    page.click("button[type=submit]")
+
+    page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/add/")
+    page.fill("#id_theme", "Crows over <Kyoto>")
+    page.fill("#id_count", "6")
+    # The form's primary action; Save (a draft) waits in its drop-up.
+    page.click("footer button[name='action-generate']:has-text('Save and generate')")
+    page.wait_for_url("**/generationrequest/inspect/*/")
+    page.wait_for_selector("text=Writing 6 prompts")
+    page.evaluate("window.__karasuNotReloaded = true")
+
+    live = page.locator(LIVE)
+    # Opened while the request is active: the live part polls (karasu-poll + w-swap).
+    assert live.locator("[data-controller='karasu-poll w-swap']").count() == 1
+    assert "6 done / 6" not in live.inner_text()
+
+    page.wait_for_function(
+        """() => {
+            const bar = document.querySelector('#karasu-request-live .karasu-progress');
+            return bar && bar.getAttribute('aria-valuenow') === '6'
+                && bar.getAttribute('aria-valuemax') === '6';
+        }""",
+        timeout=60_000,
+    )
+    assert "6 done / 6" in live.locator(".karasu-progress").inner_text()
+    # Once the request is final, the swap that shows it so also ends the polling.
+    page.wait_for_function(
+        "() => !document.querySelector('#karasu-request-live [data-controller]')",
+        timeout=20_000,
+    )
+    assert page.evaluate("window.__karasuNotReloaded") is True
+    assert live.locator("#karasu-status-heading").inner_text() == "Completed"
+    assert live.locator(".karasu-thumbs img").count() == 6
+    assert live.locator("tr[data-job-status='succeeded']").count() == 6
+    for row in ["expansion_started", "expansion_finished", "first_image", "last_image",
+                "finished"]:
+        assert live.locator(f"tr[data-timeline='{row}']").count() == 1
+    assert "Crows over <Kyoto>" in live.inner_text()  # shown as text, not markup
+    page.screenshot(path=str(tmp_path / "request-page.png"), full_page=True)
+    page.context.close()

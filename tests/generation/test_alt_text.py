@@ -1,0 +1,194 @@
+"""Every generated image gets an alt text (its Wagtail description) written with its prompt,
+and the tokens the LLM reports are recorded on the request."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import respx
+from django.urls import reverse
+from wagtail.images import get_image_model
+from wagtail.models import Collection
+
+from generation import actions, services
+from generation.ingest import ingest
+from generation.models import GenerationJob, GenerationRequest
+from generation.providers import (
+    MAX_ALT_TEXT_CHARS,
+    Expansion,
+    GeneratedImage,
+    ImagePrompt,
+    TokenUsage,
+    get_llm,
+)
+from generation.providers.demo import render
+from tests.generation.test_llm_providers import (
+    CLAUDE_KEY,
+    OPENAI_KEY,
+    claude_message,
+    completion,
+    numbered,
+)
+from tests.support.consumers import wait_for
+from tests.support.fake_http import FakeHTTPServer
+
+Image = get_image_model()
+Req = GenerationRequest.Status
+HOSTILE = '<img src=x onerror="alert(1)"> A crow & a "fox"'
+
+
+def queued_request(llm: str, count: int = 3, **fields) -> GenerationRequest:
+    return GenerationRequest.objects.create(
+        theme="Crows over Kyoto", count=count, llm=llm, image_model="demo",
+        collection=Collection.objects.get(name="Generated images"),
+        **{"status": Req.QUEUED, **fields},
+    )
+
+
+@pytest.fixture
+def claude(settings, monkeypatch):
+    server = FakeHTTPServer()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    settings.ANTHROPIC_API_KEY = CLAUDE_KEY
+    settings.KARASU["LLMS"]["claude"] = {
+        **settings.KARASU["LLMS"]["claude"], "BATCH_SIZE": 2, "MAX_RETRIES": 0,
+    }
+    yield server
+    server.close()
+
+
+# Expansion: alt texts on the jobs, tokens on the request -----------------------------------
+def test_claude_alt_texts_land_on_the_jobs_and_its_tokens_on_the_request(db, collections,
+                                                                         claude):
+    prompts = numbered(0, 3)
+    alts = ["A crow on a gate", "  ", "Two crows in fog over a pagoda"]
+    claude.reply(body=claude_message(
+        [{"prompt": p, "alt_text": a} for p, a in zip(prompts[:2], alts[:2], strict=True)],
+        usage=(812, 301)))
+    claude.reply(body=claude_message([{"prompt": prompts[2], "alt_text": alts[2]}],
+                                     usage=(845, 150)))
+    request = queued_request("claude")
+    services.expand_request(request.pk)
+    request.refresh_from_db()
+    jobs = list(request.jobs.order_by("index"))
+    assert [job.prompt for job in jobs] == prompts
+    # The blank one is mended from its prompt: no job goes without an alt text.
+    assert [job.alt_text for job in jobs] == [
+        "A crow on a gate", "Crows scene number 1 with distinct lighting",
+        "Two crows in fog over a pagoda",
+    ]
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (812 + 845, 301 + 150)
+
+
+def test_openai_tokens_are_recorded_from_its_usage_block(db, collections, settings):
+    settings.OPENAI_API_KEY = OPENAI_KEY
+    settings.KARASU["LLMS"]["openai"] = {
+        **settings.KARASU["LLMS"]["openai"], "BASE_URL": "https://llm.test/v1",
+    }
+    items = [{"prompt": p, "alt_text": f"Alt {i}"} for i, p in enumerate(numbered(0, 2))]
+    with respx.mock(base_url="https://llm.test/v1") as router:
+        router.post("/chat/completions").return_value = httpx.Response(
+            200, json=completion(json.dumps({"prompts": items}),
+                                 usage={"prompt_tokens": 400, "completion_tokens": 90}))
+        request = queued_request("openai", count=2)
+        services.expand_request(request.pk)
+    request.refresh_from_db()
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (400, 90)
+    assert list(request.jobs.values_list("alt_text", flat=True)) == ["Alt 0", "Alt 1"]
+
+
+def test_demo_expansion_gives_every_job_an_alt_text_and_uses_no_tokens(db, collections):
+    request = queued_request("demo", count=20)
+    services.expand_request(request.pk)
+    request.refresh_from_db()
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (0, 0)
+    alt_texts = list(request.jobs.values_list("alt_text", flat=True))
+    assert len(alt_texts) == 20 and all(0 < len(a) <= MAX_ALT_TEXT_CHARS for a in alt_texts)
+
+
+def test_tokens_spent_on_an_expansion_a_cancel_overtook_are_still_counted(
+    db, collections, monkeypatch
+):
+    request = queued_request("demo", count=2)
+
+    def cancelled_while_writing(*args, **kwargs):
+        services.cancel_request(GenerationRequest.objects.get(pk=request.pk))
+        return Expansion([ImagePrompt(p) for p in numbered(0, 2)], TokenUsage(120, 80))
+
+    monkeypatch.setattr(get_llm("demo"), "expand", cancelled_while_writing)
+    assert services.expand_request(request.pk) == []
+    request.refresh_from_db()
+    assert request.status == Req.CANCELLED and not request.jobs.exists()
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (120, 80)
+
+
+# Ingest: the description ------------------------------------------------------------------
+def make_job(prompt: str, alt_text: str = "") -> GenerationJob:
+    request = queued_request("demo", count=1, status=Req.GENERATING)
+    return GenerationJob.objects.create(
+        request=request, index=0, prompt=prompt, alt_text=alt_text, seed=1
+    )
+
+
+def generated(prompt: str) -> GeneratedImage:
+    return GeneratedImage(render(prompt, "1:1", 1), "image/jpeg", 512, 512, seed=1)
+
+
+def test_ingest_files_the_alt_text_as_the_image_description(db, collections):
+    job = make_job("A crow on a snowy torii gate at dawn, ink wash", "A crow on a snowy gate")
+    image, created = ingest(job, generated(job.prompt))
+    assert created
+    image.refresh_from_db()
+    assert image.description == "A crow on a snowy gate"
+    assert image.default_alt_text == "A crow on a snowy gate"  # what Wagtail uses as alt
+
+
+def test_a_job_without_an_alt_text_still_gets_a_description(db, collections):
+    # Jobs written before alt texts existed, or whose alt text was cleared.
+    job = make_job("A fox in the bamboo grove at dusk. Watercolour, close-up.")
+    image, _ = ingest(job, generated(job.prompt))
+    image.refresh_from_db()
+    assert image.description == "A fox in the bamboo grove at dusk"
+
+
+def test_the_description_is_editable_and_llm_text_is_escaped(admin_client_logged_in,
+                                                              collections):
+    job = make_job("A crow and a fox on a bridge at dusk", HOSTILE)
+    image, _ = ingest(job, generated(job.prompt))
+    edit_url = reverse("wagtailimages:edit", args=[image.pk])
+    page = admin_client_logged_in.get(edit_url).content.decode()
+    assert 'name="description"' in page
+    assert '<img src=x onerror="alert(1)">' not in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; A crow &amp; a &quot;fox&quot;" in page
+    response = admin_client_logged_in.post(edit_url, {
+        "title": image.title, "description": "Edited by hand", "collection": image.collection_id,
+        "tags": "", "focal_point_x": "", "focal_point_y": "", "focal_point_width": "",
+        "focal_point_height": "",
+    })
+    assert response.status_code == 302, response.content.decode()[:2000]
+    image.refresh_from_db()
+    assert image.description == "Edited by hand"
+
+
+# End to end -------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_every_generated_image_has_its_alt_text(collections, thread_consumer):
+    request = GenerationRequest.objects.create(
+        theme="Crows over Kyoto", count=5, llm="demo", image_model="demo",
+        collection=Collection.objects.get(name="Generated images"), auto_generate=True,
+    )
+    actions.generate(request)
+
+    def finished():
+        request.refresh_from_db()
+        return request.is_terminal
+
+    wait_for(finished, 60, message="the request to finish")
+    assert request.status == Req.COMPLETED
+    jobs = list(request.jobs.select_related("image"))
+    assert len(jobs) == 5
+    for job in jobs:
+        assert job.alt_text and job.image.description == job.alt_text
+        assert len(job.image.description) <= MAX_ALT_TEXT_CHARS

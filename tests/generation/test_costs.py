@@ -1,0 +1,314 @@
+"""Cost, usage and budgets: exact Decimal estimates and spend, budget refusals (admin and
+CLI), and where the figures are shown (form, listing, request page, monitor, CLI)."""
+
+import datetime
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from huey.contrib.djhuey import HUEY
+from wagtail.images import get_image_model
+from wagtail.models import Collection
+
+from generation import costs, services
+from generation.forms import CountWithEstimate
+from generation.models import GenerationJob, GenerationRequest
+from generation.providers import reset_cache
+from tests.support.consumers import consumer_env, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
+Req = GenerationRequest.Status
+Job = GenerationJob.Status
+NS = "wagtailsnippets_generation_generationrequest"
+PRICE = "0.0125"  # the demo model's price in these tests (KARASU_DEMO_PRICE)
+
+
+@pytest.fixture
+def priced(settings):
+    """The demo image model at $0.0125 per image, no latency; budgets unset."""
+    settings.KARASU["IMAGE_MODELS"]["demo"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": PRICE, "LATENCY": 0.0,
+        "FAILURE_RATE": 0.0, "REJECT_RATE": 0.0,
+    }
+    settings.KARASU["MAX_REQUEST_COST"] = None
+    settings.KARASU["MAX_MONTHLY_COST"] = None
+    reset_cache()
+    return settings.KARASU
+
+
+@pytest.fixture
+def editor(client, django_user_model):
+    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def form_data(**fields) -> dict:
+    return {
+        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 4, "llm": "demo",
+        "image_model": "demo", "aspect_ratio": "1:1",
+        "collection": Collection.objects.get(name="Generated images").pk, "tags": "",
+        "auto_generate": "on", **fields,
+    }
+
+
+def make_request(**fields) -> GenerationRequest:
+    return GenerationRequest.objects.create(
+        **{"theme": "Crows", "count": 4, "llm": "demo", "image_model": "demo", **fields}
+    )
+
+
+def with_jobs(request: GenerationRequest) -> list[GenerationJob]:
+    """The request's prompts written (as expand_request does), so its jobs can finish."""
+    GenerationRequest.objects.filter(pk=request.pk).update(
+        status=Req.GENERATING, jobs_total=request.count
+    )
+    return GenerationJob.objects.bulk_create(
+        GenerationJob(request=request, index=i, prompt=f"a crow number {i}", status=Job.QUEUED)
+        for i in range(request.count)
+    )
+
+
+# Prices and estimates -------------------------------------------------------------------
+def test_prices_are_exact_decimals_from_settings(priced):
+    assert costs.price_per_image("demo") == Decimal("0.0125")
+    assert costs.price_per_image("flux-schnell") == Decimal("0.003")
+    assert costs.price_per_image("nano-banana") == Decimal("0.039")
+    assert costs.estimate(7, "demo") == Decimal("0.0875")
+    assert costs.estimate(500, "flux-schnell") == Decimal("1.5")
+    assert costs.estimate(3, "flux-ultra") == Decimal("0.18")  # not 0.18000000000000002
+    assert costs.unit_price(Decimal("0.0875"), 7) == Decimal("0.0125")
+    assert costs.usd(Decimal("0.0875")) == "$0.0875"
+    assert costs.usd(Decimal("1.5")) == "$1.50"
+    assert costs.usd(Decimal("1234.5")) == "$1,234.50"
+    assert costs.usd(Decimal("0")) == "$0.00"
+    assert all(isinstance(price, Decimal) for price in costs.prices().values())
+
+
+@pytest.mark.parametrize("value", [0.1, "0.00001", "-1", "free", "NaN", "Infinity"])
+def test_bad_prices_are_refused(value):
+    with pytest.raises(ImproperlyConfigured):
+        costs.parse_usd(value, "PRICE")
+
+
+def test_the_estimate_is_set_on_every_save_and_fixed_once_prompts_exist(priced):
+    request = make_request(count=7)  # code, not a form: the pre_save receiver sets it
+    assert request.cost_estimate == Decimal("0.0875")
+    request.refresh_from_db()
+    assert request.cost_estimate == Decimal("0.0875")
+
+    request.count = 9
+    request.save()
+    request.refresh_from_db()
+    assert request.cost_estimate == Decimal("0.1125")
+
+    # Once the prompts are written, a new price does not reprice the request.
+    with_jobs(request)
+    request.refresh_from_db()
+    priced["IMAGE_MODELS"]["demo"]["PRICE"] = "0.5"
+    request.theme = "Crows at dusk"
+    request.save()
+    request.refresh_from_db()
+    assert request.cost_estimate == Decimal("0.1125")
+
+
+# Spend ------------------------------------------------------------------------------------
+def test_spend_is_exact_as_jobs_finish_at_the_price_the_request_was_saved_with(priced):
+    priced["IMAGE_MODELS"]["demo"]["PRICE"] = "0.0333"
+    request = make_request(count=3)
+    jobs = with_jobs(request)
+    priced["IMAGE_MODELS"]["demo"]["PRICE"] = "9"  # changed later: not used for this request
+
+    assert services.finish_job(jobs[0].pk, Job.SUCCEEDED)
+    assert not services.finish_job(jobs[0].pk, Job.SUCCEEDED)  # a second delivery: once
+    assert services.finish_job(jobs[1].pk, Job.FAILED, error="rejected")
+    request.refresh_from_db()
+    assert (request.jobs_succeeded, request.cost_spent) == (1, Decimal("0.0333"))
+
+    # Retrying a succeeded job that keeps its image takes its spend back; its next run
+    # records the same image again (runnable_job) and counts it once more.
+    assert services.reset_jobs(request, [Job.SUCCEEDED, Job.FAILED])
+    request.refresh_from_db()
+    assert (request.jobs_succeeded, request.cost_spent) == (0, Decimal("0"))
+    for job in jobs:
+        assert services.finish_job(job.pk, Job.SUCCEEDED)
+    request.refresh_from_db()
+    assert request.status == Req.COMPLETED
+    assert (request.jobs_succeeded, request.cost_spent) == (3, Decimal("0.0999"))
+    assert request.cost_spent == request.cost_estimate
+
+
+def test_spend_through_a_real_run_and_a_regeneration(priced, editor, thread_consumer):
+    response = editor.post(reverse(f"{NS}:add"), form_data(count=6))
+    assert response.status_code == 302
+    request = GenerationRequest.objects.get()
+    assert request.cost_estimate == Decimal("0.0750")
+    editor.post(reverse(f"{NS}:action", args=[request.pk, "generate"]))
+
+    def finished():
+        request.refresh_from_db()
+        return request.is_terminal
+
+    wait_for(finished, 60, message="the request to finish")
+    assert request.status == Req.COMPLETED
+    assert request.cost_spent == Decimal("0.0750")  # 6 × 0.0125, exactly
+
+    # A regenerated image is a new, paid image; the old one stays in the library, paid too.
+    job = request.jobs.get(index=2)
+    editor.post(reverse(f"{NS}:job_generate", args=[job.pk]))
+    wait_for(lambda: GenerationJob.objects.get(pk=job.pk).image_id not in (None, job.image_id)
+             and finished(), 60, message="the regenerated image")
+    assert request.jobs_succeeded == 6
+    assert get_image_model().objects.filter(generation_request_id=request.pk).count() == 7
+    assert request.cost_spent == Decimal("0.0875")
+
+    listing = editor.get(reverse(f"{NS}:list"))
+    assert "$0.0875 of $0.075" in listing.content.decode()
+
+
+def test_the_cli_prints_the_estimate_then_the_spend(priced, thread_consumer, capsys):
+    call_command("generate", "Crows at dusk", "--count", "4", "--wait", "--timeout", "60")
+    out, _ = capsys.readouterr()
+    request = GenerationRequest.objects.get()
+    assert "estimated cost $0.05 (4 × $0.0125 per image)" in out
+    assert "4 succeeded, 0 failed, 0 cancelled; spent $0.05" in out
+    assert request.cost_spent == request.cost_estimate == Decimal("0.05")
+
+
+# Budgets ----------------------------------------------------------------------------------
+def test_request_budget_in_the_admin(priced, editor):
+    priced["MAX_REQUEST_COST"] = Decimal("0.05")
+    # 4 × 0.0125 is exactly the limit: allowed (not above it).
+    assert editor.post(reverse(f"{NS}:add"), form_data(count=4)).status_code == 302
+    GenerationRequest.objects.all().delete()
+
+    for action in ({}, {"action-generate": "Save and generate"}):
+        response = editor.post(reverse(f"{NS}:add"), form_data(count=5, **action))
+        assert response.status_code == 200
+        errors = response.context["form"].non_field_errors()
+        assert errors == [
+            "This request would cost $0.0625 (5 × $0.0125), above the limit of $0.05 per "
+            "request (KARASU_MAX_REQUEST_COST). Ask for fewer images or choose a cheaper model."
+        ]
+        assert "above the limit of $0.05 per request" in response.content.decode()
+        assert not GenerationRequest.objects.exists()
+        assert not [t for t in HUEY.pending() if "expand" in t.name]  # nothing started
+
+
+def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
+    priced["MAX_MONTHLY_COST"] = Decimal("0.10")
+    done = make_request(count=4)
+    GenerationRequest.objects.filter(pk=done.pk).update(
+        status=Req.COMPLETED, jobs_total=4, jobs_succeeded=4, cost_spent=Decimal("0.05")
+    )
+    running = make_request(count=4)  # one image done, three may still be paid for
+    GenerationRequest.objects.filter(pk=running.pk).update(
+        status=Req.GENERATING, jobs_total=4, jobs_succeeded=1, cost_spent=Decimal("0.0125")
+    )
+    make_request(count=100)  # a draft never started: not committed
+    last_month = make_request(count=40)
+    GenerationRequest.objects.filter(pk=last_month.pk).update(
+        status=Req.COMPLETED, cost_spent=Decimal("0.5"),
+        created_at=costs.period_starts()[1] - datetime.timedelta(days=1),
+    )
+    # 0.0625 spent + 0.0375 still open = 0.10: nothing more fits.
+    assert costs.month_commitment() == (Decimal("0.0625"), Decimal("0.0375"))
+    GenerationRequest.objects.filter(pk=running.pk).update(jobs_failed=1)  # one failed
+    assert costs.month_commitment() == (Decimal("0.0625"), Decimal("0.025"))
+    assert costs.budget_error(1, "demo") is None  # 0.0625 + 0.025 + 0.0125 = 0.10
+    before = GenerationRequest.objects.count()
+    response = editor.post(reverse(f"{NS}:add"), form_data(count=2))
+    assert response.status_code == 200
+    message = " ".join(response.context["form"].non_field_errors())
+    assert "with $0.0625 spent this month and $0.025 still to come from open requests" in message
+    assert "makes $0.1125, above the monthly budget of $0.10 (KARASU_MAX_MONTHLY_COST)" in message
+    assert GenerationRequest.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"KARASU_MAX_REQUEST_COST": "0.05"}, "above the limit of $0.05 per request"),
+        ({"KARASU_MAX_MONTHLY_COST": "0.06"}, "above the monthly budget of $0.06"),
+    ],
+)
+def test_the_cli_refuses_an_over_budget_request_in_one_line(env, message):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "generate", "Crows", "--count", "5"],
+        cwd=django_settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+        env=consumer_env(KARASU_DEMO_PRICE=PRICE, **env),
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "This request would cost $0.0625" in lines[0] and message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not GenerationRequest.objects.exists()
+
+
+# Where the figures show -------------------------------------------------------------------
+def test_the_form_shows_prices_and_the_estimate(priced, editor):
+    page = editor.get(reverse(f"{NS}:add")).content.decode()
+    assert "Demo (offline) — $0.0125/image" in page
+    assert 'data-controller="karasu-cost-estimate"' in page
+    assert "generation/cost-estimate.js" in page
+    assert "&quot;demo&quot;: &quot;0.0125&quot;" in page  # the prices the controller uses
+    # Rendered with a value (Wagtail's panels fill theirs in the browser, where the
+    # controller writes it; tests/e2e/test_cost_estimate_browser.py types into it).
+    widget = CountWithEstimate()
+    widget.model = "demo"
+    assert "Estimated cost: $0.125 (10 × $0.0125 per image)" in widget.render("count", 10)
+    assert "enter the number of images" in widget.render("count", "")
+
+
+def test_the_request_page_include(priced):
+    request = make_request(count=3)
+    GenerationRequest.objects.filter(pk=request.pk).update(
+        cost_spent=Decimal("0.025"), llm_input_tokens=1200, llm_output_tokens=345
+    )
+    request.refresh_from_db()
+    html = render_to_string("generation/costs.html", {"request_obj": request})
+    assert "$0.025 spent" in html
+    assert "$0.0375 estimated (3 × $0.0125 per image)" in html
+    assert "1200 in, 345 out" in html
+
+
+def test_the_monitor_shows_spend_today_and_this_month(priced, admin_client_logged_in):
+    today, month = costs.period_starts()
+    now = timezone.now()
+    for created_at, spent in [
+        (now, "0.0125"),
+        (today - datetime.timedelta(microseconds=1), "0.25"),  # yesterday
+        (month - datetime.timedelta(days=2), "7"),  # last month
+    ]:
+        request = make_request()
+        GenerationRequest.objects.filter(pk=request.pk).update(
+            created_at=created_at, cost_spent=Decimal(spent)
+        )
+    # Yesterday is this month unless today is the 1st.
+    month_spent = Decimal("0.2625") if today > month else Decimal("0.0125")
+    assert costs.spend_summary() == {
+        "today": Decimal("0.0125"), "month": month_spent,
+        "today_usd": "$0.0125", "month_usd": costs.usd(month_spent),
+    }
+    page = admin_client_logged_in.get("/admin/job-monitor/").content.decode()
+    assert '<dd data-stat="spend-today">$0.0125</dd>' in page
+    assert f'<dd data-stat="spend-month">{costs.usd(month_spent)}</dd>' in page
+
+
+def test_generating_a_saved_draft_is_refused_over_budget(priced, editor):
+    draft = make_request(count=5)  # saved before the budget was set
+    priced["MAX_REQUEST_COST"] = Decimal("0.05")
+    url = reverse(f"{NS}:action", args=[draft.pk, "generate"])
+    response = editor.post(url, follow=True)
+    assert "above the limit of $0.05 per request" in response.content.decode()
+    draft.refresh_from_db()
+    assert draft.status == Req.DRAFT
+    assert not [t for t in HUEY.pending() if "expand" in t.name]
