@@ -18,7 +18,8 @@ class KarasuImage(AbstractImage):
     """The image library. Generated images carry their provenance; uploads leave it blank.
 
     The generation references are plain ids rather than foreign keys so the CMS does not
-    depend on the generation app; the unique job id is what makes ingest idempotent.
+    depend on the generation app; the unique job id is what makes ingest idempotent. A
+    variation's source is another library image, so it is a foreign key (to this model).
     """
 
     prompt = models.TextField(blank=True, default="")
@@ -28,6 +29,15 @@ class KarasuImage(AbstractImage):
     generation_request_id = models.PositiveBigIntegerField(null=True, blank=True, db_index=True)
     generation_job_id = models.PositiveBigIntegerField(null=True, blank=True, unique=True)
     provider_request_id = models.CharField(max_length=255, blank=True, default="")
+    # A variation's source image; SET_NULL: deleting the source leaves its variations.
+    source_image = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="variations",
+        editable=False,
+    )
 
     admin_form_fields = Image.admin_form_fields
     search_fields = AbstractImage.search_fields + [

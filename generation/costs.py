@@ -74,6 +74,8 @@ def usd(amount) -> str:
 
 def price_per_image(model: str) -> Decimal:
     config = settings.KARASU["IMAGE_MODELS"].get(model) or {}
+    if config.get("RESOLUTION") == "4K" and "PRICE_4K" in config:  # Nano Banana Pro at 4K
+        return parse_usd(config["PRICE_4K"], f"KARASU IMAGE_MODELS[{model!r}] PRICE_4K")
     return parse_usd(config.get("PRICE", "0"), f"KARASU IMAGE_MODELS[{model!r}] PRICE")
 
 
@@ -102,7 +104,7 @@ def request_unit_price(request_id: int) -> Decimal:
 @receiver(pre_save, sender=GenerationRequest, dispatch_uid="generation.costs.set_estimate")
 def set_estimate(sender, instance: GenerationRequest, update_fields=None, **kwargs) -> None:
     """count × price on every save of a request without prompts (admin form, CLI, code)."""
-    if update_fields is not None or instance.jobs_total:
+    if instance.jobs_total or (update_fields is not None and "cost_estimate" not in update_fields):
         return
     instance.cost_estimate = estimate(instance.count, instance.image_model)
 
@@ -212,4 +214,4 @@ def price_label(label: str, price: Decimal) -> str:
 
 def prices_json() -> str:
     """Every model's price, for the form's estimate as you type (cost-estimate.js)."""
-    return json.dumps({name: str(price) for name, price in prices().items()})
+    return json.dumps({name: format(price, "f") for name, price in prices().items()})

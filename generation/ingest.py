@@ -97,6 +97,7 @@ def _ingest(
         generation_request_id=request.pk,
         generation_job_id=job.pk,
         provider_request_id=generated.provider_request_id,
+        source_image_id=request.source_image_id,
     )
     # The file is written before the transaction, so the database lock is not held for it.
     # File() over the body: the storage copies it in chunks, never reading it whole. The
@@ -114,6 +115,13 @@ def _ingest(
     )
     try:
         with transaction.atomic():
+            if image.source_image_id is not None:
+                # Deleted while the job ran? The variation is kept, without the link (and the
+                # row locked until commit, so the source cannot go in between).
+                image.source_image_id = (
+                    Image.objects.select_for_update().filter(pk=image.source_image_id)
+                    .values_list("pk", flat=True).first()
+                )
             image.save()
             _tag(image, tags)
             if confirm is not None and not confirm(image):

@@ -9,7 +9,11 @@ from django.db.models import Q
 from django.urls import reverse
 from modelcluster.contrib.taggit import ClusterTaggableManager
 from modelcluster.fields import ParentalKey
-from modelcluster.models import ClusterableModel
+from modelcluster.models import (
+    ClusterableModel,
+    get_all_child_m2m_relations,
+    get_all_child_relations,
+)
 from taggit.models import TaggedItemBase
 from wagtail.models import Collection
 from wagtail.search import index
@@ -76,6 +80,16 @@ class GenerationRequest(index.Indexed, ClusterableModel):
         help_text="Where the generated images are filed in the image library.",
     )
     tags = ClusterTaggableManager(through=TaggedGenerationRequest, blank=True)
+    # Variations: each job edits this library image with an image-editing model. A source
+    # deleted later leaves the request and its images as they are.
+    source_image = models.ForeignKey(
+        settings.WAGTAILIMAGES_IMAGE_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="variation_requests",
+        help_text="Make variations of this image (an image-editing model is required).",
+    )
     auto_generate = models.BooleanField(
         default=True,
         help_text="Generate images as soon as the prompts are written. Off: review them first.",
@@ -129,8 +143,27 @@ class GenerationRequest(index.Indexed, ClusterableModel):
             )
         ]
 
+    # Moved by workers with conditional and F() updates. A full save of a copy read earlier
+    # (the edit form, while jobs finish) would write back the values it read: a finished
+    # job's count and spend would be lost and the request never settle.
+    WORKER_FIELDS = frozenset({
+        "status", "error", "jobs_total", "jobs_succeeded", "jobs_failed", "jobs_cancelled",
+        "recoveries", "cost_spent", "llm_input_tokens", "llm_output_tokens",
+        "expansion_started_at", "expansion_finished_at", "finished_at",
+    })
+
     def __str__(self) -> str:
         return self.theme if len(self.theme) <= 80 else self.theme[:79] + "…"
+
+    def save(self, **kwargs) -> None:
+        if kwargs.get("update_fields") is None and not self._state.adding:
+            kwargs["update_fields"] = [
+                field.name for field in self._meta.concrete_fields
+                if not field.primary_key and field.name not in self.WORKER_FIELDS
+            ] + [rel.get_accessor_name() for rel in get_all_child_relations(self)] + [
+                field.name for field in get_all_child_m2m_relations(self)
+            ]
+        super().save(**kwargs)
 
     @property
     def jobs_done(self) -> int:

@@ -5,6 +5,8 @@ transaction as the job they count (F() increments: no lost updates)."""
 from __future__ import annotations
 
 import logging
+import mimetypes
+import os
 import random
 from datetime import timedelta
 
@@ -17,7 +19,7 @@ from wagtail.images import get_image_model
 from generation import costs
 from generation.ingest import ingest
 from generation.models import GenerationJob, GenerationRequest
-from generation.providers import GeneratedImage, ImageModel, get_llm
+from generation.providers import GeneratedImage, ImageModel, SourceImage, get_llm
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +32,14 @@ SEED_RANGE = 2**31 - 1
 
 # Requests -------------------------------------------------------------------------------
 def start_request(request: GenerationRequest) -> bool:
-    """Draft (without prompts) or failed -> queued. The caller enqueues expand_prompt."""
+    """Draft (without prompts) or failed -> queued. The caller enqueues expand_prompt.
+
+    The estimate is taken again at today's price: the spend is booked at it."""
     return bool(
         GenerationRequest.objects.filter(
             pk=request.pk, status__in=[Req.DRAFT, Req.FAILED], jobs_total=0
-        ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now())
+        ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now(),
+                 cost_estimate=costs.estimate(request.count, request.image_model))
     )
 
 
@@ -58,7 +63,8 @@ def expand_request(request_id: int) -> list[int]:
             )
         else:
             expansion = get_llm(request.llm).expand(
-                request.theme, request.count, brief=request.brief, style=request.style
+                request.theme, request.count, brief=request.brief, style=request.style,
+                source=source_description(request.source_image),
             )
             with transaction.atomic():
                 # The request row first: a cancel that committed meanwhile wins (nothing is
@@ -304,8 +310,42 @@ def request_cancelled(job_id: int) -> bool:
 
 
 def generate(job: GenerationJob, model: ImageModel) -> GeneratedImage:
-    """Call the image model for a claimed job. Provider errors propagate."""
-    return model.generate(job.prompt, aspect_ratio=job.request.aspect_ratio, seed=job.seed)
+    """Call the image model for a claimed job. Provider errors propagate.
+
+    A request with a source image (variations) has the model edit that image; a source
+    deleted since leaves the request without one, and its jobs generate from the prompt.
+    """
+    request = job.request
+    if request.source_image_id:
+        source = load_source_image(request.source_image_id)
+        if source is not None:
+            return model.edit(
+                job.prompt, source, aspect_ratio=request.aspect_ratio, seed=job.seed
+            )
+    return model.generate(job.prompt, aspect_ratio=request.aspect_ratio, seed=job.seed)
+
+
+def source_description(image) -> str:
+    """What a source image shows, for the LLM: its title, and its prompt if generated."""
+    if image is None:
+        return ""
+    text = image.title
+    if image.prompt and image.prompt != image.title:
+        text = f"{text}. Prompt: {image.prompt}"
+    return text
+
+
+def load_source_image(image_id: int) -> SourceImage | None:
+    """The source image's original file, or None if the image was deleted meanwhile.
+    A file that cannot be read raises (a media error: the job is retried)."""
+    image = get_image_model().objects.filter(pk=image_id).first()
+    if image is None:
+        return None
+    with image.open_file() as file:
+        data = file.read()
+    name = os.path.basename(image.file.name) or "source.jpg"
+    content_type = mimetypes.guess_type(name)[0] or "image/jpeg"
+    return SourceImage(data, content_type, name)
 
 
 def store(job: GenerationJob, token: str, generated: GeneratedImage) -> bool:

@@ -33,7 +33,7 @@ from wagtail.snippets.views.snippets import CreateView, EditView, IndexView, Ins
 
 from generation import costs
 from generation.actions import ACTIONS, generate_job
-from generation.forms import PromptForm
+from generation.forms import PromptForm, default_image_model, source_images_for
 from generation.models import GenerationJob, GenerationRequest
 from generation.services import update_prompt
 
@@ -130,6 +130,29 @@ class RequestCreateView(CreateView):
     # Set by the viewset (its common view kwargs), where "Save and generate" lands.
     inspect_url_name = None
     generate_message = ""
+
+    def get_initial(self) -> dict[str, Any]:
+        """``?source_image=<id>`` ("Generate variations" on an image's edit page): a request
+        for variations of that image, with an image-editing model, if the user may use it."""
+        initial = super().get_initial()
+        source_id = self.request.GET.get("source_image", "")
+        if self.request.method != "GET" or not source_id:
+            return initial
+        image = None
+        if source_id.isdigit():
+            image = source_images_for(self.request.user).filter(pk=int(source_id)).first()
+        if image is None:
+            messages.warning(
+                self.request, "That image does not exist or you may not use it as a source."
+            )
+            return initial
+        theme = f"Variations of “{image.title}”"
+        initial.update(
+            source_image=image.pk,
+            image_model=default_image_model(editing=True),
+            theme=theme if len(theme) <= 500 else theme[:499] + "…",
+        )
+        return initial
 
     def get_available_actions(self) -> list[str]:
         actions = [*super().get_available_actions()]
@@ -420,12 +443,21 @@ class RequestActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, Templ
         )
         return context
 
+    def budget_error(self) -> str | None:
+        """Actions that start paid work are checked against the budgets again: a draft
+        saved before a budget was set, this month's spend grown since, failed images paid
+        for again."""
+        if self.action.name == "generate":
+            return costs.budget_error(self.object.count, self.object.image_model,
+                                      exclude_pk=self.object.pk)
+        if self.action.name == "retry_failed":
+            return costs.budget_error(self.object.jobs_failed, self.object.image_model)
+        return None
+
     def post(self, request, *args, **kwargs):
         if not self.action or not self.action.allowed(self.object):
             return self.refuse()
-        if self.action.name == "generate" and (error := costs.budget_error(
-            self.object.count, self.object.image_model, exclude_pk=self.object.pk
-        )):  # a draft saved before a budget was set, or this month's spend grew since
+        if error := self.budget_error():
             messages.error(request, error)
             return redirect(self.back_url())
         message = self.action.perform(self.object)
@@ -480,6 +512,10 @@ class JobGenerateView(JobView):
             self.job.status == GenerationJob.Status.CANCELLED
         ):
             messages.error(request, "This request was cancelled.")
+        elif self.job.status != GenerationJob.Status.PENDING and (
+            error := costs.budget_error(1, self.job.request.image_model)
+        ):  # a regeneration is one more paid image
+            messages.error(request, error)
         elif message := generate_job(self.job):
             messages.success(request, message)
         else:

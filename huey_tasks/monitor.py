@@ -15,6 +15,7 @@ from huey.contrib.djhuey import HUEY
 from generation import costs
 from generation.models import GenerationRequest
 from huey_tasks import reconcile
+from huey_tasks.charts import ActivityChart, task_runs_chart
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 
 Status = TaskRun.Status
@@ -88,6 +89,11 @@ def headline() -> dict:
         # Image spend today and this month, booked by request (generation/costs.py).
         "spend": costs.spend_summary(now),
     }
+
+
+def activity() -> ActivityChart:
+    """Task runs succeeded and failed per minute over the last hour (one query)."""
+    return task_runs_chart()
 
 
 def last_maintenance() -> dict | None:

@@ -15,11 +15,11 @@ from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.permission_policies import ModelPermissionPolicy
 
 from generation import actions as request_actions
-from generation import services
+from generation import costs, services
 from generation.models import GenerationJob, GenerationRequest
 from huey_tasks.filters import TaskRunFilterSet
 from huey_tasks.models import TaskRun
-from huey_tasks.monitor import headline, recent_requests
+from huey_tasks.monitor import activity, headline, recent_requests
 from huey_tasks.tasks import queue_jobs
 
 permission_policy = ModelPermissionPolicy(TaskRun)
@@ -79,6 +79,7 @@ class MonitorView(MonitorMixin, TemplateView):
         query.pop("p", None)
         context.update(
             stats=headline(),
+            activity=activity(),
             requests=recent_requests(),
             filters=filters,
             page=page,
@@ -96,7 +97,7 @@ class LiveView(MonitorMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context.update(stats=headline(), requests=recent_requests())
+        context.update(stats=headline(), activity=activity(), requests=recent_requests())
         return context
 
 
@@ -187,11 +188,15 @@ class RetryRunView(RunActionView):
         if run.status not in RETRYABLE:
             return f"A {run.get_status_display().lower()} run cannot be retried.", False
         if run.generation_job_id:
-            job = GenerationJob.objects.filter(pk=run.generation_job_id).first()
+            job = GenerationJob.objects.select_related("request").filter(
+                pk=run.generation_job_id
+            ).first()
             if job is not None and job.status == GenerationJob.Status.SUCCEEDED:
                 return "Its job has succeeded since; nothing to retry.", False
             if job is None or job.status not in GenerationJob.TERMINAL:
                 return "Its job is not finished, so there is nothing to retry.", False
+            if error := costs.budget_error(1, job.request.image_model):
+                return error, False  # one more paid image
             if not services.regenerate_job(job):
                 return "Its job changed meanwhile; nothing was retried.", False
             queue_jobs([job.pk])
@@ -200,6 +205,11 @@ class RetryRunView(RunActionView):
             generation_request = GenerationRequest.objects.filter(
                 pk=run.generation_request_id
             ).first()
+            if generation_request and (error := costs.budget_error(
+                generation_request.count, generation_request.image_model,
+                exclude_pk=generation_request.pk,
+            )):
+                return error, False
             message = generation_request and request_actions.generate(generation_request)
             return (message, True) if message else ("The request has prompts already.", False)
         # Only scalar arguments are stored verbatim; others were shown as redacted text.

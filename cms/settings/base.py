@@ -209,6 +209,8 @@ def env_usd(name: str) -> Decimal | None:
         raise ImproperlyConfigured(f"{name} must be an amount in USD, not {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise ImproperlyConfigured(f"{name} must be a positive amount in USD, not {value!r}")
+    if amount != amount.quantize(Decimal("0.0001")):
+        raise ImproperlyConfigured(f"{name} has more than 4 decimal places: {value!r}")
     return amount
 
 
@@ -303,7 +305,8 @@ KARASU = {
         "nano-banana-pro": {
             "CLASS": "generation.providers.fal.FalImageModel",
             "LABEL": "Nano Banana Pro",
-            "PRICE": "0.15",  # per image at 1K/2K; make it "0.30" with RESOLUTION 4K
+            "PRICE": "0.15",  # per image at 1K/2K; fal bills 4K double (PRICE_4K)
+            "PRICE_4K": "0.30",
             "ENDPOINT": "fal-ai/nano-banana-pro",
             "ARGUMENTS": "nano-banana-pro",
             # 1K, 2K or 4K (fal charges 4K double); results are PNG unless OUTPUT_FORMAT.
@@ -312,6 +315,25 @@ KARASU = {
             "MAX_BYTES": 64 * 1024 * 1024,
             "CONCURRENCY": 4,
             "REQUESTS_PER_MINUTE": 60,
+        },
+        # Image-editing models: variations of a library image (a request's source image,
+        # uploaded to fal's CDN through fal-client). They make no image from a prompt alone.
+        "nano-banana-edit": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "Nano Banana edit",
+            "PRICE": "0.039",  # per image
+            "ENDPOINT": "fal-ai/nano-banana/edit",
+            "ARGUMENTS": "nano-banana-edit",
+            "CONCURRENCY": 4,
+            "REQUESTS_PER_MINUTE": 60,
+        },
+        "flux-kontext": {
+            "CLASS": "generation.providers.fal.FalImageModel",
+            "LABEL": "FLUX.1 Kontext [pro] (edit)",
+            "PRICE": "0.04",  # per image
+            "ENDPOINT": "fal-ai/flux-pro/kontext",
+            "ARGUMENTS": "flux-kontext",
+            "CONCURRENCY": 4,
         },
     },
     # Budgets in USD (unset: no limit). A request whose estimate is above MAX_REQUEST_COST, or

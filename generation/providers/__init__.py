@@ -4,6 +4,8 @@
         -> Expansion (ImagePrompt items with .prompt and .alt_text; .usage in tokens)
     get_image_model("flux-schnell").generate(prompt, aspect_ratio="1:1", seed=None)
         -> GeneratedImage
+    get_image_model("nano-banana-edit").edit(prompt, SourceImage(...), aspect_ratio, seed)
+        -> GeneratedImage (models that can edit: image_model_can_edit(name))
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .base import (
     GeneratedImage,
     ImageModel,
     ImagePrompt,
+    SourceImage,
     TokenUsage,
     alt_text_from_prompt,
     clean_alt_text,
@@ -39,6 +42,7 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "PermanentProviderError",
     "ProviderError",
+    "SourceImage",
     "TokenUsage",
     "TransientProviderError",
     "alt_text_from_prompt",
@@ -47,6 +51,8 @@ __all__ = [
     "clean_alt_text",
     "get_image_model",
     "get_llm",
+    "image_model_can_edit",
+    "image_model_can_generate",
 ]
 
 
@@ -75,11 +81,17 @@ def get_image_model(name: str) -> ImageModel:
     return _build("IMAGE_MODELS", name)
 
 
-def _available(kind: str) -> list[tuple[str, str]]:
+def _available(kind: str, editing: bool | None = None) -> list[tuple[str, str]]:
     choices = []
     for name, options in settings.KARASU[kind].items():
-        if import_string(options["CLASS"]).is_available():
-            choices.append((name, options.get("LABEL", name)))
+        cls = import_string(options["CLASS"])
+        if not cls.is_available():
+            continue
+        if editing is True and not cls.can_edit(options):
+            continue
+        if editing is False and not cls.can_generate(options):
+            continue
+        choices.append((name, options.get("LABEL", name)))
     return choices
 
 
@@ -87,8 +99,28 @@ def available_llms() -> list[tuple[str, str]]:
     return _available("LLMS")
 
 
-def available_image_models() -> list[tuple[str, str]]:
-    return _available("IMAGE_MODELS")
+def available_image_models(editing: bool | None = None) -> list[tuple[str, str]]:
+    """The image models that can be used: all of them (``editing`` None), those that can
+    edit an image (True: for variations of a source image), or those that make an image
+    from a prompt alone (False)."""
+    return _available("IMAGE_MODELS", editing)
+
+
+def _capability(name: str, method: str) -> bool:
+    options = settings.KARASU["IMAGE_MODELS"].get(name)
+    if options is None:
+        return False
+    return getattr(import_string(options["CLASS"]), method)(options)
+
+
+def image_model_can_edit(name: str) -> bool:
+    """Whether the configured image model ``name`` makes images from a source image."""
+    return _capability(name, "can_edit")
+
+
+def image_model_can_generate(name: str) -> bool:
+    """Whether the configured image model ``name`` makes images from a prompt alone."""
+    return _capability(name, "can_generate")
 
 
 def reset_cache() -> None:

@@ -259,7 +259,11 @@ class LLM(Provider):
     batch_size = 25
     max_rounds_extra = 3  # top-up rounds beyond what the batches need
 
-    def expand(self, theme: str, count: int, *, brief: str = "", style: str = "") -> Expansion:
+    def expand(
+        self, theme: str, count: int, *, brief: str = "", style: str = "", source: str = ""
+    ) -> Expansion:
+        """``source``: what an existing image shows (its prompt or title), for variations of
+        it; the prompts then describe edits of that image."""
         batch_size = int(self.options.get("BATCH_SIZE", self.batch_size))
         prompts: list[ImagePrompt] = []
         usage = TokenUsage()
@@ -275,6 +279,7 @@ class LLM(Provider):
                 brief=brief,
                 style=style,
                 avoid=[item.prompt for item in prompts[-20:]],
+                source=source,
             )
             usage += batch.usage
             for item in clean_prompts(batch.items):
@@ -289,7 +294,8 @@ class LLM(Provider):
         return Expansion(prompts[:count], usage)
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        source: str = "",
     ) -> PromptBatch:
         """One call to the model for ``count`` prompts (may return fewer or duplicates).
 
@@ -299,11 +305,49 @@ class LLM(Provider):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SourceImage:
+    """An existing image an editing model derives a new one from (variations)."""
+
+    data: bytes
+    content_type: str
+    name: str = "source.jpg"
+
+    @property
+    def sha1(self) -> str:
+        return hashlib.sha1(self.data).hexdigest()
+
+
 class ImageModel(Provider):
+    """Text to image (``generate``) and, for models that can, image editing (``edit``).
+
+    ``can_generate(options)`` and ``can_edit(options)`` say which a configured model does,
+    without building it (the request form filters its model list with them).
+    """
+
+    @classmethod
+    def can_generate(cls, options: dict) -> bool:
+        return True
+
+    @classmethod
+    def can_edit(cls, options: dict) -> bool:
+        return False
+
     def generate(
         self, prompt: str, *, aspect_ratio: str = "1:1", seed: int | None = None
     ) -> GeneratedImage:
         raise NotImplementedError
+
+    def edit(
+        self,
+        prompt: str,
+        source: SourceImage,
+        *,
+        aspect_ratio: str = "1:1",
+        seed: int | None = None,
+    ) -> GeneratedImage:
+        """A new image made from ``source`` as ``prompt`` describes."""
+        raise PermanentProviderError(f"{self.name}: this model cannot edit images")
 
     @property
     def concurrency(self) -> int:
@@ -386,8 +430,17 @@ def system_prompt() -> str:
     )
 
 
-def user_prompt(theme: str, count: int, brief: str, style: str, avoid: list[str]) -> str:
+def user_prompt(
+    theme: str, count: int, brief: str, style: str, avoid: list[str], source: str = ""
+) -> str:
     parts = [f"Theme: {theme}", f"Write exactly {count} prompts, each with its alt text."]
+    if source:
+        parts.append(
+            "These are variations of an existing image, made by an image-editing model from "
+            f"that image. It shows: {source}\nEach prompt is an edit instruction for it: keep "
+            "its main subject recognisable and vary the setting, lighting, composition or "
+            "style. Each alt text describes the resulting picture."
+        )
     if brief:
         parts.append(f"Brief: {brief}")
     if style:

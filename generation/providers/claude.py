@@ -26,7 +26,8 @@ class ClaudeLLM(LLM):
         self.max_tokens = int(options.get("MAX_TOKENS", 8192))
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        source: str = "",
     ) -> PromptBatch:
         try:
             message = self.client.messages.create(
@@ -34,7 +35,10 @@ class ClaudeLLM(LLM):
                 max_tokens=self.max_tokens,
                 system=system_prompt(),
                 messages=[
-                    {"role": "user", "content": user_prompt(theme, count, brief, style, avoid)}
+                    {
+                        "role": "user",
+                        "content": user_prompt(theme, count, brief, style, avoid, source),
+                    }
                 ],
                 tools=[
                     {

@@ -19,9 +19,9 @@ import zlib
 from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
-from PIL import Image, ImageChops, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
-from .base import LLM, GeneratedImage, ImageBody, ImageModel, PromptBatch
+from .base import LLM, GeneratedImage, ImageBody, ImageModel, PromptBatch, SourceImage
 from .errors import PermanentProviderError, TransientProviderError
 
 SUBJECTS = [
@@ -72,26 +72,43 @@ class DemoLLM(LLM):
     """Combines the theme with subjects, lighting, composition and styles: distinct, readable.
 
     Each prompt's alt text says literally what it combines (style, subject, light, theme);
-    no tokens are used.
+    no tokens are used. With a ``source`` (variations of an image), each prompt re-imagines
+    that image with one of the subjects added, and names it.
     """
 
     batch_size = 500
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        source: str = "",
     ) -> PromptBatch:
         pools = [SUBJECTS, LIGHTING, COMPOSITIONS] + ([] if style else [STYLES])
         combos = list(itertools.product(*pools))
-        rng = random.Random(f"{theme}|{len(avoid)}")
+        rng = random.Random(f"{theme}|{source}|{len(avoid)}" if source else f"{theme}|{len(avoid)}")
+        original = _short(source)
         items = []
         for combo in rng.sample(combos, min(count, len(combos))):
             subject, light, composition, *look = combo
             medium = style or look[0]
+            if source:
+                items.append({
+                    "prompt": f"{theme}: {original} re-imagined with {subject} {light}, "
+                              f"{composition}, {medium}",
+                    "alt_text": f"{medium[:1].upper()}{medium[1:]} variation of {original} "
+                                f"with {subject} {light}: {theme}",
+                })
+                continue
             items.append({
                 "prompt": f"{theme}: {subject} {light}, {composition}, {medium}",
                 "alt_text": f"{medium[:1].upper()}{medium[1:]} of {subject} {light}: {theme}",
             })
         return PromptBatch(items)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A source description short enough to quote in a prompt."""
+    text = " ".join(text.split()).split(". Prompt: ")[0]
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 class DemoImageModel(ImageModel):
@@ -124,6 +141,10 @@ class DemoImageModel(ImageModel):
         self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def can_edit(cls, options: dict) -> bool:
+        return True  # offline variations: the source recoloured, cropped and captioned
+
     def would_reject(self, prompt: str) -> bool:
         """Content-policy rejections are a property of the prompt: same prompt, same answer."""
         return _fraction("reject", prompt) < self.reject_rate
@@ -151,14 +172,29 @@ class DemoImageModel(ImageModel):
     def generate(
         self, prompt: str, *, aspect_ratio: str = "1:1", seed: int | None = None
     ) -> GeneratedImage:
+        return self._call(prompt, lambda: self._generate(prompt, aspect_ratio, seed))
+
+    def edit(
+        self,
+        prompt: str,
+        source: SourceImage,
+        *,
+        aspect_ratio: str = "1:1",
+        seed: int | None = None,
+    ) -> GeneratedImage:
+        """Offline editing: the source cropped to the aspect ratio, recoloured and captioned
+        with the prompt, so a variation visibly derives from its source."""
+        return self._call(prompt, lambda: self._edit(prompt, source, aspect_ratio, seed))
+
+    def _call(self, prompt: str, make) -> GeneratedImage:
         if not self.call_log:
-            return self._generate(prompt, aspect_ratio, seed)
+            return make()
         key, pid, call = call_key(prompt), os.getpid(), os.urandom(4).hex()
         # Logged around the latency too: the interval is the provider's whole in-flight time.
         self._log_call("start", key, pid, f"{time.time():.6f}", call)
         outcome = "error"
         try:
-            result = self._generate(prompt, aspect_ratio, seed)
+            result = make()
             outcome = "ok"
             return result
         except TransientProviderError:
@@ -170,13 +206,42 @@ class DemoImageModel(ImageModel):
         finally:
             self._log_call("end", key, pid, f"{time.time():.6f}", outcome, call)
 
-    def _generate(self, prompt: str, aspect_ratio: str, seed: int | None) -> GeneratedImage:
+    def _simulate(self, prompt: str) -> None:
+        """The knobs: latency, content-policy rejections and transient failures."""
         if self.latency:
             time.sleep(self.latency)
         if self.would_reject(prompt):
             raise PermanentProviderError(f"{self.name}: rejected by content policy (simulated)")
         if self._should_fail(prompt):
             raise TransientProviderError(f"{self.name}: simulated transient failure")
+
+    def _edit(
+        self, prompt: str, source: SourceImage, aspect_ratio: str, seed: int | None
+    ) -> GeneratedImage:
+        self._simulate(prompt)
+        if seed is None:
+            seed = int(_fraction("seed", prompt) * 2**31)
+        body = ImageBody()
+        try:
+            width, height = edit_into(
+                body, source.data, prompt, aspect_ratio, seed,
+                size=self.size, image_format=self.image_format,
+            )
+        except BaseException:
+            body.close()
+            raise
+        digest = hashlib.sha1(f"{source.sha1}{prompt}{seed}".encode()).hexdigest()[:12]
+        return GeneratedImage(
+            body,
+            content_type=FORMATS[self.image_format][1],
+            width=width,
+            height=height,
+            seed=seed,
+            provider_request_id=f"demo-edit-{digest}",
+        )
+
+    def _generate(self, prompt: str, aspect_ratio: str, seed: int | None) -> GeneratedImage:
+        self._simulate(prompt)
         if seed is None:
             seed = int(_fraction("seed", prompt) * 2**31)
         # Rendered straight into a body that spills to a temporary file past 1 MB, like a
@@ -291,6 +356,51 @@ def render_into(
         # Z_RLE: the noise is incompressible anyway, and it encodes ~3x faster than the
         # default strategy for the same size.
         image.save(out, "PNG", compress_level=6, compress_type=zlib.Z_RLE)
+    elif image_format == "jpeg":
+        image.save(out, "JPEG", quality=85)
+    else:
+        raise ValueError(f"unknown demo image format {image_format!r}")
+    return width, height
+
+
+def edit_into(
+    out: Writable,
+    source: bytes,
+    prompt: str,
+    aspect_ratio: str,
+    seed: int,
+    *,
+    size: int = DEFAULT_SIZE,
+    image_format: str = "jpeg",
+) -> tuple[int, int]:
+    """The demo "edit": the source cropped to ``aspect_ratio`` (a seed-chosen window of at
+    least 80% of it), tinted towards a seed colour and captioned with the prompt."""
+    width, height = image_size(aspect_ratio, size)
+    rng = random.Random(f"edit|{prompt}|{seed}")
+    try:
+        with Image.open(io.BytesIO(source)) as opened:
+            opened.draft("RGB", (width * 2, height * 2))  # JPEGs decode at a reduced size
+            picture = ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise PermanentProviderError(f"demo: the source image cannot be read: {exc}") from None
+    zoom = rng.uniform(0.8, 1.0)
+    window = ImageOps.fit(
+        picture,
+        (max(1, round(width / zoom)), max(1, round(height / zoom))),
+        Image.Resampling.BILINEAR,
+        centering=(rng.random(), rng.random()),
+    )
+    image = ImageOps.fit(window, (width, height), Image.Resampling.BILINEAR,
+                         centering=(rng.random(), rng.random()))
+    tint = Image.new("RGB", image.size, tuple(rng.randrange(256) for _ in range(3)))
+    image = Image.blend(image, tint, 0.35)
+    scale = size / DEFAULT_SIZE
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
+    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255),
+              font=_caption_font())
+    if image_format == "png":
+        image.save(out, "PNG", compress_level=6)
     elif image_format == "jpeg":
         image.save(out, "JPEG", quality=85)
     else:

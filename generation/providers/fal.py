@@ -1,9 +1,12 @@
 """FLUX, Nano Banana and Nano Banana Pro on fal.ai through the official fal-client, via its
-queue API."""
+queue API; and the editing endpoints (Nano Banana edit, FLUX.1 Kontext [pro]) for variations
+of a library image, whose source goes up through fal-client's upload to fal's CDN (so the
+site itself need not be reachable from fal)."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import fal_client
@@ -12,7 +15,7 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import GeneratedImage, ImageModel
+from .base import GeneratedImage, ImageModel, SourceImage
 from .download import download_image
 from .errors import PermanentProviderError, TransientProviderError, error_for_status
 
@@ -107,13 +110,74 @@ ARGUMENT_BUILDERS = {
 }
 
 
+# Editing endpoints: the prompt is an instruction for the uploaded source image.
+def nano_banana_edit_arguments(prompt, image_url, aspect_ratio, seed, options):
+    # fal-ai/nano-banana/edit: image_urls (a list, required), aspect_ratio ("auto" or a ratio),
+    # and, unlike the text-to-image endpoint, an optional seed.
+    arguments = {
+        "prompt": prompt,
+        "image_urls": [image_url],
+        "aspect_ratio": aspect_ratio,
+        "num_images": 1,
+        "output_format": options.get("OUTPUT_FORMAT", "png"),
+    }
+    if seed is not None:
+        arguments["seed"] = seed
+    return arguments
+
+
+def flux_kontext_arguments(prompt, image_url, aspect_ratio, seed, options):
+    # fal-ai/flux-pro/kontext: one image_url (required), FLUX's safety tolerance as a string.
+    arguments = {
+        "prompt": prompt,
+        "image_url": image_url,
+        "aspect_ratio": aspect_ratio,
+        "num_images": 1,
+        "output_format": options.get("OUTPUT_FORMAT", "jpeg"),
+        "safety_tolerance": str(options.get("SAFETY_TOLERANCE", 2)),
+    }
+    if seed is not None:
+        arguments["seed"] = seed
+    return arguments
+
+
+EDIT_ARGUMENT_BUILDERS = {
+    "nano-banana-edit": nano_banana_edit_arguments,
+    "flux-kontext": flux_kontext_arguments,
+}
+# An uploaded source is reused by the request's other jobs for this long (seconds); fal
+# keeps it for a day (UPLOAD_EXPIRES), so a reused URL is always still there.
+UPLOAD_REUSE_SECONDS = 6 * 3600
+UPLOAD_EXPIRES = "1d"
+
+
 class FalImageModel(ImageModel):
+    """One fal endpoint: text to image (ARGUMENTS in ARGUMENT_BUILDERS) or image editing
+    (ARGUMENTS in EDIT_ARGUMENT_BUILDERS)."""
+
     requires_setting = "FAL_KEY"
+
+    @classmethod
+    def can_generate(cls, options: dict) -> bool:
+        return options.get("ARGUMENTS", "flux") in ARGUMENT_BUILDERS
+
+    @classmethod
+    def can_edit(cls, options: dict) -> bool:
+        return options.get("ARGUMENTS", "flux") in EDIT_ARGUMENT_BUILDERS
 
     def __init__(self, name: str, **options):
         super().__init__(name, **options)
         self.endpoint = options["ENDPOINT"]
-        self.build_arguments = ARGUMENT_BUILDERS[options.get("ARGUMENTS", "flux")]
+        kind = options.get("ARGUMENTS", "flux")
+        if kind not in ARGUMENT_BUILDERS and kind not in EDIT_ARGUMENT_BUILDERS:
+            raise ImproperlyConfigured(
+                f"{name}: ARGUMENTS must be one of "
+                f"{', '.join([*ARGUMENT_BUILDERS, *EDIT_ARGUMENT_BUILDERS])}, not {kind!r}"
+            )
+        self.build_arguments = ARGUMENT_BUILDERS.get(kind)
+        self.build_edit_arguments = EDIT_ARGUMENT_BUILDERS.get(kind)
+        self._uploads: dict[str, tuple[str, float]] = {}  # source sha1 -> (url, uploaded at)
+        self._uploads_lock = threading.Lock()
         if self.build_arguments is nano_banana_pro_arguments:
             nano_banana_pro_resolution(options, name)  # a bad setting fails here, not per job
         self.timeout = float(options.get("TIMEOUT", 180))
@@ -131,17 +195,61 @@ class FalImageModel(ImageModel):
         self.max_pixels = int(download["MAX_PIXELS"])
 
     def generate(self, prompt, *, aspect_ratio="1:1", seed=None):
-        arguments = self.build_arguments(prompt, aspect_ratio, seed, self.options)
-        try:
+        if self.build_arguments is None:
+            raise PermanentProviderError(
+                f"{self.name}: this model edits images; it needs a source image"
+            )
+        return self._run(self.build_arguments(prompt, aspect_ratio, seed, self.options), seed)
+
+    def edit(self, prompt, source: SourceImage, *, aspect_ratio="1:1", seed=None):
+        if self.build_edit_arguments is None:
+            raise PermanentProviderError(f"{self.name}: this model cannot edit images")
+        with self._fal_errors():
+            image_url = self.upload(source)
+        arguments = self.build_edit_arguments(prompt, image_url, aspect_ratio, seed, self.options)
+        return self._run(arguments, seed)
+
+    def upload(self, source: SourceImage) -> str:
+        """The source on fal's CDN through fal-client's upload; one upload per source and
+        process serves every job of a request for UPLOAD_REUSE_SECONDS."""
+        key = source.sha1
+        with self._uploads_lock:
+            url, at = self._uploads.get(key, ("", 0.0))
+            if url and time.monotonic() - at < UPLOAD_REUSE_SECONDS:
+                return url
+        url = self.client.upload(
+            source.data,
+            source.content_type,
+            file_name=source.name,
+            lifecycle=fal_client.StorageSettings(expires_in=UPLOAD_EXPIRES),
+        )
+        with self._uploads_lock:
+            self._uploads[key] = (url, time.monotonic())
+        return url
+
+    def _run(self, arguments: dict, seed) -> GeneratedImage:
+        with self._fal_errors():
             handle = self.client.submit(self.endpoint, arguments)
             result = self._wait(handle)
+        return self._image_from(result, handle.request_id, seed)
+
+    @contextlib.contextmanager
+    def _fal_errors(self):
+        """fal-client's and httpx's errors as provider errors (transient or permanent)."""
+        try:
+            yield
         except fal_client.client.FalClientHTTPError as exc:
             raise self._http_error(exc) from None
+        except httpx.HTTPStatusError as exc:  # the upload's token request raises these
+            response = exc.response
+            raise error_for_status(
+                self.name, response.status_code, response.text[:200],
+                response.headers.get("retry-after"),
+            ) from None
         except httpx.TimeoutException:
             raise TransientProviderError(f"{self.name}: request timed out") from None
         except httpx.HTTPError as exc:
             raise TransientProviderError(f"{self.name}: connection failed: {exc}") from None
-        return self._image_from(result, handle.request_id, seed)
 
     def _wait(self, handle) -> dict:
         deadline = time.monotonic() + self.timeout

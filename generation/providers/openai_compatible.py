@@ -26,13 +26,17 @@ class OpenAICompatibleLLM(LLM):
         )
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str]
+        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        source: str = "",
     ) -> PromptBatch:
         payload = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": system_prompt()},
-                {"role": "user", "content": user_prompt(theme, count, brief, style, avoid)},
+                {
+                    "role": "user",
+                    "content": user_prompt(theme, count, brief, style, avoid, source),
+                },
             ],
             "response_format": {
                 "type": "json_schema",

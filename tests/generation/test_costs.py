@@ -312,3 +312,56 @@ def test_generating_a_saved_draft_is_refused_over_budget(priced, editor):
     draft.refresh_from_db()
     assert draft.status == Req.DRAFT
     assert not [t for t in HUEY.pending() if "expand" in t.name]
+
+
+def test_saving_a_request_never_writes_back_what_workers_moved(priced):
+    request = make_request(count=4)
+    stale = GenerationRequest.objects.get(pk=request.pk)  # e.g. the edit form's copy
+    jobs = with_jobs(request)
+    services.finish_job(jobs[0].pk, Job.SUCCEEDED, request_id=request.pk)  # meanwhile
+    stale.theme = "Crows at dusk"
+    stale.save()
+    request.refresh_from_db()
+    assert request.theme == "Crows at dusk"
+    assert (request.status, request.jobs_total, request.jobs_succeeded) == (
+        Req.GENERATING, 4, 1
+    )
+    assert request.cost_spent == Decimal(PRICE)
+
+
+def test_retrying_and_regenerating_are_checked_against_the_monthly_budget(priced, editor):
+    request = make_request(count=4)
+    jobs = with_jobs(request)
+    for job in jobs[:2]:
+        services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
+    for job in jobs[2:]:
+        services.finish_job(job.pk, Job.FAILED, error="rejected", request_id=request.pk)
+    priced["MAX_MONTHLY_COST"] = Decimal("0.03")  # 0.025 spent: one more image is over
+    retry = editor.post(reverse(f"{NS}:action", args=[request.pk, "retry_failed"]), follow=True)
+    assert "above the monthly budget of $0.03" in retry.content.decode()
+    assert request.jobs.filter(status=Job.FAILED).count() == 2
+    regenerate = editor.post(reverse(f"{NS}:job_generate", args=[jobs[0].pk]), follow=True)
+    assert "above the monthly budget of $0.03" in regenerate.content.decode()
+    assert request.jobs.get(pk=jobs[0].pk).status == Job.SUCCEEDED
+
+
+def test_nano_banana_pro_at_4k_is_priced_double(settings):
+    models = settings.KARASU["IMAGE_MODELS"]
+    assert costs.price_per_image("nano-banana-pro") == Decimal("0.15")
+    models["nano-banana-pro"] = {**models["nano-banana-pro"], "RESOLUTION": "4K"}
+    assert costs.price_per_image("nano-banana-pro") == Decimal("0.30")
+
+
+def test_the_monitors_retry_of_an_expansion_is_checked_against_the_budget(priced, editor):
+    from huey_tasks.models import TaskRun
+
+    request = make_request(count=5, status=Req.FAILED)
+    run = TaskRun.objects.create(
+        task_name="huey_tasks.tasks.expand_prompt", task_id="expand-1",
+        status=TaskRun.Status.FAILED, args=[request.pk], generation_request_id=request.pk,
+    )
+    priced["MAX_REQUEST_COST"] = Decimal("0.05")
+    response = editor.post(reverse("job_monitor:run_retry", args=[run.pk]), follow=True)
+    assert "above the limit of $0.05 per request" in response.content.decode()
+    request.refresh_from_db()
+    assert request.status == Req.FAILED

@@ -1,5 +1,5 @@
 """python manage.py generate "THEME" --count N [--llm] [--image-model] [--collection]
-[--wait] [--timeout S]"""
+[--source-image ID] [--wait] [--timeout S]"""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from tqdm import tqdm
+from wagtail.images import get_image_model
 from wagtail.models import Collection
 
 from generation import costs
 from generation.actions import generate
-from generation.forms import GenerationRequestForm
+from generation.forms import GenerationRequestForm, default_image_model
 from generation.models import GenerationRequest
 
 
@@ -29,6 +30,10 @@ class Command(BaseCommand):
         parser.add_argument("--aspect-ratio", default="1:1")
         parser.add_argument("--style", default="")
         parser.add_argument("--brief", default="")
+        parser.add_argument(
+            "--source-image", type=int, metavar="ID",
+            help="Make variations of this library image (with an image-editing model)",
+        )
         parser.add_argument("--wait", action="store_true", help="Wait for the request to finish")
         parser.add_argument("--timeout", type=float, default=3600, help="Seconds to --wait")
 
@@ -36,7 +41,10 @@ class Command(BaseCommand):
         request = self.create_request(options)
         price = costs.unit_price(request.cost_estimate, request.count)
         self.stdout.write(
-            f"Request #{request.pk}: {request.count} images of “{request.theme}”, "
+            f"Request #{request.pk}: {request.count} images of “{request.theme}”"
+            + (f" (variations of image #{request.source_image_id})"
+               if request.source_image_id else "")
+            + ", "
             f"estimated cost {costs.usd(request.cost_estimate)} "
             f"({request.count} × {costs.usd(price)} per image)"
         )
@@ -60,7 +68,7 @@ class Command(BaseCommand):
             "count": options["count"],
             "llm": options["llm"] or GenerationRequest._meta.get_field("llm").get_default(),
             "image_model": options["image_model"]
-            or GenerationRequest._meta.get_field("image_model").get_default(),
+            or default_image_model(editing=options["source_image"] is not None),
             "aspect_ratio": options["aspect_ratio"],
             "auto_generate": True,
             "tags": "",
@@ -72,6 +80,10 @@ class Command(BaseCommand):
             data["collection"] = collection.pk
         else:
             data["collection"] = GenerationRequest._meta.get_field("collection").get_default()
+        if options["source_image"] is not None:
+            if not get_image_model().objects.filter(pk=options["source_image"]).exists():
+                raise CommandError(f"unknown image {options['source_image']} (--source-image)")
+            data["source_image"] = options["source_image"]
         form = GenerationRequestForm(data=data)
         if not form.is_valid():
             raise CommandError(one_line(form.errors.as_data()))

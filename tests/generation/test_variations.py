@@ -1,0 +1,419 @@
+"""Variations of a library image: a request's source image, edited by an image-editing model.
+
+fal's edit endpoints through the real fal-client with HTTP faked by respx (the upload and the
+request body that names the uploaded URL); the demo model's offline edit end to end through
+the pipeline; the CLI flag; the form; a deleted source; the edit page's link.
+"""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+import respx
+from django.conf import settings as django_settings
+from django.contrib.auth.models import Group, Permission
+from django.core.files.images import ImageFile
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+from PIL import Image as PILImage
+from wagtail.images import get_image_model
+from wagtail.models import Collection, GroupCollectionPermission
+
+from generation.models import GenerationRequest
+from generation.providers import (
+    PermanentProviderError,
+    SourceImage,
+    available_image_models,
+    reset_cache,
+)
+from generation.providers import (
+    get_image_model as get_provider,
+)
+from generation.providers.demo import DemoImageModel
+from tests.support.consumers import consumer_env, wait_for
+
+Image = get_image_model()
+NS = "wagtailsnippets_generation_generationrequest"
+FAL_KEY = "fal-key-id:SECRETSECRETSECRETfalsecret"
+QUEUE = "https://queue.fal.run"
+TOKEN_URL = "https://rest.fal.ai/storage/auth/token?storage_type=fal-cdn-v3"
+UPLOAD_URL = "https://v3.fal.media/files/upload"
+UPLOADED = "https://v3.fal.media/files/zebra/source-crow.jpg"
+RESULT_URL = "https://v3.fal.media/files/crow/edited.png"
+FAL_MEDIA_ADDRESS = "34.120.0.1"
+
+
+class TextOnlyDemo(DemoImageModel):
+    """A model that makes images from prompts but cannot edit one."""
+
+    @classmethod
+    def can_edit(cls, options):
+        return False
+
+
+def picture(colour=(220, 30, 30), size=(300, 200), fmt="JPEG") -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def text_only(settings):
+    settings.KARASU["IMAGE_MODELS"]["text-only"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "CLASS": "tests.generation.test_variations.TextOnlyDemo",
+        "LABEL": "Text only",
+    }
+    reset_cache()
+    return "text-only"
+
+
+def make_source(title="A red crow", colour=(220, 30, 30)):
+    collection = Collection.objects.get(name="Generated images")
+    return Image.objects.create(
+        title=title, collection=collection,
+        file=ImageFile(io.BytesIO(picture(colour)), name="red-crow.jpg"),
+    )
+
+
+# fal: upload, then the edit endpoint with the uploaded URL -------------------------------
+@pytest.fixture
+def fal(settings, monkeypatch):
+    settings.FAL_KEY = FAL_KEY
+    for name in ("nano-banana-edit", "flux-kontext"):
+        settings.KARASU["IMAGE_MODELS"][name] = {
+            **settings.KARASU["IMAGE_MODELS"][name], "POLL_INTERVAL": 0.01, "TIMEOUT": 5,
+        }
+    real_getaddrinfo = socket.getaddrinfo
+
+    def fake_dns(host, *args, **kwargs):
+        if host.endswith("fal.media"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (FAL_MEDIA_ADDRESS, 443))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
+    reset_cache()
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+def upload_routes(router):
+    token = router.post(TOKEN_URL).mock(return_value=httpx.Response(200, json={
+        "token": "cdn-token", "token_type": "Bearer", "base_url": "https://v3.fal.media",
+        "expires_at": "2099-01-01T00:00:00+00:00",
+    }))
+    upload = router.post(UPLOAD_URL).mock(
+        return_value=httpx.Response(200, json={"access_url": UPLOADED})
+    )
+    return token, upload
+
+
+def queue_routes(router, endpoint, request_id="edit-1"):
+    base = f"{QUEUE}/{endpoint}/requests/{request_id}"
+    submit = router.post(f"{QUEUE}/{endpoint}").mock(return_value=httpx.Response(200, json={
+        "request_id": request_id, "response_url": base, "status_url": f"{base}/status",
+        "cancel_url": f"{base}/cancel",
+    }))
+    router.get(f"{base}/status").mock(
+        return_value=httpx.Response(200, json={"status": "COMPLETED", "logs": None})
+    )
+    router.get(base).mock(return_value=httpx.Response(200, json={
+        "images": [{"url": RESULT_URL, "content_type": "image/png"}], "seed": 9,
+    }))
+    parts = httpx.URL(RESULT_URL)
+    router.get(url=str(parts.copy_with(host=FAL_MEDIA_ADDRESS)),
+               headers={"host": parts.host}).mock(return_value=httpx.Response(
+                   200, content=picture(fmt="PNG"), headers={"content-type": "image/png"}))
+    return submit
+
+
+def test_nano_banana_edit_uploads_the_source_once_and_sends_its_url(fal):
+    token, upload = upload_routes(fal)
+    submit = queue_routes(fal, "fal-ai/nano-banana/edit")
+    source = SourceImage(picture(), "image/jpeg", "red-crow.jpg")
+    model = get_provider("nano-banana-edit")
+    image = model.edit("the crow at night", source, aspect_ratio="4:3", seed=3)
+
+    sent = upload.calls.last.request
+    assert sent.content == source.data  # the bytes themselves: the site need not be public
+    assert sent.headers["content-type"] == "image/jpeg"
+    assert sent.headers["x-fal-file-name"] == "red-crow.jpg"
+    assert sent.headers["authorization"] == "Bearer cdn-token"
+    assert token.calls.last.request.headers["authorization"] == f"Key {FAL_KEY}"
+    assert json.loads(submit.calls.last.request.content) == {
+        "prompt": "the crow at night", "image_urls": [UPLOADED], "aspect_ratio": "4:3",
+        "num_images": 1, "output_format": "png", "seed": 3,
+    }
+    assert (image.content_type, image.seed, image.provider_request_id) == (
+        "image/png", 9, "edit-1"
+    )
+
+    model.edit("the crow at dawn", source, aspect_ratio="1:1")  # the request's next job
+    assert upload.call_count == 1 and submit.call_count == 2
+    assert json.loads(submit.calls.last.request.content)["image_urls"] == [UPLOADED]
+
+
+def test_flux_kontext_sends_one_image_url(fal):
+    upload_routes(fal)
+    submit = queue_routes(fal, "fal-ai/flux-pro/kontext")
+    get_provider("flux-kontext").edit(
+        "the crow in snow", SourceImage(picture(), "image/jpeg"), aspect_ratio="16:9", seed=5
+    )
+    assert json.loads(submit.calls.last.request.content) == {
+        "prompt": "the crow in snow", "image_url": UPLOADED, "aspect_ratio": "16:9",
+        "num_images": 1, "output_format": "jpeg", "safety_tolerance": "2", "seed": 5,
+    }
+
+
+def test_edit_models_need_a_source_and_text_models_cannot_edit(fal):
+    with pytest.raises(PermanentProviderError, match="needs a source image"):
+        get_provider("nano-banana-edit").generate("a crow")
+    with pytest.raises(PermanentProviderError, match="cannot edit"):
+        get_provider("flux-schnell").edit("a crow", SourceImage(picture(), "image/jpeg"))
+    editing = dict(available_image_models(editing=True))
+    assert {"nano-banana-edit", "flux-kontext", "demo"} <= set(editing)
+    assert "flux-schnell" not in editing
+    assert "nano-banana-edit" not in dict(available_image_models(editing=False))
+
+
+def test_a_refused_upload_is_a_permanent_error(fal):
+    fal.post(TOKEN_URL).mock(return_value=httpx.Response(401, json={"detail": "bad key"}))
+    fal.post(url__startswith="https://rest.fal.ai/storage/upload/initiate").mock(
+        return_value=httpx.Response(401, json={"detail": "bad key"})
+    )
+    submit = queue_routes(fal, "fal-ai/nano-banana/edit")
+    with pytest.raises(PermanentProviderError, match="401"):
+        get_provider("nano-banana-edit").edit("a crow", SourceImage(picture(), "image/jpeg"))
+    assert submit.call_count == 0
+
+
+# The demo's offline edit --------------------------------------------------------------------
+def test_the_demo_edit_visibly_derives_from_the_source():
+    model = DemoImageModel("demo")
+    red = model.edit("a crow at night", SourceImage(picture((220, 30, 30)), "image/jpeg"), seed=1)
+    blue = model.edit("a crow at night", SourceImage(picture((30, 30, 220)), "image/jpeg"), seed=1)
+    with PILImage.open(io.BytesIO(red.data)) as a, PILImage.open(io.BytesIO(blue.data)) as b:
+        assert a.size == (512, 512)
+        r, g, bl = a.convert("RGB").getpixel((256, 100))
+        assert r > 140 and g < 110 and bl < 110  # the red source, tinted
+        r, g, bl = b.convert("RGB").getpixel((256, 100))
+        assert bl > 140 and r < 110 and g < 110
+        assert a.convert("RGB").getpixel((256, 505)) == (0, 0, 0) or sum(
+            a.convert("RGB").getpixel((256, 505))) < 60  # the caption bar
+    assert red.provider_request_id.startswith("demo-edit-")
+
+
+# The pipeline, the form, the CLI ------------------------------------------------------------
+@pytest.fixture
+def demo(settings):
+    settings.KARASU["IMAGE_MODELS"]["demo"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0, "FAILURE_RATE": 0,
+        "REJECT_RATE": 0, "CONCURRENCY": 8,
+    }
+    reset_cache()
+    from huey_tasks.tasks import limiter_for
+
+    limiter_for.cache_clear()
+    yield
+    reset_cache()
+    limiter_for.cache_clear()
+
+
+@pytest.fixture
+def editor(client, django_user_model):
+    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+def form_data(**fields):
+    data = {
+        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 3, "llm": "demo",
+        "image_model": "demo", "aspect_ratio": "1:1",
+        "collection": Collection.objects.get(name="Generated images").pk,
+        "tags": "", "auto_generate": "on",
+    }
+    data.update(fields)
+    return data
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("collections")
+def test_variations_end_to_end_and_a_deleted_source_leaves_them(editor, demo, thread_consumer):
+    source = make_source()
+    page = editor.get(reverse(f"{NS}:add") + f"?source_image={source.pk}").content.decode()
+    assert f'name="source_image" value="{source.pk}"' in page
+    assert "Variations of “A red crow”" in page
+    response = editor.post(
+        reverse(f"{NS}:add"), form_data(source_image=source.pk, **{"action-generate": "on"})
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    request = GenerationRequest.objects.get()
+    assert request.source_image_id == source.pk
+
+    def done():
+        request.refresh_from_db()
+        return request.is_terminal
+
+    wait_for(done, 60, message="the variations")
+    assert request.status == GenerationRequest.Status.COMPLETED, request.error
+    variations = list(Image.objects.filter(generation_request_id=request.pk))
+    assert len(variations) == 3
+    for image in variations:
+        assert image.source_image_id == source.pk
+        assert "A red crow re-imagined with" in image.prompt  # from the source's title
+        assert image.description and image.provider_request_id.startswith("demo-edit-")
+        with image.open_file() as file, PILImage.open(file) as pixels:
+            r, g, b = pixels.convert("RGB").getpixel((256, 100))
+        assert r > 140 and g < 110 and b < 110  # derived from the red source
+    edit_page = editor.get(reverse("wagtailimages:edit", args=[variations[0].pk])).content
+    assert reverse("wagtailimages:edit", args=[source.pk]).encode() in edit_page
+
+    source.delete()
+    request.refresh_from_db()
+    assert request.source_image_id is None and request.status == "completed"
+    for image in variations:
+        image.refresh_from_db()  # still there, only the link to the source is gone
+        assert image.source_image_id is None and image.file.storage.exists(image.file.name)
+    assert editor.get(reverse("wagtailimages:edit", args=[variations[0].pk])).status_code == 200
+    assert editor.get(reverse(f"{NS}:inspect", args=[request.pk])).status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections")
+def test_the_form_offers_editing_models_only_and_refuses_the_others(editor, text_only):
+    source = make_source()
+    page = editor.get(reverse(f"{NS}:add") + f"?source_image={source.pk}").content.decode()
+    assert '<option value="demo"' in page and '<option value="text-only"' not in page
+    plain = editor.get(reverse(f"{NS}:add")).content.decode()
+    assert '<option value="text-only"' in plain and 'name="source_image" value=' not in plain
+
+    response = editor.post(reverse(f"{NS}:add"),
+                           form_data(source_image=source.pk, image_model="text-only"))
+    assert response.status_code == 200
+    assert "Text only cannot edit an image, so it cannot make variations" in (
+        response.content.decode()
+    )
+    assert not GenerationRequest.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections")
+def test_an_edit_only_model_needs_a_source(editor, settings):
+    settings.FAL_KEY = FAL_KEY
+    reset_cache()
+    response = editor.post(reverse(f"{NS}:add"), form_data(image_model="nano-banana-edit"))
+    assert response.status_code == 200
+    assert "Nano Banana edit edits an existing image" in response.content.decode()
+    assert not GenerationRequest.objects.exists()
+
+
+def editor_group(*codenames):
+    group = Group.objects.create(name="Variation testers")
+    group.permissions.add(*Permission.objects.filter(codename__in=["access_admin", *codenames]))
+    return group
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections")
+def test_the_edit_page_link_and_the_prefill_follow_permissions(client, django_user_model):
+    source = make_source()
+    user = django_user_model.objects.create_user("ed", "ed@example.com", "pw")
+    group = editor_group()
+    user.groups.add(group)
+    GroupCollectionPermission.objects.create(
+        group=group, collection=Collection.get_first_root_node(),
+        permission=Permission.objects.get(content_type__app_label="wagtailimages",
+                                          codename="change_image"),
+    )
+    client.force_login(user)
+    edit_url = reverse("wagtailimages:edit", args=[source.pk])
+    link = f"{reverse(f'{NS}:add')}?source_image={source.pk}"
+    page = client.get(edit_url)
+    assert page.status_code == 200 and link not in page.content.decode()
+
+    group.permissions.add(*Permission.objects.filter(
+        codename__in=["add_generationrequest", "change_generationrequest"]))
+    user = django_user_model.objects.get(pk=user.pk)  # permission caches
+    client.force_login(user)
+    assert link in client.get(edit_url).content.decode()
+    assert f'name="source_image" value="{source.pk}"' in client.get(link).content.decode()
+
+    # Without permissions on the image's collection, the image is no source for this user.
+    GroupCollectionPermission.objects.filter(group=group).delete()
+    page = client.get(link).content.decode()
+    assert 'name="source_image" value=' not in page
+    assert "may not use it as a source" in page
+    response = client.post(reverse(f"{NS}:add"), form_data(source_image=source.pk))
+    assert response.status_code == 200 and not GenerationRequest.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("collections")
+def test_cli_source_image(text_only):
+    source = make_source()
+    call_command("generate", "Crows", "--count", "2", "--source-image", str(source.pk))
+    request = GenerationRequest.objects.get()
+    assert (request.source_image_id, request.image_model) == (source.pk, "demo")
+    with pytest.raises(CommandError, match="Text only cannot edit an image"):
+        call_command("generate", "Crows", "--count", "2", "--source-image", str(source.pk),
+                     "--image-model", "text-only")
+    assert GenerationRequest.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("collections")
+def test_cli_unknown_source_image_is_one_line_and_creates_nothing():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "generate", "Crows", "--count", "2",
+         "--source-image", "987654"],
+        cwd=django_settings.BASE_DIR, env=consumer_env(), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["CommandError: unknown image 987654 (--source-image)"], result.stderr
+    assert not GenerationRequest.objects.exists()
+
+
+def test_the_llms_are_told_about_the_source():
+    from generation.providers.base import user_prompt
+    from generation.providers.demo import DemoLLM
+
+    text = user_prompt("Crows", 3, "", "", [], "A red crow. Prompt: a red crow on a wire")
+    assert "It shows: A red crow. Prompt: a red crow on a wire" in text
+    assert "edit instruction" in text and "It shows" not in user_prompt("Crows", 3, "", "", [])
+    expansion = DemoLLM("demo").expand("Crows", 4, source="A red crow. Prompt: a red crow")
+    assert all("A red crow re-imagined with" in item.prompt for item in expansion)
+    assert all(item.alt_text for item in expansion)
+
+
+@pytest.mark.django_db(transaction=True)  # the foreign key is checked at commit
+def test_a_source_deleted_while_a_job_runs_leaves_the_variation_without_the_link():
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from generation.ingest import ingest
+    from generation.models import GenerationJob, GenerationRequest
+    from generation.providers import get_image_model as get_provider
+    from generation.providers.demo import DemoImageModel  # noqa: F401 - the demo provider
+    from tests.cms.test_foundation import png_bytes
+
+    Image = get_image_model()
+    source = Image.objects.create(
+        title="source", file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png")
+    )
+    request = GenerationRequest.objects.create(theme="Crows", count=1, llm="demo",
+                                               image_model="demo", source_image=source)
+    job = GenerationJob.objects.create(request=request, index=0, prompt="a crow on a gate")
+    job = GenerationJob.objects.select_related("request").get(pk=job.pk)  # the worker's copy
+    generated = get_provider("demo").generate(job.prompt, aspect_ratio="1:1", seed=1)
+    source.delete()  # meanwhile, in another tab
+    assert job.request.source_image_id is not None  # what the worker still believes
+    image, created = ingest(job, generated)
+    assert created and image.source_image_id is None
+    assert Image.objects.get(pk=image.pk).generation_job_id == job.pk
