@@ -42,7 +42,7 @@ from django.db.models.signals import pre_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from generation.models import GenerationRequest
+from generation.models import GenerationRequest, Spend
 
 PLACES = Decimal("0.0001")  # the cost fields' decimal_places
 ZERO = Decimal("0")
@@ -118,11 +118,11 @@ def period_starts(now=None) -> tuple:
 
 
 def spend_summary(now=None) -> dict:
-    """Spend today and this month (requests booked by creation time), in one query."""
+    """Spend today and this month (images booked when they succeeded), in one query."""
     today, month = period_starts(now)
-    sums = GenerationRequest.objects.filter(created_at__gte=month).aggregate(
-        today=Sum("cost_spent", filter=Q(created_at__gte=today)),
-        month=Sum("cost_spent"),
+    sums = Spend.objects.filter(spent_at__gte=month).aggregate(
+        today=Sum("amount", filter=Q(spent_at__gte=today)),
+        month=Sum("amount"),
     )
     today_spent = Decimal(sums["today"] or 0).quantize(PLACES)
     month_spent = Decimal(sums["month"] or 0).quantize(PLACES)
@@ -138,12 +138,12 @@ def open_requests() -> Q:
 
 
 def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
-    """(spent, still open) this month: the spend booked to it, and what its open requests'
-    unfinished jobs may still cost at their own price."""
+    """(spent, still open): the images paid for this month, and what the open requests'
+    unfinished jobs may still cost at their own price (whenever they were created)."""
     _, month = period_starts(now)
-    requests = GenerationRequest.objects.filter(created_at__gte=month)
-    spent = Decimal(requests.aggregate(spent=Sum("cost_spent"))["spent"] or 0).quantize(PLACES)
-    still_open = requests.filter(open_requests())
+    spent = Spend.objects.filter(spent_at__gte=month).aggregate(spent=Sum("amount"))["spent"]
+    spent = Decimal(spent or 0).quantize(PLACES)
+    still_open = GenerationRequest.objects.filter(open_requests())
     if exclude_pk is not None:
         still_open = still_open.exclude(pk=exclude_pk)  # the request being checked itself
     remaining = ZERO

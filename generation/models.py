@@ -239,3 +239,18 @@ class GenerationJob(models.Model):
     def is_editable(self) -> bool:
         return self.status == self.Status.PENDING
 
+
+
+class Spend(models.Model):
+    """One paid image, booked when its job succeeded: the figures of "spend today" and "this
+    month" and of the monthly budget. Kept when its request is deleted (the money was spent)."""
+
+    request = models.ForeignKey(
+        GenerationRequest, null=True, on_delete=models.SET_NULL, related_name="spends"
+    )
+    job_id = models.PositiveBigIntegerField(null=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=4)
+    spent_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.amount} USD at {self.spent_at:%Y-%m-%d %H:%M}"

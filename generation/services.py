@@ -18,7 +18,7 @@ from wagtail.images import get_image_model
 
 from generation import costs
 from generation.ingest import ingest
-from generation.models import GenerationJob, GenerationRequest
+from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import GeneratedImage, ImageModel, SourceImage, get_llm
 
 logger = logging.getLogger(__name__)
@@ -434,6 +434,7 @@ def finish_job(
         jobs = jobs.filter(updated_at__lte=not_after)
     counter = COUNTERS[status]
     counts = {counter: F(counter) + 1}
+    price = None
     if status == Job.SUCCEEDED:
         # The image is paid for: the spend grows with the count, in the same UPDATE, at the
         # price per image the request was saved with (fixed once its prompts exist).
@@ -450,6 +451,9 @@ def finish_job(
                 **NO_CLAIM,
             ):
                 raise _Unchanged
+            if price:  # booked to the day and month it was spent in
+                Spend.objects.create(request_id=request_id, job_id=job_id, amount=price,
+                                     spent_at=now)
             settle_request(request_id)
     except _Unchanged:
         return False
@@ -490,6 +494,10 @@ def reset_jobs(request: GenerationRequest, statuses: list[str]) -> list[int]:
             price = costs.request_unit_price(request.pk)
             if price:
                 counters["cost_spent"] = F("cost_spent") - price * succeeded
+            for job_id in (pk for pk, s in rows if s == Job.SUCCEEDED):  # its last booking
+                last = Spend.objects.filter(job_id=job_id).order_by("-spent_at", "-pk").first()
+                if last is not None:
+                    last.delete()
         GenerationRequest.objects.filter(pk=request.pk).update(
             status=Req.GENERATING, finished_at=None, **counters
         )

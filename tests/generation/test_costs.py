@@ -19,7 +19,7 @@ from wagtail.models import Collection
 
 from generation import costs, services
 from generation.forms import CountWithEstimate
-from generation.models import GenerationJob, GenerationRequest
+from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import reset_cache
 from tests.support.consumers import consumer_env, wait_for
 
@@ -143,6 +143,11 @@ def test_spend_is_exact_as_jobs_finish_at_the_price_the_request_was_saved_with(p
     assert request.status == Req.COMPLETED
     assert (request.jobs_succeeded, request.cost_spent) == (3, Decimal("0.0999"))
     assert request.cost_spent == request.cost_estimate
+    # The month's books agree: one booking per paid image, the retried one's taken back.
+    assert sum(spend.amount for spend in Spend.objects.filter(request=request)) == Decimal(
+        "0.0999"
+    )
+    assert costs.spend_summary()["today"] == Decimal("0.0999")
 
 
 def test_spend_through_a_real_run_and_a_regeneration(priced, editor, thread_consumer):
@@ -204,6 +209,7 @@ def test_request_budget_in_the_admin(priced, editor):
 
 def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
     priced["MAX_MONTHLY_COST"] = Decimal("0.10")
+    now = timezone.now()
     done = make_request(count=4)
     GenerationRequest.objects.filter(pk=done.pk).update(
         status=Req.COMPLETED, jobs_total=4, jobs_succeeded=4, cost_spent=Decimal("0.05")
@@ -212,12 +218,15 @@ def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
     GenerationRequest.objects.filter(pk=running.pk).update(
         status=Req.GENERATING, jobs_total=4, jobs_succeeded=1, cost_spent=Decimal("0.0125")
     )
+    for request, amount in [(done, Decimal("0.0125"))] * 4 + [(running, Decimal("0.0125"))]:
+        Spend.objects.create(request=request, amount=amount, spent_at=now)
     make_request(count=100)  # a draft never started: not committed
-    last_month = make_request(count=40)
+    last_month = make_request(count=40)  # paid last month: not this month's spend
     GenerationRequest.objects.filter(pk=last_month.pk).update(
         status=Req.COMPLETED, cost_spent=Decimal("0.5"),
-        created_at=costs.period_starts()[1] - datetime.timedelta(days=1),
     )
+    Spend.objects.create(request=last_month, amount=Decimal("0.5"),
+                         spent_at=costs.period_starts()[1] - datetime.timedelta(days=1))
     # 0.0625 spent + 0.0375 still open = 0.10: nothing more fits.
     assert costs.month_commitment() == (Decimal("0.0625"), Decimal("0.0375"))
     GenerationRequest.objects.filter(pk=running.pk).update(jobs_failed=1)  # one failed
@@ -283,15 +292,16 @@ def test_the_request_page_include(priced):
 def test_the_monitor_shows_spend_today_and_this_month(priced, admin_client_logged_in):
     today, month = costs.period_starts()
     now = timezone.now()
-    for created_at, spent in [
+    request = make_request()  # created last month, paid for over time: booked when spent
+    GenerationRequest.objects.filter(pk=request.pk).update(
+        created_at=month - datetime.timedelta(days=3)
+    )
+    for spent_at, spent in [
         (now, "0.0125"),
         (today - datetime.timedelta(microseconds=1), "0.25"),  # yesterday
         (month - datetime.timedelta(days=2), "7"),  # last month
     ]:
-        request = make_request()
-        GenerationRequest.objects.filter(pk=request.pk).update(
-            created_at=created_at, cost_spent=Decimal(spent)
-        )
+        Spend.objects.create(request=request, amount=Decimal(spent), spent_at=spent_at)
     # Yesterday is this month unless today is the 1st.
     month_spent = Decimal("0.2625") if today > month else Decimal("0.0125")
     assert costs.spend_summary() == {

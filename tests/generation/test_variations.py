@@ -394,7 +394,7 @@ def test_the_llms_are_told_about_the_source():
 
 
 @pytest.mark.django_db(transaction=True)  # the foreign key is checked at commit
-def test_a_source_deleted_while_a_job_runs_leaves_the_variation_without_the_link():
+def test_a_source_deleted_while_a_job_runs_leaves_the_variation_without_the_link(collections):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from generation.ingest import ingest
