@@ -335,16 +335,34 @@ def source_description(image) -> str:
     return text
 
 
+# A source image goes to the editing model as it is up to these limits; beyond them (or in
+# another format) as a JPEG rendition of at most 2048 px a side.
+SOURCE_MAX_BYTES = 10 * 1024 * 1024
+SOURCE_MAX_PIXELS = 16_000_000
+SOURCE_TYPES = {"image/jpeg", "image/png", "image/webp"}
+SOURCE_RENDITION = "max-2048x2048|format-jpeg"
+
+
 def load_source_image(image_id: int) -> SourceImage | None:
     """The source image's original file, or None if the image was deleted meanwhile.
     A file that cannot be read raises (a media error: the job is retried)."""
     image = get_image_model().objects.filter(pk=image_id).first()
     if image is None:
         return None
-    with image.open_file() as file:
-        data = file.read()
     name = os.path.basename(image.file.name) or "source.jpg"
     content_type = mimetypes.guess_type(name)[0] or "image/jpeg"
+    if (
+        (image.file_size or 0) > SOURCE_MAX_BYTES
+        or (image.width or 0) * (image.height or 0) > SOURCE_MAX_PIXELS
+        or content_type not in SOURCE_TYPES
+    ):
+        # What every editing model takes, in bounded memory: Wagtail's own rendition of it.
+        rendition = image.get_rendition(SOURCE_RENDITION)
+        with rendition.file.open("rb") as file:
+            data = file.read()
+        return SourceImage(data, "image/jpeg", f"{os.path.splitext(name)[0]}.jpg")
+    with image.open_file() as file:
+        data = file.read()
     return SourceImage(data, content_type, name)
 
 

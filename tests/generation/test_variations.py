@@ -417,3 +417,23 @@ def test_a_source_deleted_while_a_job_runs_leaves_the_variation_without_the_link
     image, created = ingest(job, generated)
     assert created and image.source_image_id is None
     assert Image.objects.get(pk=image.pk).generation_job_id == job.pk
+
+
+@pytest.mark.django_db
+def test_a_large_or_unusual_source_goes_to_the_model_as_a_bounded_jpeg(collections):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from generation import services
+    from tests.cms.test_foundation import png_bytes
+
+    Image = get_image_model()
+    small = Image.objects.create(
+        title="small", file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png")
+    )
+    as_is = services.load_source_image(small.pk)
+    assert as_is.content_type == "image/png" and as_is.data == png_bytes()
+
+    Image.objects.filter(pk=small.pk).update(file_size=services.SOURCE_MAX_BYTES + 1)
+    bounded = services.load_source_image(small.pk)
+    assert bounded.content_type == "image/jpeg" and bounded.data[:3] == b"\xff\xd8\xff"
+    assert bounded.name.endswith(".jpg")
