@@ -4,7 +4,8 @@ Huey's workers each poll on their own, backing off to ``max_delay``: 20 idle thr
 10 queries a second between them and still start new work up to 2 s late. Here one idle
 thread at a time (the poller) looks every ``interval`` seconds and the others sleep without
 querying. Whoever finds work wakes the next sleeper (which wakes the next if it finds more),
-and an enqueue in this process wakes as many as it queued, so a fan-out is picked up at once.
+and an enqueue in this process wakes up to as many sleepers as it queued, so a fan-out is
+picked up at once.
 """
 
 from __future__ import annotations
