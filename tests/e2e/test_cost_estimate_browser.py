@@ -1,27 +1,17 @@
 """In a real browser: the add form's cost estimate follows the count and the model as the
 editor types (the karasu-cost-estimate controller; Debian's Chromium driven by Playwright)."""
 
-import os
 
-import pytest
 
-from tests.e2e.test_monitor_browser import CHROMIUM, browser  # noqa: F401 (a fixture)
+from tests.e2e import BROWSER_TEST
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("collections"),
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="Debian's chromium is not installed (apt-get install -y chromium)",
-    ),
-]
+pytestmark = BROWSER_TEST
 
 OUTPUT = "[data-karasu-cost-estimate-target='output']"
 
 
 def test_the_estimate_follows_the_count_and_the_model(
-    browser, live_server, django_user_model, settings  # noqa: F811
+    browser, live_server, django_user_model, settings
 ):
     settings.KARASU["IMAGE_MODELS"]["demo"]["PRICE"] = "0.0125"
     settings.FAL_KEY = "fal-key-for-the-choices"  # offers the fal models (none is called)

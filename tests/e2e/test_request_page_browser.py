@@ -1,27 +1,17 @@
 """In a real browser: "Save and generate" on the add form, then the request page follows the
 work to the end without a reload (Debian's Chromium driven by Playwright)."""
 
-import os
 
-import pytest
 
-from tests.e2e.test_monitor_browser import CHROMIUM, browser  # noqa: F401 (a fixture)
+from tests.e2e import BROWSER_TEST
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("collections"),
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="Debian's chromium is not installed (apt-get install -y chromium)",
-    ),
-]
+pytestmark = BROWSER_TEST
 
 LIVE = "#karasu-request-live"
 
 
 def test_save_and_generate_then_watch_the_request_page_reach_6_done(
-    browser, live_server, thread_consumer, django_user_model, settings, tmp_path  # noqa: F811
+    browser, live_server, thread_consumer, django_user_model, settings, tmp_path
 ):
     from generation.providers import reset_cache
     from huey_tasks.tasks import limiter_for

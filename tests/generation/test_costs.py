@@ -43,13 +43,6 @@ def priced(settings):
     return settings.KARASU
 
 
-@pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def form_data(**fields) -> dict:
     return {
         "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 4, "llm": "demo",

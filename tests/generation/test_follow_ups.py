@@ -6,12 +6,11 @@ from wagtail.images import get_image_model
 from wagtail.models import ReferenceIndex
 
 from huey_tasks.models import TaskRun
-from tests.generation.test_pipeline import act, create_request, demo, editor, wait_terminal
+from tests.generation.test_pipeline import act, create_request, wait_terminal
 from tests.support.consumers import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 Image = get_image_model()
-__all__ = ["demo", "editor"]  # fixtures
 
 
 def wagtail_runs() -> list[TaskRun]:

@@ -29,13 +29,6 @@ POLLING = 'data-controller="karasu-poll w-swap"'
 
 
 @pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def queued():
     """The names of the tasks on the test run's queue, which is emptied before and after."""
     HUEY.storage.flush_all()

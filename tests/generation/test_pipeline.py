@@ -11,10 +11,9 @@ from wagtail.models import Collection
 
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import get_image_model as get_provider
-from generation.providers import reset_cache
 from generation.providers.demo import call_key
 from huey_tasks.limiter import DEFAULT_SLOT_WAIT
-from huey_tasks.tasks import generate_image, limiter_for, retry_policy
+from huey_tasks.tasks import generate_image, retry_policy
 from tests.support.consumers import wait_for
 from tests.support.provider_calls import calls_per_key, overlapping_calls, read_calls
 
@@ -25,30 +24,6 @@ Req = GenerationRequest.Status
 Job = GenerationJob.Status
 NS = "wagtailsnippets_generation_generationrequest"
 SLOT_PATIENCE = 2.0  # ConcurrencyLimiter.slot(): how long a task waits in-thread for a slot
-
-
-@pytest.fixture
-def demo(settings):
-    """Tune the demo image provider's knobs for one test."""
-
-    def configure(**knobs):
-        settings.KARASU["IMAGE_MODELS"]["demo"] = {
-            **settings.KARASU["IMAGE_MODELS"]["demo"], **{k.upper(): v for k, v in knobs.items()}
-        }
-        reset_cache()
-        limiter_for.cache_clear()
-
-    configure(latency=0, failure_rate=0, reject_rate=0, concurrency=8)
-    yield configure
-    reset_cache()
-    limiter_for.cache_clear()
-
-
-@pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
 
 
 def create_request(client, **fields) -> GenerationRequest:

@@ -76,13 +76,6 @@ def queries_of(client, url: str) -> tuple[int, bytes]:
     return len(queries), response.content
 
 
-@pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def test_queries_do_not_grow_with_the_number_of_jobs(editor):
     small, large = make_request(10), make_request(120)
     editor.get(page_url(make_request(1)))  # one-off queries of a first admin view

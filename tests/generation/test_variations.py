@@ -209,28 +209,6 @@ def test_the_demo_edit_visibly_derives_from_the_source():
 
 
 # The pipeline, the form, the CLI ------------------------------------------------------------
-@pytest.fixture
-def demo(settings):
-    settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0, "FAILURE_RATE": 0,
-        "REJECT_RATE": 0, "CONCURRENCY": 8,
-    }
-    reset_cache()
-    from huey_tasks.tasks import limiter_for
-
-    limiter_for.cache_clear()
-    yield
-    reset_cache()
-    limiter_for.cache_clear()
-
-
-@pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
-
-
 def form_data(**fields):
     data = {
         "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 3, "llm": "demo",
