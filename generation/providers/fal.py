@@ -88,14 +88,9 @@ def nano_banana_pro_resolution(options, name: str = "nano-banana-pro") -> str:
 
 
 def nano_banana_pro_arguments(prompt, aspect_ratio, seed, options):
-    # Unlike Nano Banana, the Pro endpoint's schema takes a seed and a resolution.
-    arguments = {
-        "prompt": prompt,
-        "aspect_ratio": aspect_ratio,
-        "num_images": 1,
-        "output_format": options.get("OUTPUT_FORMAT", "png"),
-        "resolution": nano_banana_pro_resolution(options),
-    }
+    # Nano Banana's arguments; the Pro endpoint's schema also takes a resolution and a seed.
+    arguments = nano_banana_arguments(prompt, aspect_ratio, seed, options)
+    arguments["resolution"] = nano_banana_pro_resolution(options)
     if seed is not None:
         arguments["seed"] = seed
     return arguments
