@@ -329,6 +329,12 @@ def test_the_edit_page_link_and_the_prefill_follow_permissions(client, django_us
     assert "may not use it as a source" in page
     response = client.post(reverse(f"{NS}:add"), form_data(source_image=source.pk))
     assert response.status_code == 200 and not GenerationRequest.objects.exists()
+    assert response.context["form"].errors["source_image"] == [
+        "That image does not exist or you may not use it."
+    ]
+    assert "A red crow" not in response.content.decode()  # neither its title nor thumbnail
+    malformed = client.post(reverse(f"{NS}:add"), form_data(source_image="abc"))
+    assert malformed.status_code == 200 and not GenerationRequest.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
