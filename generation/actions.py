@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from huey.contrib.djhuey import HUEY
 
-from generation import services
+from generation import costs, services
 from generation.models import GenerationJob, GenerationRequest
 from huey_tasks.tasks import expand_prompt, queue_jobs
 
@@ -24,6 +24,18 @@ class Action:
     confirmation: str
     allowed: Callable[[GenerationRequest], bool]
     perform: Callable[[GenerationRequest], str]
+    # Why starting this paid work would break a budget (costs.budget_error); None: it fits.
+    over_budget: Callable[[GenerationRequest], str | None] = lambda request: None
+
+
+def run(action: Action, request: GenerationRequest) -> tuple[str, str | None]:
+    """(message, budget error): the action performed after its budget check, under one lock.
+
+    An empty message means the request changed meanwhile and nothing was done."""
+    with costs.budget_lock():
+        if error := action.over_budget(request):
+            return "", error
+        return action.perform(request), None
 
 
 def has_pending_jobs(request: GenerationRequest) -> bool:
@@ -69,6 +81,8 @@ ACTIONS = {
             "Ask the LLM for {count} prompts and, with auto-generate on, generate the images?",
             lambda r: r.status in (Req.DRAFT, Req.FAILED) and r.jobs_total == 0,
             generate,
+            # A draft saved before a budget was set, or this month's spend grown since.
+            lambda r: costs.budget_error(r.count, r.image_model, exclude_pk=r.pk),
         ),
         Action(
             "generate_pending", "Generate pending prompts", "image",
@@ -88,6 +102,7 @@ ACTIONS = {
             "Run every failed job of this request again?",
             lambda r: r.jobs_failed > 0,
             retry_failed,
+            lambda r: costs.budget_error(r.jobs_failed, r.image_model),  # paid for again
         ),
     ]
 }

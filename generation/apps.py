@@ -7,4 +7,17 @@ class GenerationConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from generation import costs  # noqa: F401 - connects the estimate to every save
+        from django.db.models.signals import pre_delete
+        from wagtail.images import get_image_model
+
+        from generation import (
+            costs,  # noqa: F401 - connects the estimate to every save
+            services,
+        )
+
+        def source_image_deleted(sender, instance, **kwargs) -> None:
+            services.source_image_deleted(instance.pk)
+
+        # Before the row goes (SET_NULL then hides which requests it was the source of).
+        pre_delete.connect(source_image_deleted, sender=get_image_model(), weak=False,
+                           dispatch_uid="generation.source_image_deleted")

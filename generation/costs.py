@@ -22,21 +22,27 @@ Spend
     images delivered × price, which can exceed the estimate after regenerations.
 
 Periods and budgets
-    A request's spend is booked to the day and month (site time zone) the request was created
-    in, so "today" and "this month" always add up to the requests' own figures.
+    Each paid image is booked in the ``Spend`` ledger at the moment it succeeded, so "today"
+    and "this month" (site time zone) count what was made then, whenever its request began.
     ``KARASU["MAX_REQUEST_COST"]`` refuses a request whose estimate is above it;
     ``KARASU["MAX_MONTHLY_COST"]`` refuses one when this month's spend, plus what this month's
     open requests may still spend (their jobs not yet finished × their price), plus its own
     estimate would go above it. Unset (None): no limit.
+
+    Check and start happen under ``budget_lock()``: two editors starting requests at the same
+    moment cannot both fit into the last of a budget.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, transaction
 from django.db.models import Q, Sum
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
@@ -44,6 +50,8 @@ from django.utils import timezone
 
 from generation.models import GenerationRequest, Spend
 
+# Any fixed bigint: the key of the PostgreSQL advisory lock that budget checks take in turn.
+BUDGET_LOCK_KEY = 0x6B61726173750001
 PLACES = Decimal("0.0001")  # the cost fields' decimal_places
 ZERO = Decimal("0")
 Req = GenerationRequest.Status
@@ -161,6 +169,21 @@ def limit(name: str) -> Decimal | None:
     if value is None or value == "":
         return None
     return parse_usd(value, f"KARASU {name}")
+
+
+@contextmanager
+def budget_lock() -> Iterator[None]:
+    """A transaction in which a budget check and the start it allows happen alone.
+
+    Without it, two starts could each read the month's commitment before either counts, and
+    both fit into what is left for one. SQLite's IMMEDIATE transactions (cms/settings)
+    already hold the write lock from BEGIN; PostgreSQL takes an advisory lock until commit.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [BUDGET_LOCK_KEY])
+        yield
 
 
 def budget_error(count: int, model: str, *, exclude_pk=None) -> str | None:

@@ -182,7 +182,10 @@ class GenerationRequestForm(WagtailAdminModelForm):
         source = cleaned_data.get("source_image")
         if model and not self.fields["image_model"].disabled:
             self.check_model_fits(model, source)
-        if not self.fields["source_image"].disabled and "source_image" not in self.errors:
+        if "source_image" in self.errors:
+            # A hidden input shows no errors of its own: say it where the form's errors are.
+            self.add_error(None, "Source image: " + " ".join(self.errors["source_image"]))
+        elif not self.fields["source_image"].disabled:
             self.instance.source_image = source
         # New requests (copies too), and drafts whose count or model changes: once prompts
         # exist both are fixed, and a draft's other edits do not change what it will cost.

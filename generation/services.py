@@ -20,6 +20,8 @@ from generation import costs
 from generation.ingest import ingest
 from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import GeneratedImage, ImageModel, SourceImage, get_llm
+from generation.providers.base import TokenUsage
+from generation.providers.errors import PermanentProviderError, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +64,15 @@ def expand_request(request_id: int) -> list[int]:
                 status=next_status
             )
         else:
-            expansion = get_llm(request.llm).expand(
-                request.theme, request.count, brief=request.brief, style=request.style,
-                source=source_description(request.source_image),
-            )
+            try:
+                expansion = get_llm(request.llm).expand(
+                    request.theme, request.count, brief=request.brief, style=request.style,
+                    source=source_description(request.source_image),
+                )
+            except ProviderError as exc:
+                # Calls answered before the failure (or unusable answers) were paid for too.
+                add_llm_usage(request_id, exc.usage)
+                raise
             with transaction.atomic():
                 # The request row first: a cancel that committed meanwhile wins (nothing is
                 # created), and one that comes later waits for this transaction to end.
@@ -73,13 +80,9 @@ def expand_request(request_id: int) -> list[int]:
                     pk=request_id, status=Req.EXPANDING
                 ).update(status=next_status, jobs_total=len(expansion.prompts),
                          updated_at=timezone.now(), expansion_finished_at=timezone.now())
-                if expansion.usage.input_tokens or expansion.usage.output_tokens:
-                    # Added even when a cancel won: the tokens were spent all the same, and
-                    # a restarted expansion's second call is spent too.
-                    GenerationRequest.objects.filter(pk=request_id).update(
-                        llm_input_tokens=F("llm_input_tokens") + expansion.usage.input_tokens,
-                        llm_output_tokens=F("llm_output_tokens") + expansion.usage.output_tokens,
-                    )
+                # Added even when a cancel won: the tokens were spent all the same, and a
+                # restarted expansion's second call is spent too.
+                add_llm_usage(request_id, expansion.usage)
                 if moved:
                     GenerationJob.objects.bulk_create(
                         GenerationJob(
@@ -97,6 +100,14 @@ def expand_request(request_id: int) -> list[int]:
             "pk", flat=True
         )
     )
+
+
+def add_llm_usage(request_id: int, usage: TokenUsage | None) -> None:
+    if usage and (usage.input_tokens or usage.output_tokens):
+        GenerationRequest.objects.filter(pk=request_id).update(
+            llm_input_tokens=F("llm_input_tokens") + usage.input_tokens,
+            llm_output_tokens=F("llm_output_tokens") + usage.output_tokens,
+        )
 
 
 def fail_request(
@@ -312,17 +323,40 @@ def request_cancelled(job_id: int) -> bool:
 def generate(job: GenerationJob, model: ImageModel) -> GeneratedImage:
     """Call the image model for a claimed job. Provider errors propagate.
 
-    A request with a source image (variations) has the model edit that image; a source
-    deleted since leaves the request without one, and its jobs generate from the prompt.
+    A request with a source image (variations) has the model edit that image. A variation
+    is never quietly made from the prompt alone: a source deleted since fails the job.
     """
     request = job.request
     if request.source_image_id:
         source = load_source_image(request.source_image_id)
-        if source is not None:
-            return model.edit(
-                job.prompt, source, aspect_ratio=request.aspect_ratio, seed=job.seed
-            )
+        if source is None:
+            raise PermanentProviderError(SOURCE_DELETED)
+        return model.edit(job.prompt, source, aspect_ratio=request.aspect_ratio, seed=job.seed)
     return model.generate(job.prompt, aspect_ratio=request.aspect_ratio, seed=job.seed)
+
+
+SOURCE_DELETED = "its source image was deleted, so there is nothing to make a variation of"
+
+
+def source_image_deleted(image_id: int) -> None:
+    """Settle what was to derive from a source image being deleted (inside the delete).
+
+    Requests still to be expanded fail, open jobs not in a provider call fail, and drafts
+    say why their source is gone; jobs whose call is in flight finish it (with the image
+    they read). Images already made keep their provenance elsewhere (KarasuImage).
+    """
+    requests = GenerationRequest.objects.filter(source_image_id=image_id)
+    for request_id in requests.filter(status__in=[Req.QUEUED, Req.EXPANDING],
+                                      jobs_total=0).values_list("pk", flat=True):
+        fail_request(request_id, f"Failed: {SOURCE_DELETED}.")
+    requests.filter(status=Req.DRAFT, jobs_total=0).update(
+        error="Its source image was deleted: this draft would no longer make variations."
+    )
+    jobs = GenerationJob.objects.filter(request__source_image_id=image_id,
+                                        status__in=GenerationJob.OPEN)
+    for job_id, request_id in jobs.values_list("pk", "request_id"):
+        finish_job(job_id, Job.FAILED, error=SOURCE_DELETED, unclaimed_only=True,
+                   request_id=request_id)
 
 
 def source_description(image) -> str:

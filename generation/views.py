@@ -32,7 +32,7 @@ from wagtail.snippets.action_menu import ActionMenuItem
 from wagtail.snippets.views.snippets import CreateView, EditView, IndexView, InspectView
 
 from generation import costs
-from generation.actions import ACTIONS, generate_job
+from generation.actions import ACTIONS, generate_job, run
 from generation.forms import PromptForm, default_image_model, source_images_for
 from generation.models import GenerationJob, GenerationRequest
 from generation.services import update_prompt
@@ -171,9 +171,14 @@ class RequestCreateView(CreateView):
     def generate_action(self) -> None:
         # The request page's "Generate", with its rule: a new request is a draft without jobs.
         action = ACTIONS["generate"]
+        error = None
         if action.allowed(self.object):
-            self.generate_message = action.perform(self.object)
-        if not self.generate_message:
+            # Checked again with the start, under the budget lock: the form's check ran
+            # before this save, and another request may have started since.
+            self.generate_message, error = run(action, self.object)
+        if error:
+            messages.warning(self.request, f"Saved as a draft: {error}")
+        elif not self.generate_message:
             messages.warning(
                 self.request, "Saved as a draft: generation could not start. Try “Generate”."
             )
@@ -443,25 +448,13 @@ class RequestActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, Templ
         )
         return context
 
-    def budget_error(self) -> str | None:
-        """Actions that start paid work are checked against the budgets again: a draft
-        saved before a budget was set, this month's spend grown since, failed images paid
-        for again."""
-        if self.action.name == "generate":
-            return costs.budget_error(self.object.count, self.object.image_model,
-                                      exclude_pk=self.object.pk)
-        if self.action.name == "retry_failed":
-            return costs.budget_error(self.object.jobs_failed, self.object.image_model)
-        return None
-
     def post(self, request, *args, **kwargs):
         if not self.action or not self.action.allowed(self.object):
             return self.refuse()
-        if error := self.budget_error():
+        message, error = run(self.action, self.object)
+        if error:
             messages.error(request, error)
-            return redirect(self.back_url())
-        message = self.action.perform(self.object)
-        if message:
+        elif message:
             messages.success(request, message)
         else:
             messages.warning(request, "Nothing to do: the request changed meanwhile.")
@@ -512,12 +505,17 @@ class JobGenerateView(JobView):
             self.job.status == GenerationJob.Status.CANCELLED
         ):
             messages.error(request, "This request was cancelled.")
-        elif self.job.status != GenerationJob.Status.PENDING and (
-            error := costs.budget_error(1, self.job.request.image_model)
-        ):  # a regeneration is one more paid image
-            messages.error(request, error)
-        elif message := generate_job(self.job):
-            messages.success(request, message)
         else:
-            messages.error(request, "This prompt is being generated already.")
+            with costs.budget_lock():
+                # A regeneration is one more paid image.
+                error = self.job.status != GenerationJob.Status.PENDING and costs.budget_error(
+                    1, self.job.request.image_model
+                )
+                message = "" if error else generate_job(self.job)
+            if error:
+                messages.error(request, error)
+            elif message:
+                messages.success(request, message)
+            else:
+                messages.error(request, "This prompt is being generated already.")
         return self.back()

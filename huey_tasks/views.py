@@ -195,22 +195,24 @@ class RetryRunView(RunActionView):
                 return "Its job has succeeded since; nothing to retry.", False
             if job is None or job.status not in GenerationJob.TERMINAL:
                 return "Its job is not finished, so there is nothing to retry.", False
-            if error := costs.budget_error(1, job.request.image_model):
-                return error, False  # one more paid image
-            if not services.regenerate_job(job):
-                return "Its job changed meanwhile; nothing was retried.", False
+            with costs.budget_lock():
+                if error := costs.budget_error(1, job.request.image_model):
+                    return error, False  # one more paid image
+                if not services.regenerate_job(job):
+                    return "Its job changed meanwhile; nothing was retried.", False
             queue_jobs([job.pk])
             return f"Job #{job.index + 1} of request #{job.request_id} queued again.", True
         if run.short_name == "expand_prompt":
             generation_request = GenerationRequest.objects.filter(
                 pk=run.generation_request_id
             ).first()
-            if generation_request and (error := costs.budget_error(
-                generation_request.count, generation_request.image_model,
-                exclude_pk=generation_request.pk,
-            )):
+            if generation_request is None:
+                return "Its request no longer exists.", False
+            message, error = request_actions.run(
+                request_actions.ACTIONS["generate"], generation_request
+            )
+            if error:
                 return error, False
-            message = generation_request and request_actions.generate(generation_request)
             return (message, True) if message else ("The request has prompts already.", False)
         # Only scalar arguments are stored verbatim; others were shown as redacted text.
         if not all(isinstance(a, int | float | bool) or a is None for a in run.args):

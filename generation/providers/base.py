@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .errors import PermanentProviderError
+from .errors import PermanentProviderError, ProviderError
 
 ASPECT_RATIOS = ["1:1", "4:3", "3:4", "16:9", "9:16"]
 MAX_PROMPT_CHARS = 1000
@@ -273,14 +273,18 @@ class LLM(Provider):
             missing = count - len(prompts)
             if missing <= 0:
                 break
-            batch = self.request_prompts(
-                theme,
-                min(missing, batch_size),
-                brief=brief,
-                style=style,
-                avoid=[item.prompt for item in prompts[-20:]],
-                source=source,
-            )
+            try:
+                batch = self.request_prompts(
+                    theme,
+                    min(missing, batch_size),
+                    brief=brief,
+                    style=style,
+                    avoid=[item.prompt for item in prompts[-20:]],
+                    source=source,
+                )
+            except ProviderError as exc:
+                exc.usage = usage + (exc.usage or TokenUsage())  # the earlier batches too
+                raise
             usage += batch.usage
             for item in clean_prompts(batch.items):
                 key = normalise(item.prompt)
@@ -288,9 +292,11 @@ class LLM(Provider):
                     seen.add(key)
                     prompts.append(item)
         if len(prompts) < count:
-            raise PermanentProviderError(
+            error = PermanentProviderError(
                 f"{self.name}: returned only {len(prompts)} distinct usable prompts of {count}"
             )
+            error.usage = usage
+            raise error
         return Expansion(prompts[:count], usage)
 
     def request_prompts(

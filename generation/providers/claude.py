@@ -6,7 +6,12 @@ import anthropic
 from django.conf import settings
 
 from .base import LLM, PromptBatch, TokenUsage, prompts_schema, system_prompt, user_prompt
-from .errors import PermanentProviderError, TransientProviderError, error_for_status
+from .errors import (
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+    error_for_status,
+)
 
 TOOL_NAME = "submit_prompts"
 
@@ -59,6 +64,13 @@ class ClaudeLLM(LLM):
         except anthropic.APIConnectionError as exc:
             raise TransientProviderError(f"{self.name}: connection failed: {exc}") from None
 
+        try:
+            return PromptBatch(self.prompts_of(message), _usage(message))
+        except ProviderError as exc:
+            exc.usage = _usage(message)  # answered, so paid for, even if unusable
+            raise
+
+    def prompts_of(self, message: anthropic.types.Message) -> list:
         if message.stop_reason == "refusal":
             raise PermanentProviderError(f"{self.name}: the model refused this theme")
         if message.stop_reason == "max_tokens":
@@ -70,7 +82,7 @@ class ClaudeLLM(LLM):
             if block.type == "tool_use" and block.name == TOOL_NAME:
                 prompts = block.input.get("prompts") if isinstance(block.input, dict) else None
                 if isinstance(prompts, list):
-                    return PromptBatch(prompts, _usage(message))
+                    return prompts
         raise PermanentProviderError(f"{self.name}: malformed output (no prompts list)")
 
 

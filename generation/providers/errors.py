@@ -29,6 +29,9 @@ def redact(text: str) -> str:
 
 
 class ProviderError(Exception):
+    # An LLM's TokenUsage for calls that were answered (and paid for) before this error.
+    usage = None
+
     def __init__(self, reason: str):
         self.reason = redact(reason)
         super().__init__(self.reason)

@@ -173,6 +173,7 @@ class FalImageModel(ImageModel):
         self.build_edit_arguments = EDIT_ARGUMENT_BUILDERS.get(kind)
         self._uploads: dict[str, tuple[str, float]] = {}  # source sha1 -> (url, uploaded at)
         self._uploads_lock = threading.Lock()
+        self._upload_locks: dict[str, threading.Lock] = {}  # one upload of a source at a time
         if self.build_arguments is nano_banana_pro_arguments:
             nano_banana_pro_resolution(options, name)  # a bad setting fails here, not per job
         self.timeout = float(options.get("TIMEOUT", 180))
@@ -209,16 +210,19 @@ class FalImageModel(ImageModel):
         process serves every job of a request for UPLOAD_REUSE_SECONDS."""
         key = source.sha1
         with self._uploads_lock:
+            lock = self._upload_locks.setdefault(key, threading.Lock())
+        # The first jobs of a request start together: one uploads, the others wait for its
+        # URL instead of each uploading the same bytes.
+        with lock:
             url, at = self._uploads.get(key, ("", 0.0))
             if url and time.monotonic() - at < UPLOAD_REUSE_SECONDS:
                 return url
-        url = self.client.upload(
-            source.data,
-            source.content_type,
-            file_name=source.name,
-            lifecycle=fal_client.StorageSettings(expires_in=UPLOAD_EXPIRES),
-        )
-        with self._uploads_lock:
+            url = self.client.upload(
+                source.data,
+                source.content_type,
+                file_name=source.name,
+                lifecycle=fal_client.StorageSettings(expires_in=UPLOAD_EXPIRES),
+            )
             self._uploads[key] = (url, time.monotonic())
         return url
 

@@ -8,7 +8,12 @@ import httpx
 from django.conf import settings
 
 from .base import LLM, PromptBatch, TokenUsage, prompts_schema, system_prompt, user_prompt
-from .errors import PermanentProviderError, TransientProviderError, error_for_status
+from .errors import (
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+    error_for_status,
+)
 
 
 class OpenAICompatibleLLM(LLM):
@@ -58,9 +63,19 @@ class OpenAICompatibleLLM(LLM):
             )
         try:
             body = response.json()
+        except ValueError:
+            raise PermanentProviderError(f"{self.name}: malformed response") from None
+        try:
+            return PromptBatch(self.prompts_of(body), _usage(body))
+        except ProviderError as exc:
+            exc.usage = _usage(body)  # answered, so paid for, even if unusable
+            raise
+
+    def prompts_of(self, body) -> list:
+        try:
             choice = body["choices"][0]
             message = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             raise PermanentProviderError(f"{self.name}: malformed response") from None
         if message.get("refusal"):
             raise PermanentProviderError(f"{self.name}: the model refused: {message['refusal']}")
@@ -74,7 +89,7 @@ class OpenAICompatibleLLM(LLM):
             ) from None
         if not isinstance(prompts, list):
             raise PermanentProviderError(f"{self.name}: malformed output (prompts not a list)")
-        return PromptBatch(prompts, _usage(body))
+        return prompts
 
 
 def _usage(body: dict) -> TokenUsage:

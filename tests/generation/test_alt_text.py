@@ -20,6 +20,7 @@ from generation.providers import (
     Expansion,
     GeneratedImage,
     ImagePrompt,
+    PermanentProviderError,
     TokenUsage,
     get_llm,
 )
@@ -122,6 +123,36 @@ def test_tokens_spent_on_an_expansion_a_cancel_overtook_are_still_counted(
     request.refresh_from_db()
     assert request.status == Req.CANCELLED and not request.jobs.exists()
     assert (request.llm_input_tokens, request.llm_output_tokens) == (120, 80)
+
+
+def test_tokens_of_an_expansion_that_fails_are_still_counted(db, collections, claude):
+    """A batch answered, then one truncated: both were paid for; the request fails."""
+    claude.reply(body=claude_message(numbered(0, 2), usage=(700, 200)))
+    claude.reply(body=claude_message(numbered(2, 1), stop_reason="max_tokens", usage=(710, 4096)))
+    request = queued_request("claude", count=3)
+    with pytest.raises(PermanentProviderError, match="truncated"):
+        services.expand_request(request.pk)
+    request.refresh_from_db()
+    assert not request.jobs.exists()
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (700 + 710, 200 + 4096)
+
+
+def test_tokens_of_an_openai_answer_that_breaks_the_schema_are_counted(
+    db, collections, settings
+):
+    settings.OPENAI_API_KEY = OPENAI_KEY
+    settings.KARASU["LLMS"]["openai"] = {
+        **settings.KARASU["LLMS"]["openai"], "BASE_URL": "https://llm.test/v1",
+    }
+    with respx.mock(base_url="https://llm.test/v1") as router:
+        router.post("/chat/completions").return_value = httpx.Response(
+            200, json=completion("not json at all",
+                                 usage={"prompt_tokens": 400, "completion_tokens": 90}))
+        request = queued_request("openai", count=2)
+        with pytest.raises(PermanentProviderError, match="malformed output"):
+            services.expand_request(request.pk)
+    request.refresh_from_db()
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (400, 90)
 
 
 # Ingest: the description ------------------------------------------------------------------

@@ -4,6 +4,7 @@ CLI), and where the figures are shown (form, listing, request page, monitor, CLI
 import datetime
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 import pytest
@@ -303,6 +304,10 @@ def test_the_monitor_shows_spend_today_and_this_month(priced, admin_client_logge
     }
     page = admin_client_logged_in.get("/admin/job-monitor/").content.decode()
     assert '<dd data-stat="spend-today">$0.0125</dd>' in page
+    # In the part the monitor refreshes by itself, so spend grows on screen as images land.
+    Spend.objects.create(request=request, amount=Decimal("1"), spent_at=now)
+    live = admin_client_logged_in.get(reverse("job_monitor:live")).content.decode()
+    assert '<dd data-stat="spend-today">$1.0125</dd>' in live
     assert f'<dd data-stat="spend-month">{costs.usd(month_spent)}</dd>' in page
 
 
@@ -368,3 +373,59 @@ def test_the_monitors_retry_of_an_expansion_is_checked_against_the_budget(priced
     assert "above the limit of $0.05 per request" in response.content.decode()
     request.refresh_from_db()
     assert request.status == Req.FAILED
+
+
+def start_two_at_once(monkeypatch, lock) -> list[GenerationRequest]:
+    """Two drafts started by two threads, the second while the first is between its budget
+    check and its start; returns them refreshed."""
+    import threading
+
+    from django.db import connection
+
+    from generation import actions
+
+    monkeypatch.setattr(costs, "budget_lock", lock)
+    drafts = [make_request(count=4), make_request(count=4)]
+    first_checked = threading.Event()
+    real_commitment = costs.month_commitment
+
+    def slow_commitment(*args, **kwargs):
+        result = real_commitment(*args, **kwargs)
+        if threading.current_thread().name == "first":
+            first_checked.set()
+            time.sleep(0.5)  # the window in which the other start reads the month
+        return result
+
+    monkeypatch.setattr(costs, "month_commitment", slow_commitment)
+    outcomes = {}
+
+    def start(draft):
+        try:
+            outcomes[draft.pk] = actions.run(actions.ACTIONS["generate"], draft)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=start, args=(drafts[0],), name="first")
+    second = threading.Thread(target=start, args=(drafts[1],), name="second")
+    first.start()
+    assert first_checked.wait(10)
+    second.start()
+    for thread in (first, second):
+        thread.join(20)
+    return [GenerationRequest.objects.get(pk=draft.pk) for draft in drafts]
+
+
+def test_two_starts_at_once_cannot_both_fit_into_the_last_of_the_budget(priced, monkeypatch):
+    priced["MAX_MONTHLY_COST"] = Decimal("0.06")  # room for one request of 4 × 0.0125
+    started = start_two_at_once(monkeypatch, costs.budget_lock)
+    assert [r.status for r in started] == [Req.QUEUED, Req.DRAFT]
+    assert costs.month_commitment()[1] == Decimal("0.0500")
+
+
+def test_without_the_budget_lock_both_starts_would_fit(priced, monkeypatch):
+    """The control: the race the lock closes is real (so the test above can fail)."""
+    import contextlib
+
+    priced["MAX_MONTHLY_COST"] = Decimal("0.06")
+    started = start_two_at_once(monkeypatch, contextlib.nullcontext)
+    assert [r.status for r in started] == [Req.QUEUED, Req.QUEUED]

@@ -158,6 +158,30 @@ def test_nano_banana_edit_uploads_the_source_once_and_sends_its_url(fal):
     assert json.loads(submit.calls.last.request.content)["image_urls"] == [UPLOADED]
 
 
+def test_jobs_starting_together_upload_their_source_once(fal):
+    import threading
+    import time
+
+    token, upload = upload_routes(fal)
+
+    def slow_upload(request):
+        time.sleep(0.3)  # long enough for every thread to be waiting on it
+        return httpx.Response(200, json={"access_url": UPLOADED})
+
+    upload.mock(side_effect=slow_upload)
+    model = get_provider("nano-banana-edit")
+    source = SourceImage(picture(), "image/jpeg", "red-crow.jpg")
+    urls = []
+    threads = [threading.Thread(target=lambda: urls.append(model.upload(source)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert urls == [UPLOADED] * 8
+    assert upload.call_count == 1
+
+
 def test_flux_kontext_sends_one_image_url(fal):
     upload_routes(fal)
     submit = queue_routes(fal, "fal-ai/flux-pro/kontext")
@@ -333,8 +357,13 @@ def test_the_edit_page_link_and_the_prefill_follow_permissions(client, django_us
         "That image does not exist or you may not use it."
     ]
     assert "A red crow" not in response.content.decode()  # neither its title nor thumbnail
+    # The field is a hidden input, so the page says it where the form's errors are shown.
+    assert "Source image: That image does not exist or you may not use it." in (
+        response.content.decode()
+    )
     malformed = client.post(reverse(f"{NS}:add"), form_data(source_image="abc"))
     assert malformed.status_code == 200 and not GenerationRequest.objects.exists()
+    assert "Source image: That image does not exist" in malformed.content.decode()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -421,3 +450,63 @@ def test_a_large_or_unusual_source_goes_to_the_model_as_a_bounded_jpeg(collectio
     bounded = services.load_source_image(small.pk)
     assert bounded.content_type == "image/jpeg" and bounded.data[:3] == b"\xff\xd8\xff"
     assert bounded.name.endswith(".jpg")
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections")
+def test_deleting_a_source_fails_what_was_still_to_derive_from_it(editor):
+    """Variations are never quietly made from the prompt alone once the source is gone."""
+    from django.utils import timezone
+
+    from generation import services
+    from generation.models import GenerationJob
+
+    Job = GenerationJob.Status
+    Req = GenerationRequest.Status
+    source = make_source()
+    other = make_source("A blue crow", (30, 30, 220))
+
+    def variation_request(**fields):
+        return GenerationRequest.objects.create(
+            theme="Variations", count=3, llm="demo", image_model="demo",
+            source_image=fields.pop("source", source), **fields,
+        )
+
+    generating = variation_request(status=Req.GENERATING, jobs_total=3)
+    pending, in_flight, stale_claim = (
+        GenerationJob.objects.create(request=generating, index=i, prompt=f"crow {i}",
+                                     status=status, **claim)
+        for i, (status, claim) in enumerate([
+            (Job.QUEUED, {}),
+            (Job.RUNNING, {"claim_token": "live", "claim_expires_at":
+                           timezone.now() + timezone.timedelta(minutes=5)}),
+            (Job.RUNNING, {"claim_token": "dead", "claim_expires_at":
+                           timezone.now() - timezone.timedelta(minutes=5)}),
+        ])
+    )
+    waiting = variation_request(status=Req.QUEUED)
+    draft = variation_request()
+    unrelated = variation_request(status=Req.QUEUED, source=other)
+    worker_copy = GenerationJob.objects.select_related("request").get(pk=in_flight.pk)
+
+    response = editor.post(reverse("wagtailimages:delete", args=[source.pk]))
+    assert response.status_code == 302 and not Image.objects.filter(pk=source.pk).exists()
+
+    reason = services.SOURCE_DELETED
+    jobs = {job.pk: job for job in GenerationJob.objects.all()}
+    assert (jobs[pending.pk].status, jobs[pending.pk].error) == (Job.FAILED, reason)
+    assert (jobs[stale_claim.pk].status, jobs[stale_claim.pk].error) == (Job.FAILED, reason)
+    assert jobs[in_flight.pk].status == Job.RUNNING  # its call is in flight: it finishes
+    generating.refresh_from_db()
+    assert (generating.status, generating.jobs_failed) == (Req.GENERATING, 2)
+    waiting.refresh_from_db()
+    assert waiting.status == Req.FAILED and reason in waiting.error
+    draft.refresh_from_db()
+    assert draft.status == Req.DRAFT and "source image was deleted" in draft.error
+    unrelated.refresh_from_db()
+    assert unrelated.status == Req.QUEUED and unrelated.source_image_id == other.pk
+    # A worker that read the request before the delete still makes no plain image.
+    with pytest.raises(PermanentProviderError, match="source image was deleted"):
+        services.generate(worker_copy, get_provider("demo"))
+    inspect = editor.get(reverse(f"{NS}:inspect", args=[generating.pk])).content.decode()
+    assert reason in inspect

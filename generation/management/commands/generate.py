@@ -13,7 +13,7 @@ from wagtail.images import get_image_model
 from wagtail.models import Collection
 
 from generation import costs
-from generation.actions import generate
+from generation.actions import ACTIONS, run
 from generation.forms import GenerationRequestForm, default_image_model
 from generation.models import GenerationRequest
 
@@ -89,7 +89,13 @@ class Command(BaseCommand):
             raise CommandError(one_line(form.errors.as_data()))
         with transaction.atomic():
             request = form.save()
-            generate(request)
+            # The form checked the budgets; checked again with the start, under the budget
+            # lock, in case another request started meanwhile. Refused: nothing is kept.
+            _, error = run(ACTIONS["generate"], request)
+            if error:
+                transaction.set_rollback(True)
+        if error:
+            raise CommandError(error)
         return request
 
     def wait(self, request: GenerationRequest, timeout: float) -> GenerationRequest:
