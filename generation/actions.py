@@ -26,16 +26,31 @@ class Action:
     perform: Callable[[GenerationRequest], str]
     # Why starting this paid work would break a budget (costs.budget_error); None: it fits.
     over_budget: Callable[[GenerationRequest], str | None] = lambda request: None
+    spends: bool = True  # starts paid work (cancel does not)
 
 
 def run(action: Action, request: GenerationRequest) -> tuple[str, str | None]:
     """(message, budget error): the action performed after its budget check, under one lock.
 
     An empty message means the request changed meanwhile and nothing was done."""
+    if action.spends and (error := cannot_spend(request)):
+        return "", error
     with costs.budget_lock():
+        # Checked and started as the row is now: an edit or a worker may have moved it.
+        request.refresh_from_db()
+        if not action.allowed(request):
+            return "", None
         if error := action.over_budget(request):
             return "", error
         return action.perform(request), None
+
+
+def cannot_spend(request: GenerationRequest) -> str | None:
+    """Why no more paid work may start for this request, beyond budgets."""
+    if request.source_deleted:
+        return ("Its source image was deleted, so it can make no more variations. "
+                "Start a new request from another image.")
+    return None
 
 
 def has_pending_jobs(request: GenerationRequest) -> bool:
@@ -68,7 +83,7 @@ def cancel(request: GenerationRequest) -> str:
 
 
 def retry_failed(request: GenerationRequest) -> str:
-    ids = services.reset_jobs(request, [Job.FAILED])
+    ids = services.reset_failed_jobs(request)
     transaction.on_commit(lambda: queue_jobs(ids))
     return f"Retrying {len(ids)} failed jobs."
 
@@ -96,13 +111,14 @@ ACTIONS = {
             lambda r: r.status in GenerationRequest.ACTIVE
             or (r.status == Req.DRAFT and r.jobs_total > 0),
             cancel,
+            spends=False,
         ),
         Action(
             "retry_failed", "Retry failed jobs", "rotate",
             "Run every failed job of this request again?",
             lambda r: r.jobs_failed > 0,
             retry_failed,
-            lambda r: costs.budget_error(r.jobs_failed, r.image_model),  # paid for again
+            lambda r: costs.budget_error(r.jobs_failed, r.image_model, request=r),  # again
         ),
     ]
 }

@@ -11,6 +11,7 @@ class GenerationConfig(AppConfig):
         from wagtail.images import get_image_model
 
         from generation import (
+            checks,  # noqa: F401 - registers the price check
             costs,  # noqa: F401 - connects the estimate to every save
             services,
         )

@@ -16,10 +16,8 @@ Spend
     in effect when the request was saved, so nothing else needs storing and a later change of
     PRICE never reprices work already started. A paid image is never taken back out: the
     earlier image of a job regenerated with a new seed was paid for and stays in the library
-    (services.regenerate_job leaves the spend alone; the new image adds its own). Only a
-    succeeded job reset with its image kept (services.reset_jobs) gives its spend back, since
-    its next run records that same image again without a provider call. So ``cost_spent`` =
-    images delivered × price, which can exceed the estimate after regenerations.
+    (services.regenerate_job leaves the spend alone; the new image adds its own). So
+    ``cost_spent`` = images delivered × price, which can exceed the estimate after regenerations.
 
 Periods and budgets
     Each paid image is booked in the ``Spend`` ledger at the moment it succeeded, so "today"
@@ -82,7 +80,8 @@ def usd(amount) -> str:
 
 def price_per_image(model: str) -> Decimal:
     config = settings.KARASU["IMAGE_MODELS"].get(model) or {}
-    if config.get("RESOLUTION") == "4K" and "PRICE_4K" in config:  # Nano Banana Pro at 4K
+    resolution = str(config.get("RESOLUTION") or "").strip().upper()  # as fal.py reads it
+    if resolution == "4K" and "PRICE_4K" in config:  # Nano Banana Pro at 4K
         return parse_usd(config["PRICE_4K"], f"KARASU IMAGE_MODELS[{model!r}] PRICE_4K")
     return parse_usd(config.get("PRICE", "0"), f"KARASU IMAGE_MODELS[{model!r}] PRICE")
 
@@ -120,7 +119,9 @@ def set_estimate(sender, instance: GenerationRequest, update_fields=None, **kwar
 # Periods ----------------------------------------------------------------------------------
 def period_starts(now=None) -> tuple:
     """The start of today and of this month in the site's time zone."""
-    local = timezone.localtime(now)
+    # The site's zone, not the viewing user's (Wagtail activates each editor's own): every
+    # editor, the CLI and the workers see the same day and month.
+    local = timezone.localtime(now, timezone.get_default_timezone())
     today = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return today, today.replace(day=1)
 
@@ -155,12 +156,21 @@ def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
     if exclude_pk is not None:
         still_open = still_open.exclude(pk=exclude_pk)  # the request being checked itself
     remaining = ZERO
-    for count, cost_estimate, succeeded, failed, cancelled in still_open.values_list(
-        "count", "cost_estimate", "jobs_succeeded", "jobs_failed", "jobs_cancelled"
+    for request in still_open.only(
+        "count", "cost_estimate", "jobs_total", "jobs_succeeded", "jobs_failed",
+        "jobs_cancelled",
     ):
-        left = max(count - succeeded - failed - cancelled, 0)
-        remaining += unit_price(cost_estimate, count) * left
+        remaining += still_to_spend(request)
     return spent, remaining.quantize(PLACES)
+
+
+def still_to_spend(request: GenerationRequest) -> Decimal:
+    """What a request's unfinished images may still cost, at its own price per image.
+
+    Once its prompts are written, its jobs count (the LLM may have written fewer)."""
+    planned = request.jobs_total or request.count
+    left = max(planned - request.jobs_succeeded - request.jobs_failed - request.jobs_cancelled, 0)
+    return unit_price(request.cost_estimate, request.count) * left
 
 
 # Budgets ----------------------------------------------------------------------------------
@@ -186,11 +196,24 @@ def budget_lock() -> Iterator[None]:
         yield
 
 
-def budget_error(count: int, model: str, *, exclude_pk=None) -> str | None:
-    """Why a request of ``count`` images of ``model`` is over budget; None if it is not."""
+def budget_error(
+    count: int, model: str, *, exclude_pk=None, request: GenerationRequest | None = None
+) -> str | None:
+    """Why ``count`` more images of ``model`` are over budget; None if they are not.
+
+    With ``request``, they are more images of that request (a retry, a regeneration): its
+    spend and its unfinished images count towards the per-request limit too."""
     cost = estimate(count, model)
     per_request = limit("MAX_REQUEST_COST")
-    if per_request is not None and cost > per_request:
+    if per_request is not None and request is not None:
+        already = request.cost_spent + still_to_spend(request)
+        if already + cost > per_request:
+            return (
+                f"{count} more × {usd(price_per_image(model))} would take this request to "
+                f"{usd(already + cost)} ({usd(request.cost_spent)} spent), above the limit of "
+                f"{usd(per_request)} per request (KARASU_MAX_REQUEST_COST)."
+            )
+    elif per_request is not None and cost > per_request:
         return (
             f"This request would cost {usd(cost)} ({count} × {usd(price_per_image(model))}), "
             f"above the limit of {usd(per_request)} per request (KARASU_MAX_REQUEST_COST). "

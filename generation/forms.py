@@ -97,8 +97,8 @@ class SourceImageInput(forms.HiddenInput):
         image = None
         # Only an image the user may use (the field's queryset): a posted id of another
         # must not show its title or thumbnail; a malformed one shows nothing.
-        if str(value or "").isdigit() and self.queryset is not None:
-            image = self.queryset.filter(pk=int(value)).first()
+        if (pk := image_pk(value)) is not None and self.queryset is not None:
+            image = self.queryset.filter(pk=pk).first()
         if image is None:
             return hidden
         try:
@@ -116,6 +116,12 @@ class SourceImageInput(forms.HiddenInput):
             "it with the image model below.</p>{}</section>",
             preview, image.title, image.pk, hidden,
         )
+
+
+def image_pk(value) -> int | None:
+    """An image id from user input; None for anything but plain ASCII digits ("²" too)."""
+    text = str(value or "")
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 class GenerationRequestForm(WagtailAdminModelForm):
@@ -165,10 +171,14 @@ class GenerationRequestForm(WagtailAdminModelForm):
         ]
         self.fields["count"].widget.attrs.update(min=1, max=MAX_COUNT)
         self.fields["count"].widget.model = self["image_model"].value() or ""
-        if self.instance.pk and self.instance.jobs_total:
+        started = self.instance.status not in (
+            GenerationRequest.Status.DRAFT, GenerationRequest.Status.FAILED
+        )
+        if self.instance.pk and (self.instance.jobs_total or started):
+            # From the start on: the LLM is asked for this many prompts of this kind.
             for name in [*LOCKED_AFTER_START, "source_image"]:
                 self.fields[name].disabled = True
-                self.fields[name].help_text = "Fixed once the prompts have been written."
+                self.fields[name].help_text = "Fixed once generation has started."
 
     def clean_theme(self) -> str:
         theme = " ".join(self.cleaned_data["theme"].split())

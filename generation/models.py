@@ -90,6 +90,9 @@ class GenerationRequest(index.Indexed, ClusterableModel):
         related_name="variation_requests",
         help_text="Make variations of this image (an image-editing model is required).",
     )
+    # Set with the source and kept when it is deleted (SET_NULL clears only the link), so a
+    # variation request never turns into a plain one.
+    is_variation = models.BooleanField(default=False, editable=False)
     auto_generate = models.BooleanField(
         default=True,
         help_text="Generate images as soon as the prompts are written. Off: review them first.",
@@ -156,6 +159,8 @@ class GenerationRequest(index.Indexed, ClusterableModel):
         return self.theme if len(self.theme) <= 80 else self.theme[:79] + "…"
 
     def save(self, **kwargs) -> None:
+        if self.source_image_id:
+            self.is_variation = True
         if kwargs.get("update_fields") is None and not self._state.adding:
             kwargs["update_fields"] = [
                 field.name for field in self._meta.concrete_fields
@@ -172,6 +177,11 @@ class GenerationRequest(index.Indexed, ClusterableModel):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def source_deleted(self) -> bool:
+        """A variation request whose source image is gone: nothing left to derive from."""
+        return self.is_variation and not self.source_image_id
 
     def get_admin_url(self) -> str:
         return reverse("wagtailsnippets_generation_generationrequest:inspect", args=[self.pk])

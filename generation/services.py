@@ -37,11 +37,15 @@ def start_request(request: GenerationRequest) -> bool:
     """Draft (without prompts) or failed -> queued. The caller enqueues expand_prompt.
 
     The estimate is taken again at today's price: the spend is booked at it."""
+    # Only as the caller read it: an edit of the count or model meanwhile would otherwise
+    # get an estimate (and a price per image) taken from the old values.
     return bool(
         GenerationRequest.objects.filter(
-            pk=request.pk, status__in=[Req.DRAFT, Req.FAILED], jobs_total=0
+            pk=request.pk, status__in=[Req.DRAFT, Req.FAILED], jobs_total=0,
+            count=request.count, image_model=request.image_model,
         ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now(),
-                 cost_estimate=costs.estimate(request.count, request.image_model))
+                 cost_estimate=costs.estimate(request.count, request.image_model),
+                 expansion_started_at=None, expansion_finished_at=None)
     )
 
 
@@ -64,6 +68,8 @@ def expand_request(request_id: int) -> list[int]:
                 status=next_status
             )
         else:
+            if request.source_deleted:
+                raise PermanentProviderError(SOURCE_DELETED)  # before paying for prompts
             try:
                 expansion = get_llm(request.llm).expand(
                     request.theme, request.count, brief=request.brief, style=request.style,
@@ -327,9 +333,9 @@ def generate(job: GenerationJob, model: ImageModel) -> GeneratedImage:
     is never quietly made from the prompt alone: a source deleted since fails the job.
     """
     request = job.request
-    if request.source_image_id:
-        source = load_source_image(request.source_image_id)
-        if source is None:
+    if request.is_variation:
+        source = request.source_image_id and load_source_image(request.source_image_id)
+        if not source:
             raise PermanentProviderError(SOURCE_DELETED)
         return model.edit(job.prompt, source, aspect_ratio=request.aspect_ratio, seed=job.seed)
     return model.generate(job.prompt, aspect_ratio=request.aspect_ratio, seed=job.seed)
@@ -350,13 +356,18 @@ def source_image_deleted(image_id: int) -> None:
                                       jobs_total=0).values_list("pk", flat=True):
         fail_request(request_id, f"Failed: {SOURCE_DELETED}.")
     requests.filter(status=Req.DRAFT, jobs_total=0).update(
-        error="Its source image was deleted: this draft would no longer make variations."
+        error="Its source image was deleted: this draft can no longer make variations."
     )
     jobs = GenerationJob.objects.filter(request__source_image_id=image_id,
                                         status__in=GenerationJob.OPEN)
     for job_id, request_id in jobs.values_list("pk", "request_id"):
         finish_job(job_id, Job.FAILED, error=SOURCE_DELETED, unclaimed_only=True,
                    request_id=request_id)
+    # Drafts whose prompts awaited review: settle_request() settles only generating ones.
+    now = timezone.now()
+    requests.filter(status=Req.DRAFT, jobs_total__gt=0).update(
+        status=Req.FAILED, error=f"Failed: {SOURCE_DELETED}.", finished_at=now, updated_at=now
+    )
 
 
 def source_description(image) -> str:
@@ -518,8 +529,8 @@ def _lock_request(request_id: int) -> None:
     list(GenerationRequest.objects.select_for_update().filter(pk=request_id).values("pk"))
 
 
-def reset_jobs(request: GenerationRequest, statuses: list[str]) -> list[int]:
-    """Jobs in ``statuses`` back to pending for another run; returns their ids.
+def reset_failed_jobs(request: GenerationRequest) -> list[int]:
+    """Failed jobs back to pending for another run; returns their ids.
 
     The read and the update use the same conditions under the request's lock, so two
     concurrent "Retry failed" clicks move (and count) each job once.
@@ -527,31 +538,15 @@ def reset_jobs(request: GenerationRequest, statuses: list[str]) -> list[int]:
     now = timezone.now()
     with transaction.atomic():
         _lock_request(request.pk)
-        rows = list(request.jobs.filter(status__in=statuses).values_list("pk", "status"))
-        ids = [pk for pk, _ in rows]
+        ids = list(request.jobs.filter(status=Job.FAILED).values_list("pk", flat=True))
         if not ids:
             return []
-        GenerationJob.objects.filter(pk__in=ids, status__in=statuses).update(
+        GenerationJob.objects.filter(pk__in=ids, status=Job.FAILED).update(
             status=Job.PENDING, attempts=0, infra_retries=0, recoveries=0, error="",
             finished_at=None, updated_at=now, **NO_CLAIM,
         )
-        counters = {}
-        for status in {s for _, s in rows if s in COUNTERS}:
-            counter = COUNTERS[status]
-            counters[counter] = F(counter) - sum(1 for _, s in rows if s == status)
-        if succeeded := sum(1 for _, s in rows if s == Job.SUCCEEDED):
-            # A succeeded job keeps its image, and its next run records that image again
-            # (runnable_job) without a provider call: its spend is taken back here, so that
-            # finish_job counts it once. (regenerate_job pays for a new image: it does not.)
-            price = costs.request_unit_price(request.pk)
-            if price:
-                counters["cost_spent"] = F("cost_spent") - price * succeeded
-            for job_id in (pk for pk, s in rows if s == Job.SUCCEEDED):  # its last booking
-                last = Spend.objects.filter(job_id=job_id).order_by("-spent_at", "-pk").first()
-                if last is not None:
-                    last.delete()
         GenerationRequest.objects.filter(pk=request.pk).update(
-            status=Req.GENERATING, finished_at=None, **counters
+            status=Req.GENERATING, finished_at=None, jobs_failed=F("jobs_failed") - len(ids)
         )
     return ids
 

@@ -32,8 +32,8 @@ from wagtail.snippets.action_menu import ActionMenuItem
 from wagtail.snippets.views.snippets import CreateView, EditView, IndexView, InspectView
 
 from generation import costs
-from generation.actions import ACTIONS, generate_job, run
-from generation.forms import PromptForm, default_image_model, source_images_for
+from generation.actions import ACTIONS, cannot_spend, generate_job, run
+from generation.forms import PromptForm, default_image_model, image_pk, source_images_for
 from generation.models import GenerationJob, GenerationRequest
 from generation.services import update_prompt
 
@@ -139,8 +139,8 @@ class RequestCreateView(CreateView):
         if self.request.method != "GET" or not source_id:
             return initial
         image = None
-        if source_id.isdigit():
-            image = source_images_for(self.request.user).filter(pk=int(source_id)).first()
+        if (pk := image_pk(source_id)) is not None:
+            image = source_images_for(self.request.user).filter(pk=pk).first()
         if image is None:
             messages.warning(
                 self.request, "That image does not exist or you may not use it as a source."
@@ -508,8 +508,10 @@ class JobGenerateView(JobView):
         else:
             with costs.budget_lock():
                 # A regeneration is one more paid image.
-                error = self.job.status != GenerationJob.Status.PENDING and costs.budget_error(
-                    1, self.job.request.image_model
+                error = cannot_spend(self.job.request) or (
+                    self.job.status != GenerationJob.Status.PENDING
+                    and costs.budget_error(1, self.job.request.image_model,
+                                           request=self.job.request)
                 )
                 message = "" if error else generate_job(self.job)
             if error:

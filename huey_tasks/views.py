@@ -196,7 +196,9 @@ class RetryRunView(RunActionView):
             if job is None or job.status not in GenerationJob.TERMINAL:
                 return "Its job is not finished, so there is nothing to retry.", False
             with costs.budget_lock():
-                if error := costs.budget_error(1, job.request.image_model):
+                if error := request_actions.cannot_spend(job.request) or costs.budget_error(
+                    1, job.request.image_model, request=job.request
+                ):
                     return error, False  # one more paid image
                 if not services.regenerate_job(job):
                     return "Its job changed meanwhile; nothing was retried.", False
@@ -322,22 +324,46 @@ class DeadLetterActionView(ActionView):
         ]
         if self.action == "requeue":
             letters = [letter for letter in storage.dead_letters() if letter.message_id in ids]
-            done = sum(self.requeue(letter) for letter in letters)
-            return f"{done} dead letters requeued.", bool(done)
+            outcomes = [self.requeue(letter) for letter in letters]
+            done = sum(1 for outcome in outcomes if outcome is True)
+            refused = [outcome for outcome in outcomes if isinstance(outcome, str)]
+            message = f"{done} dead letters requeued."
+            if refused:
+                message += f" {len(refused)} kept, as they would pay for more: {refused[0]}"
+            return message, bool(done)
         done = storage.purge_dead_letters(ids)
         return f"{done} dead letters purged.", bool(done)
 
     @staticmethod
-    def requeue(letter) -> bool:
-        """Reopen what the dead letter had failed, then put its message back."""
+    def requeue(letter) -> bool | str:
+        """Reopen what the dead letter had failed, then put its message back.
+
+        A failed job or expansion reopened is paid work again, checked against the budgets
+        like any retry: over them, the letter stays and the reason is returned."""
         try:
             task = HUEY.deserialize_task(letter.data)
         except Exception:
             task = None
-        if task is not None and task.args and isinstance(task.args[0], int):
-            name = task.name.rsplit(".", 1)[-1]
+        if task is None or not task.args or not isinstance(task.args[0], int):
+            return HUEY.requeue_dead_letter(letter)
+        name = task.name.rsplit(".", 1)[-1]
+        with costs.budget_lock():
             if name == "generate_image":
-                services.reopen_job(task.args[0])
+                job = GenerationJob.objects.select_related("request").filter(
+                    pk=task.args[0]
+                ).first()
+                if job is not None and job.status == GenerationJob.Status.FAILED:
+                    if error := request_actions.cannot_spend(job.request) or costs.budget_error(
+                        1, job.request.image_model, request=job.request
+                    ):
+                        return error
+                    services.reopen_job(job.pk)
             elif name == "expand_prompt":
-                services.reopen_request(task.args[0])
+                request = GenerationRequest.objects.filter(pk=task.args[0]).first()
+                if request is not None and request.status == GenerationRequest.Status.FAILED:
+                    if error := request_actions.cannot_spend(request) or costs.budget_error(
+                        request.count, request.image_model, exclude_pk=request.pk
+                    ):
+                        return error
+                    services.reopen_request(request.pk)
         return HUEY.requeue_dead_letter(letter)

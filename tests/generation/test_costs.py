@@ -126,18 +126,15 @@ def test_spend_is_exact_as_jobs_finish_at_the_price_the_request_was_saved_with(p
     request.refresh_from_db()
     assert (request.jobs_succeeded, request.cost_spent) == (1, Decimal("0.0333"))
 
-    # Retrying a succeeded job that keeps its image takes its spend back; its next run
-    # records the same image again (runnable_job) and counts it once more.
-    assert services.reset_jobs(request, [Job.SUCCEEDED, Job.FAILED])
-    request.refresh_from_db()
-    assert (request.jobs_succeeded, request.cost_spent) == (0, Decimal("0"))
+    # Retrying the failed one pays for one more image; the succeeded one is paid once.
+    assert services.reset_failed_jobs(request) == [jobs[1].pk]
     for job in jobs:
-        assert services.finish_job(job.pk, Job.SUCCEEDED)
+        services.finish_job(job.pk, Job.SUCCEEDED)
     request.refresh_from_db()
     assert request.status == Req.COMPLETED
     assert (request.jobs_succeeded, request.cost_spent) == (3, Decimal("0.0999"))
     assert request.cost_spent == request.cost_estimate
-    # The month's books agree: one booking per paid image, the retried one's taken back.
+    # The month's books agree: one booking per paid image.
     assert sum(spend.amount for spend in Spend.objects.filter(request=request)) == Decimal(
         "0.0999"
     )
@@ -429,3 +426,77 @@ def test_without_the_budget_lock_both_starts_would_fit(priced, monkeypatch):
     priced["MAX_MONTHLY_COST"] = Decimal("0.06")
     started = start_two_at_once(monkeypatch, contextlib.nullcontext)
     assert [r.status for r in started] == [Req.QUEUED, Req.QUEUED]
+
+
+def test_regenerations_cannot_take_a_request_past_the_per_request_limit(priced, editor):
+    request = make_request(count=4)  # $0.05, exactly the limit below
+    jobs = with_jobs(request)
+    for job in jobs:
+        services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
+    priced["MAX_REQUEST_COST"] = Decimal("0.0625")  # one more image fits, not two
+    first = editor.post(reverse(f"{NS}:job_generate", args=[jobs[0].pk]), follow=True)
+    assert "Generating prompt #1." in first.content.decode()
+    services.finish_job(jobs[0].pk, Job.SUCCEEDED, request_id=request.pk)  # paid again
+    second = editor.post(reverse(f"{NS}:job_generate", args=[jobs[1].pk]), follow=True)
+    assert ("1 more × $0.0125 would take this request to $0.075 ($0.0625 spent), above the "
+            "limit of $0.0625 per request") in second.content.decode()
+    assert GenerationJob.objects.get(pk=jobs[1].pk).status == Job.SUCCEEDED
+
+
+def test_today_and_this_month_are_the_sites_not_the_editors(priced, settings):
+    """Wagtail activates each editor's own time zone; the budget month must not move."""
+    settings.TIME_ZONE = "UTC"
+    now = datetime.datetime(2026, 12, 1, 3, 0, tzinfo=datetime.UTC)
+    with timezone.override("America/New_York"):  # still 30 November there
+        today, month = costs.period_starts(now)
+    assert (today, month) == (
+        datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC),
+        datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC),
+    )
+
+
+def test_count_and_model_are_fixed_from_the_start_not_only_once_prompts_exist(priced, editor):
+    request = make_request(count=2, status=Req.EXPANDING)  # the LLM was asked for 2
+    data = form_data(count=400, image_model="demo")
+    response = editor.post(reverse(f"{NS}:edit", args=[request.pk]), data)
+    assert response.status_code == 302
+    request.refresh_from_db()
+    assert request.count == 2 and request.cost_estimate == Decimal("0.0250")
+    form = editor.get(reverse(f"{NS}:edit", args=[request.pk])).context["form"]
+    assert form.fields["count"].disabled
+    assert form.fields["count"].help_text == "Fixed once generation has started."
+
+
+def test_a_start_uses_the_count_as_it_is_when_it_starts(priced):
+    """An edit that committed after the view read the draft: nothing starts on old values."""
+    from generation import actions
+
+    draft = make_request(count=10)
+    stale = GenerationRequest.objects.get(pk=draft.pk)
+    GenerationRequest.objects.filter(pk=draft.pk).update(count=40,
+                                                         cost_estimate=Decimal("0.5"))
+    assert not services.start_request(stale)  # a caller without the lock: refused
+    message, error = actions.run(actions.ACTIONS["generate"], stale)  # re-read under it
+    assert message and error is None
+    draft.refresh_from_db()
+    assert (draft.status, draft.count, draft.cost_estimate) == (Req.QUEUED, 40, Decimal("0.5"))
+
+
+def test_starting_again_clears_the_last_attempts_expansion_times(priced):
+    draft = make_request(count=2, status=Req.FAILED)
+    GenerationRequest.objects.filter(pk=draft.pk).update(
+        expansion_started_at=timezone.now(), expansion_finished_at=timezone.now()
+    )
+    assert services.start_request(draft)
+    draft.refresh_from_db()
+    assert draft.expansion_started_at is None and draft.expansion_finished_at is None
+
+
+def test_a_malformed_price_stops_the_system_check(settings):
+    from django.core.management.base import SystemCheckError
+
+    call_command("check")
+    settings.KARASU["IMAGE_MODELS"]["demo"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": "twelve cents"}
+    with pytest.raises(SystemCheckError, match=r"'demo'\] PRICE: 'twelve cents' is not a decimal"):
+        call_command("check")

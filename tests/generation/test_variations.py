@@ -510,3 +510,55 @@ def test_deleting_a_source_fails_what_was_still_to_derive_from_it(editor):
         services.generate(worker_copy, get_provider("demo"))
     inspect = editor.get(reverse(f"{NS}:inspect", args=[generating.pk])).content.decode()
     assert reason in inspect
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections")
+def test_a_variation_request_whose_source_is_gone_is_never_run_as_a_plain_one(editor):
+    from generation import services
+    from generation.models import GenerationJob
+
+    Req = GenerationRequest.Status
+    source = make_source()
+    failed = GenerationRequest.objects.create(
+        theme="Variations", count=2, llm="demo", image_model="demo", source_image=source,
+        status=Req.FAILED,
+    )
+    reviewed = GenerationRequest.objects.create(
+        theme="Variations", count=1, llm="demo", image_model="demo", source_image=source,
+        jobs_total=1, auto_generate=False,
+    )
+    pending = GenerationJob.objects.create(request=reviewed, index=0, prompt="crow at dusk")
+    assert failed.is_variation and reviewed.is_variation
+    source.delete()
+
+    # A draft whose prompts awaited review ends too (nothing would settle it otherwise).
+    reviewed.refresh_from_db()
+    assert reviewed.status == Req.FAILED and reviewed.finished_at is not None
+    assert GenerationJob.objects.get(pk=pending.pk).status == GenerationJob.Status.FAILED
+    failed.refresh_from_db()
+    assert failed.is_variation and failed.source_deleted
+    for url in (reverse(f"{NS}:action", args=[failed.pk, "generate"]),
+                reverse(f"{NS}:action", args=[reviewed.pk, "retry_failed"]),
+                reverse(f"{NS}:job_generate", args=[pending.pk])):
+        page = editor.post(url, follow=True).content.decode()
+        assert "Its source image was deleted, so it can make no more variations." in page
+    failed.refresh_from_db()
+    assert failed.status == Req.FAILED
+    assert GenerationJob.objects.get(pk=pending.pk).status == GenerationJob.Status.FAILED
+    # Started some other way (code, an old message): the expansion refuses before the LLM.
+    GenerationRequest.objects.filter(pk=failed.pk).update(status=Req.QUEUED)
+    with pytest.raises(PermanentProviderError, match="source image was deleted"):
+        services.expand_request(failed.pk)
+    assert not failed.jobs.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections")
+@pytest.mark.parametrize("value", ["²", "١٢", "-1", "1e3", " 7"])
+def test_a_source_id_that_is_not_plain_digits_is_refused_not_a_500(editor, value):
+    page = editor.get(reverse(f"{NS}:add"), {"source_image": value})
+    assert page.status_code == 200
+    assert "may not use it as a source" in page.content.decode()
+    response = editor.post(reverse(f"{NS}:add"), form_data(source_image=value))
+    assert response.status_code == 200 and not GenerationRequest.objects.exists()

@@ -108,8 +108,8 @@ def test_two_retry_failed_clicks_reset_and_count_each_job_once(demo):
     HUEY.storage.flush_all()
     request = make_request(10, status=Req.COMPLETED_WITH_ERRORS, job_status=Job.FAILED,
                            jobs_failed=10)
-    results = _concurrently(lambda: services.reset_jobs(
-        GenerationRequest.objects.get(pk=request.pk), [Job.FAILED]))
+    results = _concurrently(lambda: services.reset_failed_jobs(
+        GenerationRequest.objects.get(pk=request.pk)))
     assert sorted(len(ids) for ids in results) == [0, 10]
     request.refresh_from_db()
     assert request.jobs_failed == 0 and request.status == Req.GENERATING

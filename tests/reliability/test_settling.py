@@ -67,6 +67,30 @@ def test_a_buried_job_fails_at_once_and_requeue_reopens_it(
     assert Image.objects.filter(generation_job_id=job_id).count() == 1
 
 
+def test_requeuing_a_dead_letter_is_checked_against_the_budgets(
+    demo, one_delivery, queue_backend, editor, settings
+):
+    """A reopened job is paid work again: over budget, the letter stays where it is."""
+    from decimal import Decimal
+
+    settings.KARASU["IMAGE_MODELS"]["demo"] = {
+        **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": "0.5"}
+    request = make_request(2, cost_estimate=Decimal("1.00"))  # $0.50 an image
+    job_ids = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    die_holding(HUEY.storage)
+    die_holding(HUEY.storage)
+    assert HUEY.storage.claim() is None and HUEY.storage.dead_letter_count() == 2
+    settings.KARASU["MAX_REQUEST_COST"] = Decimal("0.75")  # room for one more image only
+    page = editor.post(reverse("job_monitor:dead_letters_all", args=["requeue"]),
+                       follow=True).content.decode()
+    assert "1 dead letters requeued." in page
+    assert "1 kept, as they would pay for more" in page and "above the limit of $0.75" in page
+    assert HUEY.storage.dead_letter_count() == 1
+    statuses = sorted(GenerationJob.objects.filter(pk__in=job_ids).values_list("status",
+                                                                                flat=True))
+    assert statuses == [Job.FAILED, Job.QUEUED]
+
+
 def test_a_buried_expansion_fails_its_request(demo, one_delivery, queue_backend):
     request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
                                                image_model="demo", status=Req.QUEUED)
@@ -286,7 +310,7 @@ def test_maintenance_does_not_fail_again_a_job_retried_after_its_dead_letter(
     HUEY.storage.claim()  # buried: the job fails
     request.refresh_from_db()
     assert request.jobs_failed == 1
-    ids = services.reset_jobs(request, [Job.FAILED])  # the editor retries it
+    ids = services.reset_failed_jobs(request)  # the editor retries it
     queue_jobs(ids)
     maintenance.call_local()  # the old dead letter is still in the store
     job = request.jobs.get()
