@@ -68,3 +68,32 @@ def test_save_and_generate_then_watch_the_request_page_reach_6_done(
     assert "Crows over <Kyoto>" in live.inner_text()  # shown as text, not markup
     page.screenshot(path=str(tmp_path / "request-page.png"), full_page=True)
     page.context.close()
+
+
+def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
+    browser, live_server, django_user_model, settings
+):
+    """Its refresh answers 404 from then on: one failed refresh, then no more."""
+    from generation.models import GenerationRequest
+
+    request = GenerationRequest.objects.create(
+        theme="Crows", count=2, llm="demo", image_model="demo",
+        status=GenerationRequest.Status.GENERATING, jobs_total=2,
+    )
+    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
+    page = browser.new_context().new_page()
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pass")
+    page.click("button[type=submit]")
+    refreshes = []
+    page.on("response", lambda response: "/live/" in response.url
+            and refreshes.append(response.status))
+    page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/inspect/"
+              f"{request.pk}/")
+    page.wait_for_timeout(4_000)  # at least one refresh while it exists
+    assert refreshes and set(refreshes) == {200}
+    request.delete()
+    page.wait_for_timeout(10_000)  # three more ticks at 3 s
+    assert refreshes.count(404) == 1, refreshes
+    page.context.close()

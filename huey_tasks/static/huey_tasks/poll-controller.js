@@ -10,10 +10,17 @@
         this.timer = window.setInterval(() => {
           if (!document.hidden) this.dispatch('tick');
         }, this.intervalValue);
+        // A refresh that failed (the object deleted, the server gone): stop asking. w-swap
+        // reports it on the element it writes into, which holds this one or is this one.
+        this.stop = (event) => {
+          if (event.target.contains(this.element)) window.clearInterval(this.timer);
+        };
+        document.addEventListener('w-swap:error', this.stop);
       }
 
       disconnect() {
         window.clearInterval(this.timer);
+        document.removeEventListener('w-swap:error', this.stop);
       }
     }
     window.wagtail.app.register('karasu-poll', PollController);
