@@ -50,6 +50,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/pipeline.py
 	$(PY) bench/request_page.py
 	$(PY) bench/image_sizes.py
+	$(PY) bench/metrics.py
 
 clean:
 	rm -rf $(VENV) .venv-mongo var .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from django.core.files import File
@@ -12,6 +13,8 @@ from wagtail.images import get_image_model
 
 from generation.models import GenerationJob
 from generation.providers import GeneratedImage, clean_alt_text
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 255
 
@@ -40,6 +43,20 @@ def _tag(image, tags: list[Tag]) -> None:
     # inserts each under a savepoint.
     through = image.tags.through
     through.objects.bulk_create([through(content_object=image, tag=tag) for tag in tags])
+
+
+def _discard(image) -> None:
+    """Delete the stored file of an image that was not filed: no row refers to it.
+
+    Best effort: when the storage fails too (an S3 endpoint gone), the file is left over and
+    logged, and the caller still hears about what went wrong first, not about this.
+    """
+    name = image.file.name
+    try:
+        image.file.delete(save=False)
+    except Exception:
+        logger.warning("Could not delete %s, the file of an image that was not filed.", name,
+                       exc_info=True)
 
 
 class Superseded(Exception):
@@ -127,15 +144,15 @@ def _ingest(
             if confirm is not None and not confirm(image):
                 raise Superseded
     except Superseded:
-        image.file.delete(save=False)
+        _discard(image)
         return None, False
     except IntegrityError:
-        image.file.delete(save=False)
+        _discard(image)
         winner = Image.objects.filter(generation_job_id=job.pk).first()
         if winner is None:
             raise  # not the one-image-per-job constraint
         return winner, False
     except BaseException:
-        image.file.delete(save=False)  # no row refers to it: no orphan file
+        _discard(image)  # no row refers to it: no orphan file
         raise
     return image, True

@@ -21,7 +21,7 @@ from generation.ingest import ingest
 from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import GeneratedImage, ImageModel, SourceImage, get_llm
 from generation.providers.base import TokenUsage
-from generation.providers.errors import PermanentProviderError, ProviderError
+from generation.providers.errors import NotCalled, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def expand_request(request_id: int) -> list[int]:
             )
         else:
             if request.source_deleted:
-                raise PermanentProviderError(SOURCE_DELETED)  # before paying for prompts
+                raise NotCalled(SOURCE_DELETED)  # before paying for prompts
             try:
                 expansion = get_llm(request.llm).expand(
                     request.theme, request.count, brief=request.brief, style=request.style,
@@ -336,7 +336,7 @@ def generate(job: GenerationJob, model: ImageModel) -> GeneratedImage:
     if request.is_variation:
         source = request.source_image_id and load_source_image(request.source_image_id)
         if not source:
-            raise PermanentProviderError(SOURCE_DELETED)
+            raise NotCalled(SOURCE_DELETED)
         return model.edit(job.prompt, source, aspect_ratio=request.aspect_ratio, seed=job.seed)
     return model.generate(job.prompt, aspect_ratio=request.aspect_ratio, seed=job.seed)
 

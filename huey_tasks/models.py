@@ -59,6 +59,8 @@ class TaskRun(models.Model):
             models.Index(fields=["task_name", "-enqueued_at"], name="taskrun_task"),
             models.Index(fields=["status", "finished_at"], name="taskrun_finished"),
             models.Index(fields=["generation_request", "status"], name="taskrun_request"),
+            # Covers the metrics' runs by task and status (ops.metrics): an index-only scan.
+            models.Index(fields=["task_name", "status"], name="taskrun_task_status"),
         ]
 
     def __str__(self) -> str:

@@ -10,6 +10,7 @@ import time
 import uuid
 from types import SimpleNamespace
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from huey import crontab
@@ -22,6 +23,7 @@ from generation.models import GenerationJob, GenerationRequest
 from generation.providers import (
     ImageModel,
     PermanentProviderError,
+    ProviderError,
     TransientProviderError,
     get_image_model,
 )
@@ -30,6 +32,7 @@ from huey_tasks import ledger, reconcile
 from huey_tasks.limiter import ConcurrencyLimiter, RequestsPerMinute
 from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 from huey_tasks.task_backend import follow_ups_in_place
+from ops.counters import count_llm_error, count_provider_error
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +45,14 @@ CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks a
 CLAIM_LEASES = 2
 
 # The database, the queue storage or the media storage failing: not the job's fault.
+# Media on S3 (MEDIA_S3_BUCKET) fails with botocore's errors: the endpoint unreachable or
+# timing out (BotoCoreError), or an error answer (ClientError), which may be configuration
+# (AccessDenied, NoSuchBucket) and then fails the job after the bounded infrastructure
+# retries, with the service's reason.
 INFRASTRUCTURE_ERRORS = (
     OperationalError, InterfaceError, sqlite3.OperationalError,
     ConnectionFailure, ExecutionTimeout, WTimeoutError, OSError,
+    BotoCoreError, ClientError,
 )
 
 
@@ -68,12 +76,14 @@ def expand_prompt(request_id: int, task=None) -> dict:
     try:
         job_ids = services.expand_request(request_id)
     except TransientProviderError as exc:
+        count_llm_error(request_id, exc)  # for the metrics; never raises
         if task.retries:
             services.note_request_error(request_id, f"{exc.reason} (will retry)")
         else:
             services.fail_request(request_id, exc.reason, EXPANDING)
         raise
     except PermanentProviderError as exc:
+        count_llm_error(request_id, exc)
         services.fail_request(request_id, exc.reason, EXPANDING)
         task.retries = 0  # retrying cannot help
         raise
@@ -234,7 +244,11 @@ def _generate(job_id: int, task) -> int | None:
             services.release_job(job_id, token)
             task.job_claim = None
             raise
-        generated = services.generate(job, model)
+        try:
+            generated = services.generate(job, model)
+        except ProviderError as exc:
+            count_provider_error(model.name, exc)  # for the metrics; never raises
+            raise
     with follow_ups_in_place():  # the image's index updates: here, not as more messages
         stored = services.store(job, token, generated)
     if not stored:

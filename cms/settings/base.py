@@ -6,6 +6,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from cms.storage import media_storage
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -25,6 +27,7 @@ INSTALLED_APPS = [
     "cms",
     "generation",
     "huey_tasks",
+    "ops",
     "huey.contrib.djhuey",
     "wagtail_modeladmin",
     "wagtail.contrib.forms",
@@ -135,8 +138,18 @@ STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
 STATIC_URL = "/static/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
 MEDIA_URL = "/media/"
+# Media (image originals and renditions): the local disk under MEDIA_ROOT, or with
+# MEDIA_S3_BUCKET an S3-compatible bucket (cms/storage.py). Credentials are not settings:
+# boto3 reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN / AWS_PROFILE.
+MEDIA_S3_BUCKET = env.str("MEDIA_S3_BUCKET", default="")
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": media_storage(
+        MEDIA_S3_BUCKET,
+        endpoint_url=env.str("MEDIA_S3_ENDPOINT_URL", default=""),
+        region=env.str("MEDIA_S3_REGION", default=""),
+        public_url=env.str("MEDIA_S3_PUBLIC_URL", default=""),
+        addressing_style=env.str("MEDIA_S3_ADDRESSING_STYLE", default=""),
+    ),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10_000
@@ -196,6 +209,9 @@ ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
 FAL_KEY = env.str("FAL_KEY", default="")
+
+# GET /metrics (Prometheus) answers only with "Authorization: Bearer <this>"; unset: 404.
+KARASU_METRICS_TOKEN = env.str("KARASU_METRICS_TOKEN", default="")
 
 
 def env_usd(name: str) -> Decimal | None:

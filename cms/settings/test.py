@@ -16,6 +16,11 @@ TEST_DATA_DIR = Path(
     os.environ.setdefault("KARASU_TEST_DATA_DIR", tempfile.mkdtemp(prefix="karasu-test-"))
 )
 MEDIA_ROOT = TEST_DATA_DIR / "media"
+# Test media stays in the scratch folder even when MEDIA_S3_* is set (or in `.env`) for
+# the site: the suite must never write to a real bucket. tests/media opts in for its local
+# S3 endpoint (KARASU_TEST_MEDIA_S3, in the worker processes it starts).
+if not os.environ.get("KARASU_TEST_MEDIA_S3"):
+    STORAGES = {**STORAGES, "default": media_storage()}  # noqa: F405
 HUEY_QUEUE_FILE = TEST_DATA_DIR / "queue.sqlite3"
 # Tests always use the embedded queue (MongoStorage has its own suite), with short leases so
 # crash tests do not wait long.

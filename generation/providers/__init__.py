@@ -29,7 +29,7 @@ from .base import (
     alt_text_from_prompt,
     clean_alt_text,
 )
-from .errors import PermanentProviderError, ProviderError, TransientProviderError
+from .errors import NotCalled, PermanentProviderError, ProviderError, TransientProviderError
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 
-class UnknownProvider(PermanentProviderError):
+class UnknownProvider(NotCalled):
     pass
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from django.conf import settings
 
 # Known key shapes, in case a provider echoes a key we were not configured with.
 _KEY_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|(?:key|Key)\s+[A-Za-z0-9:_\-]{16,})")
-SECRET_SETTINGS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAL_KEY")
+SECRET_SETTINGS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAL_KEY", "KARASU_METRICS_TOKEN")
+# Secrets that are never settings: boto3 reads the media bucket's credentials (MEDIA_S3_*)
+# from the environment itself. Shorter values are not secrets worth blanking text for.
+SECRET_ENVIRONMENT = (
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_S3_SECRET_ACCESS_KEY",
+)
+MIN_ENVIRONMENT_SECRET = 8
 MAX_REASON = 300
 
 
@@ -18,6 +26,10 @@ def redact_secrets(text: str) -> str:
     for name in SECRET_SETTINGS:
         secret = getattr(settings, name, "")
         if secret:
+            text = text.replace(secret, "[redacted]")
+    for name in SECRET_ENVIRONMENT:
+        secret = os.environ.get(name, "")
+        if len(secret) >= MIN_ENVIRONMENT_SECRET:
             text = text.replace(secret, "[redacted]")
     return _KEY_PATTERNS.sub("[redacted]", text)
 
@@ -38,15 +50,27 @@ class ProviderError(Exception):
 
 
 class TransientProviderError(ProviderError):
-    """Worth retrying: rate limits, timeouts, overload, 5xx, connection trouble."""
+    """Worth retrying: rate limits, timeouts, overload, 5xx, connection trouble.
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    ``rate_limited``: the provider said too many requests (HTTP 429), as counted in the
+    metrics' provider errors.
+    """
+
+    def __init__(
+        self, reason: str, retry_after: float | None = None, rate_limited: bool = False
+    ):
         super().__init__(reason)
         self.retry_after = retry_after
+        self.rate_limited = rate_limited
 
 
 class PermanentProviderError(ProviderError):
     """Retrying cannot help: bad request, auth, content policy, invalid output, unsafe URL."""
+
+
+class NotCalled(PermanentProviderError):
+    """Refused before any call to the provider (an unknown model, a deleted source image):
+    a failure of the job, not an error of the provider."""
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -60,13 +84,17 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 TRANSIENT_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+RATE_LIMITED_STATUS = 429
 
 
 def error_for_status(provider: str, status: int, detail: str, retry_after: str | None = None):
     """Map an HTTP status to the right provider error."""
     reason = f"{provider}: HTTP {status}: {detail}"
     if status in TRANSIENT_STATUSES or status >= 500:
-        return TransientProviderError(reason, retry_after=parse_retry_after(retry_after))
+        return TransientProviderError(
+            reason, retry_after=parse_retry_after(retry_after),
+            rate_limited=status == RATE_LIMITED_STATUS,
+        )
     return PermanentProviderError(reason)
 
 

@@ -164,6 +164,14 @@ class LeasingStorageMixin:
         """Messages currently claimed by a live lease (running somewhere)."""
         raise NotImplementedError
 
+    def health_check(self, timeout: float = 2.0) -> None:
+        """Raise unless the storage answers within about ``timeout`` seconds.
+
+        For probes (``/healthz``, the metrics): bounded even where the storage's own calls
+        would wait much longer for a lock or a server.
+        """
+        raise NotImplementedError
+
     def all_messages(self) -> list[bytes]:
         """Data of every message that may still run: queued, leased and scheduled.
 

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 
+import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 from huey.constants import EmptyData
@@ -251,6 +252,12 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return self.messages.count_documents(
             {"lease_until": {"$gt": time.time()}, **NOT_SCHEDULED}
         )
+
+    def health_check(self, timeout: float = 2.0) -> None:
+        # pymongo's timeout bounds server selection too: the client's own default waits
+        # 30 s for an unreachable server.
+        with pymongo.timeout(timeout):
+            self.messages.database.command("ping")
 
     def queue_size(self) -> int:
         return self.messages.count_documents(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import time
+from pathlib import Path
 
 from huey.constants import EmptyData
 from huey.storage import SqliteStorage
@@ -242,6 +244,16 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             (self.name, time.time()),
             results=True,
         )[0][0]
+
+    def health_check(self, timeout: float = 2.0) -> None:
+        # A connection of its own: the storage's wait up to 30 s for a lock. Read-only, so
+        # a missing queue file is an error here instead of being created empty.
+        uri = f"{Path(self.filename).resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+        try:
+            conn.execute("select count(*) from karasu_message where 0").fetchone()
+        finally:
+            conn.close()
 
     def queue_size(self) -> int:
         return self.sql(
