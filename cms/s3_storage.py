@@ -5,8 +5,9 @@ A signed URL carries its signing time, so signing on every render gives every im
 URL each time a page is drawn. The request page redraws its images every 3 seconds while a
 request runs: with fresh URLs, the browser would fetch every thumbnail again each time,
 where with the same URL it keeps the one it has (objects are stored with a long
-Cache-Control, and their names never change). So a signed URL is reused for half its
-lifetime: a URL handed out is always valid for at least that long.
+Cache-Control). So a signed URL is reused for five minutes. Not longer: a URL signed with
+temporary credentials (an instance or pod role) stops working when they expire, and boto3
+renews them only 10–15 minutes before that.
 
 Kept apart from ``cms.storage`` so that the settings (and a local-disk setup) do not load
 boto3.
@@ -20,6 +21,7 @@ import time
 from storages.backends.s3 import S3Storage
 
 MAX_CACHED_URLS = 10_000
+REUSE_SECONDS = 300
 
 
 class MediaS3Storage(S3Storage):
@@ -39,7 +41,7 @@ class MediaS3Storage(S3Storage):
         with self._signed_lock:
             if len(self._signed_urls) >= MAX_CACHED_URLS:
                 self._signed_urls.clear()
-            self._signed_urls[name] = (now + self.querystring_expire / 2, url)
+            self._signed_urls[name] = (now + min(REUSE_SECONDS, self.querystring_expire / 2), url)
         return url
 
     def delete(self, name):

@@ -18,9 +18,9 @@ LOCAL_MEDIA = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 # django-storages' S3Storage, reusing signed URLs for a while (see cms/s3_storage.py).
 S3_BACKEND = "cms.s3_storage.MediaS3Storage"
 
-# Stored names never change: a new file (an upload, a replaced file, a rendition made again)
-# gets a new name, so browsers and a CDN may keep what they fetched.
-CACHE_CONTROL = "max-age=31536000, immutable"
+# An hour: a name is reused only after its image is deleted (an upload of the same name
+# then), so a browser or CDN serves a stale copy for at most that long.
+CACHE_CONTROL = "max-age=3600"
 
 
 def public_url_parts(public_url: str) -> tuple[str, str]:
@@ -56,7 +56,7 @@ def media_storage(
       must both be kept. A taken name gets a random suffix, as on the local disk.
     - Objects get no ACL (``default_acl=None``): access is the bucket's policy.
     - Without ``public_url`` the bucket is private and every URL is signed (valid for an
-      hour, the same URL reused for half of that); with it, URLs point there unsigned (a
+      hour, the same URL reused for five minutes); with it, URLs point there unsigned (a
       CDN or a public bucket).
     - botocore retries (its "standard" mode: throttling, 5xx, connection errors) within
       bounded timeouts; what still fails raises, and a worker retries the job later.

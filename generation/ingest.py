@@ -11,6 +11,7 @@ from django.utils.text import slugify
 from taggit.models import Tag
 from wagtail.images import get_image_model
 
+from generation.media import MEDIA
 from generation.models import GenerationJob
 from generation.providers import GeneratedImage, clean_alt_text
 
@@ -125,7 +126,8 @@ def _ingest(
     tags = image_tags(request)  # read before the transaction: SQLite's write lock is shared
     filename = image_filename(job, generated.extension)
     field = image.file.field
-    image.file.name = field.storage.save(
+    image.file.name = MEDIA.save(
+        field.storage,
         field.generate_filename(image, filename),
         File(generated.open(), name=filename),
         max_length=field.max_length,

@@ -19,6 +19,7 @@ from huey.exceptions import RateLimitExceeded, RetryTask
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
 from generation import services
+from generation.media import MEDIA
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import (
     ImageModel,
@@ -230,6 +231,9 @@ def _generate(job_id: int, task) -> int | None:
         task.job_attempts = job.attempts
         HUEY.hold(JOB_CLAIMS, token)
         try:
+            # A storage that refused the last write must take one first: no paid call for
+            # an image that could not be filed (MediaUnavailable: deferred, not a failure).
+            MEDIA.ensure_writable()
             # Counted only for a call about to be made (not for a duplicate message).
             if rate_limit := rate_limit_for(model):
                 rate_limit.acquire()

@@ -7,6 +7,7 @@ exception text, host names or other internals reach the response.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from django.db import connection
 from huey.contrib.djhuey import HUEY
@@ -20,11 +21,28 @@ logger = logging.getLogger(__name__)
 QUEUE_TIMEOUT = 2.0
 
 
-def check_database() -> None:
-    """One trivial query on the default database; raises if it cannot be made."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+# Seconds the database has to answer. The query runs in one thread of its own on a fresh
+# connection: a persistent connection to a server that froze (no RST, no answer) would hold
+# the probe for the TCP timeout, and connect_timeout does not apply to it. A check still
+# stuck there makes the next ones fail in time too, without piling up threads.
+DATABASE_TIMEOUT = 3.0
+_database_probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healthz-db")
+
+
+def _query_database() -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()  # this thread's own connection: a fresh one next time
+
+
+def check_database(timeout: float | None = None) -> None:
+    """One trivial query on the default database, bounded by ``timeout``; raises if it
+    cannot be made in time."""
+    future = _database_probe.submit(_query_database)
+    future.result(DATABASE_TIMEOUT if timeout is None else timeout)
 
 
 def check_queue(timeout: float | None = None) -> None:

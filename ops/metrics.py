@@ -2,8 +2,8 @@
 
 Nothing is counted in the web process: every figure is read from where all workers on all
 hosts write, so one scrape of any web process sees the whole fleet. A scrape is 8 SQL
-queries and a few queue-storage calls (one per image model for its slots), whatever the size
-of the data: ``bench/metrics.py`` times it with 100,000 task runs.
+queries and a few queue-storage calls (one per image model for its slots); the ledger's
+counts are read from an index, and ``bench/metrics.py`` times a scrape with 100,000 runs.
 
 If the queue storage or the database does not answer, the metrics of the other are still
 served and ``karasu_metrics_source_up{source=...}`` says which part is missing.
@@ -19,13 +19,13 @@ from django.db.models import Case, Count, JSONField, Q, Sum, Value, When
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 from huey.contrib.djhuey import HUEY
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
     GaugeMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.exposition import choose_encoder
 
 from generation import costs
 from generation.models import GenerationRequest, Spend
@@ -49,16 +49,17 @@ DURATION_STATUSES = sorted(TaskRun.FINISHED | {TaskRun.Status.LOCKED})
 QUEUE_STATES = ("queued", "scheduled", "leased", "dead")
 
 
-def render() -> tuple[bytes, str]:
-    """The metrics in the Prometheus text format, and its content type.
+def render(accept: str = "") -> tuple[bytes, str]:
+    """The metrics, and their content type: OpenMetrics when the scraper's Accept header
+    asks for it (Prometheus does), else the classic text format 0.0.4.
 
-    The classic text format 0.0.4, which every Prometheus version (and other scrapers)
-    read: it is what ``generate_latest`` writes. prometheus_client's CONTENT_TYPE_LATEST now
-    announces format 1.0.0 instead.
+    The task durations are a gauge histogram, a type only OpenMetrics can name; in the
+    classic format they read as a histogram's buckets plus two gauges.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KarasuCollector())
-    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
 
 
 def task_label(task_name: str, first_arg) -> str:
@@ -173,7 +174,7 @@ class KarasuCollector:
         runs: dict[tuple[str, str], int] = defaultdict(int)
         shims = set()
         for task_name, status, count in (
-            TaskRun.objects.order_by().values_list("task_name", "status").annotate(Count("pk"))
+            TaskRun.objects.order_by().values_list("task_name", "status").annotate(runs=Count("*"))
         ):
             if task_name.endswith(SHIM_SUFFIX):
                 shims.add(task_name)
@@ -184,7 +185,7 @@ class KarasuCollector:
             for task_name, first_arg, status, count in (
                 TaskRun.objects.order_by().filter(task_name__in=shims)
                 .values_list("task_name", KeyTransform("0", "args"), "status")
-                .annotate(Count("pk"))
+                .annotate(runs=Count("*"))
             ):
                 runs[label(task_name, first_arg), status] += count
         # 3. Durations of the runs finished in the last hour (taskrun_finished: per status,
@@ -288,10 +289,10 @@ class KarasuCollector:
         return [processes, threads]
 
     def images_generated(self, now) -> list:
-        family = CounterMetricFamily(
+        family = GaugeMetricFamily(
             "karasu_images_generated",
-            "Generation jobs that succeeded (an image filed), by image model. Goes down "
-            "only when a request is deleted or a job regenerated.",
+            "Generation jobs that have succeeded (an image filed), by image model. A gauge: "
+            "it goes down when a request is deleted or a job regenerated.",
             labels=["model"],
         )
         # The requests' own succeeded-job counters: one row per request, not per job.

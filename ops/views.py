@@ -52,12 +52,12 @@ def metrics(request):
 
     404 unless KARASU_METRICS_TOKEN is set; 401 without "Authorization: Bearer <token>".
     """
-    expected = settings.KARASU_METRICS_TOKEN
+    expected = settings.KARASU_METRICS_TOKEN.strip()
     if not expected:
         raise Http404("metrics are not enabled")
+    if not authorized(request, expected):  # first: nothing else is told without the token
+        return unauthorized()
     if request.method not in ALLOWED_METHODS:
         return HttpResponseNotAllowed(ALLOWED_METHODS)
-    if not authorized(request, expected):
-        return unauthorized()
-    body, content_type = karasu_metrics.render()
+    body, content_type = karasu_metrics.render(request.headers.get("Accept", ""))
     return HttpResponse(body, content_type=content_type)

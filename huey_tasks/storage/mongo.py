@@ -25,7 +25,7 @@ from bson.errors import InvalidId
 from huey.constants import EmptyData
 from huey.storage import BaseStorage
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from .base import (
     DeadLetter,
@@ -46,6 +46,7 @@ LEGACY_CLAIM_INDEX = "priority_-1_seq_1"
 # Order of the schedule: eta (a scheduled message is leased until it), then insertion.
 SCHEDULE_SORT = [("lease_until", ASCENDING), ("_id", ASCENDING)]
 NOT_SCHEDULED = {"scheduled": {"$ne": True}}  # also matches messages written before the flag
+STARTUP_TIMEOUT = 5.0  # seconds a new storage waits for MongoDB before it starts without it
 
 _clients: dict[tuple[int, str], MongoClient] = {}
 _clients_lock = threading.Lock()
@@ -106,8 +107,27 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         self.counters = db[f"{prefix}.counters"]
         self.dead = db[f"{prefix}.dead_letters"]
         self.slots = db[f"{prefix}.slots"]
-        self.create_indexes()
-        self.adopt_legacy_schedule()
+        self._set_up = False
+        self._set_up_lock = threading.Lock()
+        try:
+            # Bounded: a process starting while MongoDB is unreachable (the web process, a
+            # liveness probe's manage.py) starts anyway, instead of waiting 30 s per call.
+            self.health_check(STARTUP_TIMEOUT)
+        except PyMongoError as exc:
+            logger.warning("MongoDB does not answer (%s): the queue's indexes are set up at "
+                           "the first claim.", exc.__class__.__name__)
+        else:
+            self.set_up()
+
+    def set_up(self) -> None:
+        """Indexes, and the old schedule's entries adopted: once, before the first claim."""
+        if self._set_up:
+            return
+        with self._set_up_lock:
+            if not self._set_up:
+                self.create_indexes()
+                self.adopt_legacy_schedule()
+                self._set_up = True
 
     def create_indexes(self) -> None:
         """Idempotent: createIndexes is a no-op for indexes that exist."""
@@ -164,6 +184,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return {"lease_until": {"$lte": now}}
 
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:
+        self.set_up()
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         while True:
             now = time.time()
@@ -308,6 +329,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return due
 
     def promote_due(self, ts: datetime.datetime) -> list[bytes]:
+        self.set_up()
         # Clearing the flag only moves the message from the schedule's counts to the
         # queue's (claim takes a due message either way). The tag tells this caller which
         # ones it flipped, so each is announced by one scheduler.

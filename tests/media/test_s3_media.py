@@ -253,7 +253,7 @@ def test_image_and_rendition_files_follow_the_configured_storage(s3_media):
     assert default_storage.bucket_name == s3_media.bucket
 
 
-def test_a_signed_url_is_reused_for_half_its_lifetime(s3_media, monkeypatch):
+def test_a_signed_url_is_reused_for_five_minutes(s3_media, monkeypatch):
     storage = storages["default"]
     first = storage.url("original_images/crow.jpg")
     time.sleep(1.1)  # signatures carry the time to the second: a new one would differ now
@@ -262,7 +262,8 @@ def test_a_signed_url_is_reused_for_half_its_lifetime(s3_media, monkeypatch):
     assert storage.url("original_images/other.jpg") != first
     assert storage.url("original_images/crow.jpg", expire=60) != first  # asked for: fresh
 
-    later = time.monotonic() + storage.querystring_expire / 2 + 1
+    # Well inside its hour, so still valid when temporary credentials are renewed.
+    later = time.monotonic() + s3_storage.REUSE_SECONDS + 1
     monkeypatch.setattr(s3_storage.time, "monotonic", lambda: later)
     renewed = storage.url("original_images/crow.jpg")
     assert renewed != first and "X-Amz-Signature=" in renewed
@@ -437,10 +438,61 @@ def test_a_lasting_bucket_error_fails_the_job_with_its_reason_after_bounded_retr
     wait_for(settled, 30, message="request settled")
     job = request.jobs.get()
     assert job.status == Job.FAILED
-    assert job.error.startswith("infrastructure error: NoSuchBucket: ")
+    assert job.error.startswith("infrastructure error: MediaUnavailable: the media storage "
+                                "does not take writes (NoSuchBucket: ")
     assert "The specified bucket does not exist" in job.error and SECRET not in job.error
     assert (job.attempts, job.infra_retries) == (1, 2)  # the retries used no attempts
     assert not Image.objects.filter(generation_job_id=job.pk).exists()
+
+
+@db
+def test_a_bucket_that_refuses_writes_is_not_paid_for_again_and_again(
+    s3_media, demo, collections, thread_consumer, settings, monkeypatch
+):
+    """Each job pays before it files: once a write fails, no paid call until one succeeds."""
+    from generation.media import MEDIA
+    from generation.providers.demo import DemoImageModel
+
+    calls = []
+    real_generate = DemoImageModel.generate
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(DemoImageModel, "generate", counted)
+    # One call at a time, long enough for a failed upload to be known before the call
+    # after next: only the call already under way when the first upload fails pays too.
+    settings.KARASU["IMAGE_MODELS"]["demo"].update(CONCURRENCY=1, LATENCY=0.3)
+    reset_cache()
+    limiter_for.cache_clear()
+    s3_media.configure(bucket="karasu-no-such-bucket")
+    request = make_request(6)
+    from huey_tasks.tasks import queue_jobs
+
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+
+    def settled():
+        request.refresh_from_db()
+        return request.status in GenerationRequest.TERMINAL
+
+    wait_for(settled, 60, message="request settled")
+    assert request.jobs_failed == 6
+    # Two paid calls (the one that found the bucket missing, and the one already started);
+    # without the check before each call, 6 jobs × 6 tries.
+    assert len(calls) <= 2
+    paid_before_fix = len(calls)
+    assert all("NoSuchBucket" in error for error in request.jobs.values_list("error", flat=True))
+
+    # The bucket fixed, "Retry failed jobs" files every image, one paid call each.
+    s3_media.configure()
+    assert MEDIA.failure
+    ids = services.reset_failed_jobs(request)
+    queue_jobs(ids)
+    wait_for(settled, 60, message="request settled after the retry")
+    assert request.status == GenerationRequest.Status.COMPLETED
+    assert len(calls) == paid_before_fix + 6 and not MEDIA.failure
+    assert s3_media.server.keys(s3_media.bucket, "karasu-probes/") == []
 
 
 @db

@@ -61,6 +61,40 @@ def test_database_down(monkeypatch, tmp_path):
     }
 
 
+def test_a_database_that_froze_fails_the_check_in_seconds(monkeypatch):
+    """A server that neither answers nor resets (a frozen VM, a dropped route) must not hold
+    the probe; nor may the checks that come while one is stuck pile up."""
+    import threading
+
+    from ops import health
+
+    released = threading.Event()
+    real_query = health._query_database
+
+    def frozen():
+        released.wait(30)
+        real_query()
+
+    monkeypatch.setattr(health, "DATABASE_TIMEOUT", 0.5)
+    monkeypatch.setattr(health, "_query_database", frozen)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            response = healthz()
+            assert time.monotonic() - started < 2
+            assert response.status_code == 503
+            assert json.loads(response.content)["database"] == "failed"
+        probes = [t for t in threading.enumerate() if t.name.startswith("healthz-db")]
+        assert len(probes) == 1
+    finally:
+        released.set()
+    monkeypatch.setattr(health, "_query_database", real_query)
+    deadline = time.monotonic() + 10
+    while healthz().status_code != 200:  # the stuck ones drained, it answers again
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 def test_unreachable_mongodb_queue_fails_within_seconds(monkeypatch):
     # MongoStorage's own health check on a server that is not there (the client's default
     # would wait 30 s to select a server).

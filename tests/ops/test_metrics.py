@@ -82,6 +82,31 @@ def test_metrics_answer_get_only(client, metrics_token):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post("/metrics", headers=headers).status_code == 405
     assert client.put("/metrics", headers=headers).status_code == 405
+    # Without the token, no method tells that metrics are there.
+    for method in (client.post, client.put, client.options, client.delete):
+        assert method("/metrics").status_code == 401
+
+
+def test_prometheus_gets_openmetrics_with_the_durations_as_a_gauge_histogram(
+    client, metrics_token
+):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    TaskRun.objects.create(
+        task_name="huey_tasks.tasks.generate_image", task_id="run-1",
+        status=TaskRun.Status.SUCCEEDED, duration=1.5, finished_at=timezone.now(),
+    )
+    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}",
+                                               "Accept": accept})
+    assert response["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    families = {family.name: family for family in
+                text_string_to_metric_families(response.content.decode())}
+    durations = families["karasu_task_duration_seconds"]
+    assert durations.type == "gaugehistogram"
+    assert families["karasu_images_generated"].type == "gauge"
+    assert families["karasu_provider_errors"].type == "counter"
 
 
 # Queue storage -------------------------------------------------------------------------
@@ -144,7 +169,7 @@ def test_an_unreachable_queue_storage_leaves_the_database_metrics_and_says_so(
     assert samples.value("karasu_metrics_source_up", source="queue") == 0
     assert samples.value("karasu_metrics_source_up", source="database") == 1
     assert samples.get_value("karasu_queue_messages", state="queued") is None
-    assert samples.value("karasu_images_generated_total", model="demo") == 2
+    assert samples.value("karasu_images_generated", model="demo") == 2
 
 
 @pytest.mark.django_db(transaction=True)
@@ -252,7 +277,7 @@ def test_metrics_follow_a_real_request_through_a_real_worker(settings, thread_co
     # Every prompt fails twice (transient), then succeeds; images cost $0.01.
     configure_demo(settings, failure_rate=1.0, max_failure_streak=2, price="0.01")
     before = scrape()
-    assert before.value("karasu_images_generated_total", model="demo") == 0
+    assert before.value("karasu_images_generated", model="demo") == 0
     errors = "karasu_provider_errors_total"
     assert before.value(errors, type="image", provider="demo", kind="transient") == 0
 
@@ -266,7 +291,7 @@ def test_metrics_follow_a_real_request_through_a_real_worker(settings, thread_co
             "karasu_queue_messages", state="leased") == 0 else None
 
     samples = wait_for(settled, 10, message="the last task to be recorded and acked")
-    assert samples.value("karasu_images_generated_total", model="demo") == 3
+    assert samples.value("karasu_images_generated", model="demo") == 3
     assert samples.value(errors, type="image", provider="demo", kind="transient") == 6
     assert samples.value(errors, type="image", provider="demo", kind="permanent") == 0
     assert samples.value(errors, type="image", provider="demo", kind="rate_limited") == 0

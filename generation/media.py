@@ -1,0 +1,58 @@
+"""Whether this process can write media, checked before a job pays for an image.
+
+A job calls the (paid) image model before it files the image. When the media storage does
+not take writes (a bucket that does not exist, wrong credentials, a full disk), every
+retry of every job would pay again for an image it cannot store. So once a write of this
+process fails, each job first proves that the storage takes one (a tiny file written and
+deleted) before its paid call; while it does not, the job is deferred as an
+infrastructure error without calling the provider, and fails with the storage's reason
+once its infrastructure retries are used up.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from generation.providers.errors import redact
+
+PROBE_DIRECTORY = "karasu-probes"
+
+
+class MediaUnavailable(OSError):
+    """The media storage refused the last write; no paid call until it takes one again."""
+
+
+class MediaWrites:
+    def __init__(self) -> None:
+        self.failure = ""  # why the last write failed; "" while writes succeed
+
+    def save(self, storage, name: str, content, max_length: int | None = None) -> str:
+        """``storage.save()``, noting whether it worked."""
+        try:
+            stored = storage.save(name, content, max_length=max_length)
+        except Exception as exc:
+            self.failure = redact(f"{exc.__class__.__name__}: {exc}")
+            raise
+        self.failure = ""
+        return stored
+
+    def ensure_writable(self, storage=None) -> None:
+        """Return at once while writes succeed; after a failure, write and delete a probe
+        file, and raise MediaUnavailable if that fails too."""
+        if not self.failure:
+            return
+        storage = storage or default_storage
+        try:
+            name = self.save(storage, f"{PROBE_DIRECTORY}/{uuid.uuid4().hex}.txt",
+                             ContentFile(b"karasu media probe\n"))
+        except Exception:
+            raise MediaUnavailable(
+                f"the media storage does not take writes ({self.failure})"
+            ) from None
+        storage.delete(name)
+
+
+MEDIA = MediaWrites()  # one per process: its workers share what the storage last said
