@@ -2,16 +2,36 @@
 
 from django.db import migrations, models
 
+INDEX = models.Index(fields=["task_name", "status"], name="taskrun_task_status")
+
+
+def add_index(apps, schema_editor):
+    # On PostgreSQL CONCURRENTLY, so workers writing the ledger during `migrate` are not
+    # blocked while the index is built (which is why this migration is not atomic).
+    model = apps.get_model("huey_tasks", "TaskRun")
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX.name} ON "
+            f"{schema_editor.quote_name(model._meta.db_table)} (task_name, status)"
+        )
+    else:
+        schema_editor.add_index(model, INDEX)
+
+
+def remove_index(apps, schema_editor):
+    schema_editor.remove_index(apps.get_model("huey_tasks", "TaskRun"), INDEX)
+
 
 class Migration(migrations.Migration):
+    atomic = False
 
     dependencies = [
-        ('huey_tasks', '0001_initial'),
+        ("huey_tasks", "0001_initial"),
     ]
 
     operations = [
-        migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['task_name', 'status'], name='taskrun_task_status'),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[migrations.AddIndex(model_name="taskrun", index=INDEX)],
+            database_operations=[migrations.RunPython(add_index, remove_index)],
         ),
     ]

@@ -57,7 +57,7 @@ def test_no_live_worker_on_this_host_is_unhealthy(worker):
     beat(**worker)
     code, message = probe()
     assert code == 1
-    assert message == f"no worker on {HOST} has sent a heartbeat in the last 60 s"
+    assert message == f"no running worker on {HOST} has sent a heartbeat in the last 60 s"
 
 
 def test_max_age():
@@ -93,7 +93,7 @@ def test_exit_codes_of_the_real_command():
     result = run()
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"CommandError: no worker on {HOST} has sent a heartbeat in the last 60 s"
+        f"CommandError: no running worker on {HOST} has sent a heartbeat in the last 60 s"
     ]
     beat(seconds_ago=2)
     result = run()

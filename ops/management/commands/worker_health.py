@@ -60,7 +60,8 @@ class Command(BaseCommand):
             if not settings.KARASU.get("LEDGER", True):
                 hint = " (KARASU_LEDGER is off: workers record no heartbeats)"
             raise CommandError(
-                f"no worker on {HOST} has sent a heartbeat in the last {max_age:g} s{hint}",
+                f"no running worker on {HOST} has sent a heartbeat in the last {max_age:g} s"
+                f"{hint}",
                 returncode=EXIT_STALE,
             )
         age = (now - worker.last_seen).total_seconds()
