@@ -33,11 +33,14 @@ def run(action: Action, request: GenerationRequest) -> tuple[str, str | None]:
     """(message, budget error): the action performed after its budget check, under one lock.
 
     An empty message means the request changed meanwhile and nothing was done."""
-    if action.spends and (error := cannot_spend(request)):
-        return "", error
+    if not action.spends:
+        request.refresh_from_db()
+        return (action.perform(request) if action.allowed(request) else ""), None
     with costs.budget_lock():
         # Checked and started as the row is now: an edit or a worker may have moved it.
         request.refresh_from_db()
+        if error := cannot_spend(request):
+            return "", error
         if not action.allowed(request):
             return "", None
         if error := action.over_budget(request):
@@ -116,7 +119,7 @@ ACTIONS = {
         Action(
             "retry_failed", "Retry failed jobs", "rotate",
             "Run every failed job of this request again?",
-            lambda r: r.jobs_failed > 0,
+            lambda r: r.jobs_failed > 0 and r.status != Req.CANCELLED,  # cancelled: final
             retry_failed,
             lambda r: costs.budget_error(r.jobs_failed, r.image_model, request=r),  # again
         ),

@@ -538,6 +538,8 @@ def reset_failed_jobs(request: GenerationRequest) -> list[int]:
     now = timezone.now()
     with transaction.atomic():
         _lock_request(request.pk)
+        if GenerationRequest.objects.filter(pk=request.pk, status=Req.CANCELLED).exists():
+            return []  # nothing of a cancelled request runs again
         ids = list(request.jobs.filter(status=Job.FAILED).values_list("pk", flat=True))
         if not ids:
             return []

@@ -507,6 +507,7 @@ class JobGenerateView(JobView):
             messages.error(request, "This request was cancelled.")
         else:
             with costs.budget_lock():
+                self.job.request.refresh_from_db()  # its spend as it is now, under the lock
                 # A regeneration is one more paid image.
                 error = cannot_spend(self.job.request) or (
                     self.job.status != GenerationJob.Status.PENDING

@@ -196,6 +196,7 @@ class RetryRunView(RunActionView):
             if job is None or job.status not in GenerationJob.TERMINAL:
                 return "Its job is not finished, so there is nothing to retry.", False
             with costs.budget_lock():
+                job.request.refresh_from_db()  # its spend as it is now, under the lock
                 if error := request_actions.cannot_spend(job.request) or costs.budget_error(
                     1, job.request.image_model, request=job.request
                 ):
@@ -264,9 +265,14 @@ class RetryRequestFailedView(ActionView):
         )
 
     def perform(self):
-        if not self.generation_request.jobs_failed:
-            return "This request has no failed jobs.", False
-        return request_actions.retry_failed(self.generation_request), True
+        # The request page's action, with its checks: budgets, a deleted source, cancelled.
+        message, error = request_actions.run(
+            request_actions.ACTIONS["retry_failed"], self.generation_request
+        )
+        if error:
+            return error, False
+        return (message, True) if message else ("This request has no failed jobs to retry.",
+                                                False)
 
 
 class DeadLettersView(MonitorMixin, TemplateView):

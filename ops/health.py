@@ -42,7 +42,11 @@ def check_database(timeout: float | None = None) -> None:
     """One trivial query on the default database, bounded by ``timeout``; raises if it
     cannot be made in time."""
     future = _database_probe.submit(_query_database)
-    future.result(DATABASE_TIMEOUT if timeout is None else timeout)
+    try:
+        future.result(DATABASE_TIMEOUT if timeout is None else timeout)
+    except TimeoutError:
+        future.cancel()  # still queued behind a stuck one: never run it
+        raise
 
 
 def check_queue(timeout: float | None = None) -> None:

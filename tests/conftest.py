@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def media_writes_work():
+    """Each test starts with this process's media writes known to work (generation/media.py
+    keeps, per process, whether the last one failed)."""
+    from generation.media import MEDIA
+
+    MEDIA.failure = ""
+    yield
+    MEDIA.failure = ""
+
+
+@pytest.fixture(autouse=True)
 def restore_karasu_settings():
     """Put ``settings.KARASU`` back as it was, nested dicts included, after every test.
 

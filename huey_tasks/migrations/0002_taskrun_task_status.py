@@ -10,6 +10,16 @@ def add_index(apps, schema_editor):
     # blocked while the index is built (which is why this migration is not atomic).
     model = apps.get_model("huey_tasks", "TaskRun")
     if schema_editor.connection.vendor == "postgresql":
+        # A build cut off half way (a killed migrate) leaves an invalid index of this name
+        # that IF NOT EXISTS would keep: drop it and build again.
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                [INDEX.name],
+            )
+            row = cursor.fetchone()
+        if row and row[0]:
+            schema_editor.execute(f"DROP INDEX CONCURRENTLY {INDEX.name}")
         schema_editor.execute(
             f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {INDEX.name} ON "
             f"{schema_editor.quote_name(model._meta.db_table)} (task_name, status)"

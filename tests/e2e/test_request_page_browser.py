@@ -73,7 +73,8 @@ def test_save_and_generate_then_watch_the_request_page_reach_6_done(
 def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
     browser, live_server, django_user_model, settings
 ):
-    """Its refresh answers 404 from then on: one failed refresh, then no more."""
+    """Its refresh answers 404 from then on: one failed refresh, then no more (while a 502
+    on the way is only skipped)."""
     from generation.models import GenerationRequest
 
     request = GenerationRequest.objects.create(
@@ -93,6 +94,20 @@ def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
               f"{request.pk}/")
     page.wait_for_timeout(4_000)  # at least one refresh while it exists
     assert refreshes and set(refreshes) == {200}
+
+    def wait_until(condition, seconds):
+        deadline = seconds * 1000
+        while not condition() and deadline > 0:
+            page.wait_for_timeout(250)
+            deadline -= 250
+        assert condition(), refreshes
+
+    # A server error (a deploy under way) is skipped, not the end of the refreshes.
+    page.route("**/live/**", lambda route: route.fulfill(status=502, body="Bad gateway"))
+    wait_until(lambda: 502 in refreshes, 8)
+    page.unroute("**/live/**")
+    served = len(refreshes)
+    wait_until(lambda: 200 in refreshes[served:], 8)
     request.delete()
     page.wait_for_timeout(10_000)  # three more ticks at 3 s
     assert refreshes.count(404) == 1, refreshes

@@ -500,3 +500,27 @@ def test_a_malformed_price_stops_the_system_check(settings):
         **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": "twelve cents"}
     with pytest.raises(SystemCheckError, match=r"'demo'\] PRICE: 'twelve cents' is not a decimal"):
         call_command("check")
+
+
+def test_the_monitors_retry_failed_is_the_request_pages_with_its_checks(priced, editor):
+    request = make_request(count=4)
+    jobs = with_jobs(request)
+    for job in jobs[:2]:
+        services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
+    for job in jobs[2:]:
+        services.finish_job(job.pk, Job.FAILED, error="rejected", request_id=request.pk)
+    url = reverse("job_monitor:request_retry_failed", args=[request.pk])
+    priced["MAX_MONTHLY_COST"] = Decimal("0.03")  # 0.025 spent: two more images are over
+    page = editor.post(url, follow=True).content.decode()
+    assert "above the monthly budget of $0.03" in page
+    assert request.jobs.filter(status=Job.FAILED).count() == 2
+
+    # A cancelled request stays cancelled: nothing of it runs again, from either page.
+    priced["MAX_MONTHLY_COST"] = None
+    services.cancel_request(request)
+    editor.post(url)
+    editor.post(reverse(f"{NS}:action", args=[request.pk, "retry_failed"]))
+    request.refresh_from_db()
+    assert request.status == Req.CANCELLED
+    assert request.jobs.filter(status=Job.FAILED).count() == 2
+    assert services.reset_failed_jobs(request) == []

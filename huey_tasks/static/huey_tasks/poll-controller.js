@@ -10,10 +10,14 @@
         this.timer = window.setInterval(() => {
           if (!document.hidden) this.dispatch('tick');
         }, this.intervalValue);
-        // A refresh that failed (the object deleted, the server gone): stop asking. w-swap
-        // reports it on the element it writes into, which holds this one or is this one.
+        // A refresh refused for good (the object deleted, access gone): stop asking. A
+        // network error or a 5xx (a deploy under way) is only skipped. w-swap reports it on
+        // the element it writes into, which holds this one or is this one.
         this.stop = (event) => {
-          if (event.target.contains(this.element)) window.clearInterval(this.timer);
+          const status = event.detail && event.detail.error && event.detail.error.status;
+          if ([401, 403, 404].includes(status) && event.target.contains(this.element)) {
+            window.clearInterval(this.timer);
+          }
         };
         document.addEventListener('w-swap:error', this.stop);
       }
