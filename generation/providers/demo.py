@@ -345,13 +345,23 @@ def render_into(
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
         else:
             draw.rectangle((x - radius, y - radius // 2, x + radius, y + radius // 2), fill=fill)
-    draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
-    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255),
-              font=_caption_font())
+    _caption(draw, prompt, width, height, scale)
     # Provider-sized output gets provider-like detail, so files weigh what real results
     # weigh; the default stays the cheap ~15 KB picture the other benchmarks measure with.
     if size > DEFAULT_SIZE or image_format == "png":
         _add_detail(image)
+    _encode(image, out, image_format)
+    return width, height
+
+
+def _caption(draw: ImageDraw.ImageDraw, prompt: str, width: int, height: int,
+             scale: float) -> None:
+    draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
+    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255),
+              font=_caption_font())
+
+
+def _encode(image: Image.Image, out: Writable, image_format: str) -> None:
     if image_format == "png":
         # Z_RLE: the noise is incompressible anyway, and it encodes ~3x faster than the
         # default strategy for the same size.
@@ -360,7 +370,6 @@ def render_into(
         image.save(out, "JPEG", quality=85)
     else:
         raise ValueError(f"unknown demo image format {image_format!r}")
-    return width, height
 
 
 def edit_into(
@@ -394,15 +403,6 @@ def edit_into(
                          centering=(rng.random(), rng.random()))
     tint = Image.new("RGB", image.size, tuple(rng.randrange(256) for _ in range(3)))
     image = Image.blend(image, tint, 0.35)
-    scale = size / DEFAULT_SIZE
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
-    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255),
-              font=_caption_font())
-    if image_format == "png":
-        image.save(out, "PNG", compress_level=6)
-    elif image_format == "jpeg":
-        image.save(out, "JPEG", quality=85)
-    else:
-        raise ValueError(f"unknown demo image format {image_format!r}")
+    _caption(ImageDraw.Draw(image), prompt, width, height, size / DEFAULT_SIZE)
+    _encode(image, out, image_format)
     return width, height
