@@ -18,3 +18,18 @@ def browser(monkeypatch):
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def admin_page(browser, live_server, django_user_model):
+    """A page of a new browser context, logged in to the admin as a superuser."""
+    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pass")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/admin/")
+    yield page
+    context.close()

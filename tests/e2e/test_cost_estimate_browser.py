@@ -11,17 +11,11 @@ OUTPUT = "[data-karasu-cost-estimate-target='output']"
 
 
 def test_the_estimate_follows_the_count_and_the_model(
-    browser, live_server, django_user_model, settings
+    admin_page, live_server, settings
 ):
     settings.KARASU["IMAGE_MODELS"]["demo"]["PRICE"] = "0.0125"
     settings.FAL_KEY = "fal-key-for-the-choices"  # offers the fal models (none is called)
-    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
-
-    page = browser.new_context().new_page()
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "secret-pass")
-    page.click("button[type=submit]")
+    page = admin_page
     page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/add/")
 
     output = page.locator(OUTPUT)
@@ -39,4 +33,3 @@ def test_the_estimate_follows_the_count_and_the_model(
     page.fill("#id_count", "")
     assert output.inner_text() == "Estimated cost: enter the number of images."
     assert "FLUX.1 [schnell] — $0.003/image" in page.locator("#id_image_model").inner_text()
-    page.context.close()

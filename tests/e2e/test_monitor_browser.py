@@ -6,7 +6,7 @@ pytestmark = BROWSER_TEST
 
 
 def test_monitor_shows_a_request_reach_100_percent_without_reloading(
-    browser, live_server, thread_consumer, django_user_model, settings, tmp_path
+    admin_page, live_server, thread_consumer, settings, tmp_path
 ):
     from generation.providers import reset_cache
     from huey_tasks.tasks import limiter_for
@@ -16,14 +16,8 @@ def test_monitor_shows_a_request_reach_100_percent_without_reloading(
     }
     reset_cache()
     limiter_for.cache_clear()
-    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
-
-    context = browser.new_context()
-    monitor = context.new_page()
-    monitor.goto(f"{live_server.url}/admin/login/")
-    monitor.fill("#id_username", "admin")
-    monitor.fill("#id_password", "secret-pass")
-    monitor.click("button[type=submit]")
+    monitor = admin_page
+    context = admin_page.context
     monitor.goto(f"{live_server.url}/admin/job-monitor/")
     monitor.wait_for_selector("text=Generation requests")
     monitor.evaluate("window.__karasuNotReloaded = true")
@@ -58,4 +52,3 @@ def test_monitor_shows_a_request_reach_100_percent_without_reloading(
     assert monitor.evaluate("window.__karasuNotReloaded") is True
     assert "Crows over <Kyoto>" in monitor.inner_text("#karasu-monitor-live")
     monitor.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
-    context.close()

@@ -11,7 +11,7 @@ LIVE = "#karasu-request-live"
 
 
 def test_save_and_generate_then_watch_the_request_page_reach_6_done(
-    browser, live_server, thread_consumer, django_user_model, settings, tmp_path
+    admin_page, live_server, thread_consumer, settings, tmp_path
 ):
     from generation.providers import reset_cache
     from huey_tasks.tasks import limiter_for
@@ -22,14 +22,8 @@ def test_save_and_generate_then_watch_the_request_page_reach_6_done(
     }
     reset_cache()
     limiter_for.cache_clear()
-    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
 
-    page = browser.new_context().new_page()
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "secret-pass")
-    page.click("button[type=submit]")
-
+    page = admin_page
     page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/add/")
     page.fill("#id_theme", "Crows over <Kyoto>")
     page.fill("#id_count", "6")
@@ -67,11 +61,10 @@ def test_save_and_generate_then_watch_the_request_page_reach_6_done(
         assert live.locator(f"tr[data-timeline='{row}']").count() == 1
     assert "Crows over <Kyoto>" in live.inner_text()  # shown as text, not markup
     page.screenshot(path=str(tmp_path / "request-page.png"), full_page=True)
-    page.context.close()
 
 
 def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
-    browser, live_server, django_user_model, settings
+    admin_page, live_server, settings
 ):
     """Its refresh answers 404 from then on: one failed refresh, then no more (while a 502
     on the way is only skipped)."""
@@ -81,13 +74,8 @@ def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
         theme="Crows", count=2, llm="demo", image_model="demo",
         status=GenerationRequest.Status.GENERATING, jobs_total=2,
     )
-    django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
-    page = browser.new_context().new_page()
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "secret-pass")
-    page.click("button[type=submit]")
     refreshes = []
+    page = admin_page
     page.on("response", lambda response: "/live/" in response.url
             and refreshes.append(response.status))
     page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/inspect/"
@@ -111,4 +99,3 @@ def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
     request.delete()
     page.wait_for_timeout(10_000)  # three more ticks at 3 s
     assert refreshes.count(404) == 1, refreshes
-    page.context.close()
