@@ -334,13 +334,19 @@ def test_saving_a_request_never_writes_back_what_workers_moved(priced):
     assert request.cost_spent == Decimal(PRICE)
 
 
-def test_retrying_and_regenerating_are_checked_against_the_monthly_budget(priced, editor):
+def two_paid_two_failed() -> tuple[GenerationRequest, list[GenerationJob]]:
+    """A request of 4 images: 2 succeeded ($0.025 spent), 2 failed."""
     request = make_request(count=4)
     jobs = with_jobs(request)
     for job in jobs[:2]:
         services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
     for job in jobs[2:]:
         services.finish_job(job.pk, Job.FAILED, error="rejected", request_id=request.pk)
+    return request, jobs
+
+
+def test_retrying_and_regenerating_are_checked_against_the_monthly_budget(priced, editor):
+    request, jobs = two_paid_two_failed()
     priced["MAX_MONTHLY_COST"] = Decimal("0.03")  # 0.025 spent: one more image is over
     retry = editor.post(reverse(f"{NS}:action", args=[request.pk, "retry_failed"]), follow=True)
     assert "above the monthly budget of $0.03" in retry.content.decode()
@@ -503,12 +509,7 @@ def test_a_malformed_price_stops_the_system_check(settings):
 
 
 def test_the_monitors_retry_failed_is_the_request_pages_with_its_checks(priced, editor):
-    request = make_request(count=4)
-    jobs = with_jobs(request)
-    for job in jobs[:2]:
-        services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
-    for job in jobs[2:]:
-        services.finish_job(job.pk, Job.FAILED, error="rejected", request_id=request.pk)
+    request, jobs = two_paid_two_failed()
     url = reverse("job_monitor:request_retry_failed", args=[request.pk])
     priced["MAX_MONTHLY_COST"] = Decimal("0.03")  # 0.025 spent: two more images are over
     page = editor.post(url, follow=True).content.decode()
