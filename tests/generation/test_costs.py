@@ -16,13 +16,13 @@ from django.urls import reverse
 from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
-from wagtail.models import Collection
 
 from generation import costs, services
 from generation.forms import CountWithEstimate
 from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import reset_cache
 from tests.support.consumers import consumer_env, wait_for
+from tests.support.forms import request_form_data
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 Req = GenerationRequest.Status
@@ -44,14 +44,7 @@ def priced(settings):
     return settings.KARASU
 
 
-def form_data(**fields) -> dict:
-    return {
-        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 4, "llm": "demo",
-        "image_model": "demo", "aspect_ratio": "1:1",
-        "collection": Collection.objects.get(name="Generated images").pk, "tags": "",
-        "auto_generate": "on", **fields,
-    }
-
+form_data = request_form_data
 
 def make_request(**fields) -> GenerationRequest:
     return GenerationRequest.objects.create(

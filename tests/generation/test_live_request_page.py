@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from datetime import timedelta
@@ -15,10 +16,10 @@ from django.urls import reverse
 from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
-from wagtail.models import Collection
 
 from generation.models import GenerationJob, GenerationRequest
 from tests.generation.test_request_page import jpeg, make_request, page_url
+from tests.support.forms import request_form_data
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("collections")]
 Image = get_image_model()
@@ -36,16 +37,7 @@ def queued():
     HUEY.storage.flush_all()
 
 
-def form_data(**fields) -> dict:
-    data = {
-        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 6, "llm": "demo",
-        "image_model": "demo", "aspect_ratio": "1:1",
-        "collection": Collection.objects.get(name="Generated images").pk,
-        "tags": "crows", "auto_generate": "on",
-    }
-    data.update(fields)
-    return data
-
+form_data = functools.partial(request_form_data, count=6, tags="crows")
 
 def live_url(request: GenerationRequest, **query: object) -> str:
     url = reverse(f"{NS}:live", args=[request.pk])

@@ -5,6 +5,7 @@ request body that names the uploaded URL); the demo model's offline edit end to 
 the pipeline; the CLI flag; the form; a deleted source; the edit page's link.
 """
 
+import functools
 import io
 import json
 import socket
@@ -36,6 +37,7 @@ from generation.providers import (
 )
 from generation.providers.demo import DemoImageModel
 from tests.support.consumers import consumer_env, wait_for
+from tests.support.forms import request_form_data
 
 Image = get_image_model()
 NS = "wagtailsnippets_generation_generationrequest"
@@ -233,16 +235,7 @@ def test_the_demo_edit_visibly_derives_from_the_source():
 
 
 # The pipeline, the form, the CLI ------------------------------------------------------------
-def form_data(**fields):
-    data = {
-        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 3, "llm": "demo",
-        "image_model": "demo", "aspect_ratio": "1:1",
-        "collection": Collection.objects.get(name="Generated images").pk,
-        "tags": "", "auto_generate": "on",
-    }
-    data.update(fields)
-    return data
-
+form_data = functools.partial(request_form_data, count=3)
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("collections")
@@ -272,7 +265,9 @@ def test_variations_end_to_end_and_a_deleted_source_leaves_them(editor, demo, th
         assert image.description and image.provider_request_id.startswith("demo-edit-")
         with image.open_file() as file, PILImage.open(file) as pixels:
             r, g, b = pixels.convert("RGB").getpixel((256, 100))
-        assert r > 140 and g < 110 and b < 110  # derived from the red source
+        # Derived from the red source: whatever the seed's tint (35 %), red stays ahead by
+        # at least 34 levels (0.65 × 220 against 0.65 × 30 + 0.35 × 255), JPEG noise aside.
+        assert r > max(g, b) + 20, (r, g, b)
     edit_page = editor.get(reverse("wagtailimages:edit", args=[variations[0].pk])).content
     assert reverse("wagtailimages:edit", args=[source.pk]).encode() in edit_page
 
