@@ -48,6 +48,12 @@ def run(action: Action, request: GenerationRequest) -> tuple[str, str | None]:
         return action.perform(request), None
 
 
+def one_more_image_error(request: GenerationRequest) -> str | None:
+    """Why one more paid image of ``request`` (a regeneration, a retried job) may not start;
+    call it under ``costs.budget_lock()`` with the request as it is now."""
+    return cannot_spend(request) or costs.budget_error(1, request.image_model, request=request)
+
+
 def cannot_spend(request: GenerationRequest) -> str | None:
     """Why no more paid work may start for this request, beyond budgets."""
     if request.source_deleted:

@@ -32,7 +32,13 @@ from wagtail.snippets.action_menu import ActionMenuItem
 from wagtail.snippets.views.snippets import CreateView, EditView, IndexView, InspectView
 
 from generation import costs
-from generation.actions import ACTIONS, cannot_spend, generate_job, run
+from generation.actions import (
+    ACTIONS,
+    cannot_spend,
+    generate_job,
+    one_more_image_error,
+    run,
+)
 from generation.forms import PromptForm, default_image_model, image_pk, source_images_for
 from generation.models import GenerationJob, GenerationRequest
 from generation.services import update_prompt
@@ -509,11 +515,9 @@ class JobGenerateView(JobView):
             with costs.budget_lock():
                 self.job.request.refresh_from_db()  # its spend as it is now, under the lock
                 # A regeneration is one more paid image.
-                error = cannot_spend(self.job.request) or (
-                    self.job.status != GenerationJob.Status.PENDING
-                    and costs.budget_error(1, self.job.request.image_model,
-                                           request=self.job.request)
-                )
+                error = (cannot_spend(self.job.request)
+                         if self.job.status == GenerationJob.Status.PENDING
+                         else one_more_image_error(self.job.request))
                 message = "" if error else generate_job(self.job)
             if error:
                 messages.error(request, error)

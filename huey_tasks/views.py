@@ -197,10 +197,8 @@ class RetryRunView(RunActionView):
                 return "Its job is not finished, so there is nothing to retry.", False
             with costs.budget_lock():
                 job.request.refresh_from_db()  # its spend as it is now, under the lock
-                if error := request_actions.cannot_spend(job.request) or costs.budget_error(
-                    1, job.request.image_model, request=job.request
-                ):
-                    return error, False  # one more paid image
+                if error := request_actions.one_more_image_error(job.request):
+                    return error, False
                 if not services.regenerate_job(job):
                     return "Its job changed meanwhile; nothing was retried.", False
             queue_jobs([job.pk])
@@ -359,9 +357,7 @@ class DeadLetterActionView(ActionView):
                     pk=task.args[0]
                 ).first()
                 if job is not None and job.status == GenerationJob.Status.FAILED:
-                    if error := request_actions.cannot_spend(job.request) or costs.budget_error(
-                        1, job.request.image_model, request=job.request
-                    ):
+                    if error := request_actions.one_more_image_error(job.request):
                         return error
                     services.reopen_job(job.pk)
             elif name == "expand_prompt":
