@@ -26,7 +26,7 @@ SCENARIOS = [
     "tests/reliability/test_job_claims.py::test_concurrent_clicks_end_to_end",
 ]
 COLUMNS = ["jobs", "succeeded", "failed with a reason", "lost", "stuck", "duplicate images",
-           "duplicate provider calls"]
+           "duplicate provider calls", "paid twice"]
 
 
 def main() -> int:

@@ -56,6 +56,8 @@ def one_more_image_error(request: GenerationRequest) -> str | None:
 
 def cannot_spend(request: GenerationRequest) -> str | None:
     """Why no more paid work may start for this request, beyond budgets."""
+    if request.status == Req.CANCELLED:
+        return "This request was cancelled, so nothing of it runs again. Copy it to start anew."
     if request.source_deleted:
         return ("Its source image was deleted, so it can make no more variations. "
                 "Start a new request from another image.")

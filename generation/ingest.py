@@ -14,6 +14,7 @@ from wagtail.images import get_image_model
 from generation.media import MEDIA
 from generation.models import GenerationJob
 from generation.providers import GeneratedImage, clean_alt_text
+from generation.retrying import paid_result_writes
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,12 @@ def ingest(
     outcome (filed, found, superseded, lost the race, or an error).
     """
     try:
-        return _ingest(job, generated, confirm, check_existing)
+        # The image is paid for: a database blip while filing it is retried here.
+        for attempt in paid_result_writes():
+            with attempt:
+                # Again after an error: the failed attempt may have committed after all.
+                again = attempt.retry_state.attempt_number > 1
+                return _ingest(job, generated, confirm, check_existing or again)
     finally:
         generated.close()
 

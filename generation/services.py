@@ -22,6 +22,7 @@ from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import GeneratedImage, ImageModel, SourceImage, get_llm
 from generation.providers.base import TokenUsage
 from generation.providers.errors import NotCalled, ProviderError
+from generation.retrying import paid_result_writes
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +80,9 @@ def expand_request(request_id: int) -> list[int]:
                 # Calls answered before the failure (or unusable answers) were paid for too.
                 add_llm_usage(request_id, exc.usage)
                 raise
-            with transaction.atomic():
-                # The request row first: a cancel that committed meanwhile wins (nothing is
-                # created), and one that comes later waits for this transaction to end.
-                moved = GenerationRequest.objects.filter(
-                    pk=request_id, status=Req.EXPANDING
-                ).update(status=next_status, jobs_total=len(expansion.prompts),
-                         updated_at=timezone.now(), expansion_finished_at=timezone.now())
-                # Added even when a cancel won: the tokens were spent all the same, and a
-                # restarted expansion's second call is spent too.
-                add_llm_usage(request_id, expansion.usage)
-                if moved:
-                    GenerationJob.objects.bulk_create(
-                        GenerationJob(
-                            request=request, index=i, prompt=item.prompt,
-                            alt_text=item.alt_text, seed=random.randint(0, SEED_RANGE),
-                        )
-                        for i, item in enumerate(expansion.prompts)
-                    )
+            for attempt in paid_result_writes():  # the prompts are paid for
+                with attempt:
+                    _write_prompts(request, next_status, expansion)
     if not GenerationRequest.objects.filter(
         pk=request_id, status=Req.GENERATING, auto_generate=True
     ).exists():
@@ -106,6 +92,27 @@ def expand_request(request_id: int) -> list[int]:
             "pk", flat=True
         )
     )
+
+
+def _write_prompts(request: GenerationRequest, next_status: str, expansion) -> None:
+    with transaction.atomic():
+        # The request row first: a cancel that committed meanwhile wins (nothing is
+        # created), and one that comes later waits for this transaction to end.
+        moved = GenerationRequest.objects.filter(pk=request.pk, status=Req.EXPANDING).update(
+            status=next_status, jobs_total=len(expansion.prompts), updated_at=timezone.now(),
+            expansion_finished_at=timezone.now(),
+        )
+        # Added even when a cancel won: the tokens were spent all the same, and a
+        # restarted expansion's second call is spent too.
+        add_llm_usage(request.pk, expansion.usage)
+        if moved:
+            GenerationJob.objects.bulk_create(
+                GenerationJob(
+                    request=request, index=i, prompt=item.prompt, alt_text=item.alt_text,
+                    seed=random.randint(0, SEED_RANGE),
+                )
+                for i, item in enumerate(expansion.prompts)
+            )
 
 
 def add_llm_usage(request_id: int, usage: TokenUsage | None) -> None:
@@ -128,7 +135,11 @@ def fail_request(
 
 
 def note_request_error(request_id: int, reason: str) -> None:
-    GenerationRequest.objects.filter(pk=request_id).update(error=reason)
+    """Why an expansion will be tried again; not over a request that ended meanwhile (its
+    deadline failed it, say), whose reason stays."""
+    GenerationRequest.objects.filter(
+        pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING]
+    ).update(error=reason)
 
 
 def cancel_request(request: GenerationRequest) -> list[str]:
@@ -198,6 +209,14 @@ NO_CLAIM = {"claim_token": "", "claim_expires_at": None, "claim_message": ""}
 
 def _unclaimed(now) -> Q:
     return Q(claim_token="") | Q(claim_expires_at__lt=now)
+
+
+def call_in_flight(job_id: int | None) -> bool:
+    """Whether a worker holds a live claim on the open job: its provider call may be under
+    way, past anything a revoke or cancel can stop."""
+    return bool(job_id) and GenerationJob.objects.filter(
+        pk=job_id, status__in=GenerationJob.OPEN
+    ).exclude(_unclaimed(timezone.now())).exists()
 
 
 def mark_queued(job_ids: list[int], batch: str) -> list[int]:
@@ -305,11 +324,20 @@ def claim_held(job_id: int, token: str) -> bool:
     ).exists()
 
 
-def extend_job_claims(tokens: list[str], seconds: float) -> set[str]:
-    """Push the expiry of held job claims forward; return the tokens no longer held."""
-    claims = GenerationJob.objects.filter(claim_token__in=tokens)
-    claims.update(claim_expires_at=timezone.now() + timedelta(seconds=seconds))
-    return set(tokens) - set(claims.values_list("claim_token", flat=True))
+def extend_job_claims(claims: list[tuple[int, str]], seconds: float) -> set[tuple[int, str]]:
+    """Push the expiry of held (job, token) claims forward; return those another worker
+    holds now. A claim this worker gave back itself (its job finished or is to be retried)
+    before it stopped holding it is not lost."""
+    tokens = [token for _, token in claims]
+    GenerationJob.objects.filter(claim_token__in=tokens).update(
+        claim_expires_at=timezone.now() + timedelta(seconds=seconds)
+    )
+    current = dict(
+        GenerationJob.objects.filter(pk__in=[job_id for job_id, _ in claims])
+        .values_list("pk", "claim_token")
+    )
+    return {(job_id, token) for job_id, token in claims
+            if current.get(job_id, "") not in ("", token)}
 
 
 def release_job(job_id: int, token: str) -> bool:
@@ -561,8 +589,10 @@ def regenerate_job(job: GenerationJob) -> bool:
         status = (
             GenerationJob.objects.filter(pk=job.pk).values_list("status", flat=True).first()
         )
-        if status not in GenerationJob.TERMINAL:
-            return False
+        if status not in GenerationJob.TERMINAL or GenerationRequest.objects.filter(
+            pk=job.request_id, status=Req.CANCELLED
+        ).exists():
+            return False  # running already, or its request was cancelled (final)
         get_image_model().objects.filter(generation_job_id=job.pk).update(generation_job_id=None)
         GenerationJob.objects.filter(pk=job.pk, status=status).update(
             status=Job.PENDING, image=None, attempts=0, infra_retries=0, recoveries=0,

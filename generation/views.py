@@ -507,22 +507,17 @@ class JobPromptView(JobView):
 
 class JobGenerateView(JobView):
     def post(self, request, *args, **kwargs):
-        if self.job.request.status == GenerationRequest.Status.CANCELLED and (
-            self.job.status == GenerationJob.Status.CANCELLED
-        ):
-            messages.error(request, "This request was cancelled.")
+        with costs.budget_lock():
+            self.job.request.refresh_from_db()  # its status and spend as they are now
+            # A regeneration is one more paid image.
+            error = (cannot_spend(self.job.request)
+                     if self.job.status == GenerationJob.Status.PENDING
+                     else one_more_image_error(self.job.request))
+            message = "" if error else generate_job(self.job)
+        if error:
+            messages.error(request, error)
+        elif message:
+            messages.success(request, message)
         else:
-            with costs.budget_lock():
-                self.job.request.refresh_from_db()  # its spend as it is now, under the lock
-                # A regeneration is one more paid image.
-                error = (cannot_spend(self.job.request)
-                         if self.job.status == GenerationJob.Status.PENDING
-                         else one_more_image_error(self.job.request))
-                message = "" if error else generate_job(self.job)
-            if error:
-                messages.error(request, error)
-            elif message:
-                messages.success(request, message)
-            else:
-                messages.error(request, "This prompt is being generated already.")
+            messages.error(request, "This prompt is being generated already.")
         return self.back()

@@ -22,7 +22,7 @@ from django.utils import timezone
 from huey import signals as S
 
 from generation.models import GenerationJob
-from generation.providers.errors import redact
+from generation.providers.errors import redact, redact_secrets
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 
@@ -229,11 +229,15 @@ def handle(signal: str, task, *args) -> None:
         _update(task, log=_log_line(status.label.lower()), **fields)
 
 
+TRACEBACK_LINE = 500
+
+
 def redact_traceback(exc) -> str:
     if exc is None:
         return ""
-    text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-    return "\n".join(redact(line) for line in text.splitlines()[-60:])
+    # Redacted whole, then cut: its indentation kept, and no cut can split a secret.
+    text = redact_secrets("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
+    return "\n".join(line[:TRACEBACK_LINE] for line in text.splitlines()[-60:])
 
 
 # Workers -----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ the token, so a worker whose lease ran out (a long pause, a stalled heartbeat) c
 touch the claim of the worker that took the message over.
 
 Tasks also keep other leases alive through the same heartbeat (``hold``): provider slots
-and job claims. Past ``task_deadline`` seconds a task's leases are no longer extended, it is
+and job claims, even after their message was taken over, for as long as the task runs
+here. Past ``task_deadline`` seconds a task's leases are no longer extended, it is
 announced as timed out (``SIGNAL_DEADLINE``) and its message is acked.
 """
 
@@ -26,7 +27,7 @@ from huey import signals as S
 from huey.api import TaskLock
 from huey.consumer import Consumer, Worker
 
-from generation.providers.errors import redact
+from generation.providers.errors import redact, redact_secrets
 
 from .idle import IdleWorkers
 from .storage import LeasingSqliteStorage, MongoStorage
@@ -248,7 +249,7 @@ class LeasingHuey(Huey):
         # The stored error result is readable by anyone with queue access: no secrets.
         result = super().build_error_result(task, exception)
         result["error"] = redact(result["error"])
-        result["traceback"] = "\n".join(redact(line) for line in result["traceback"].splitlines())
+        result["traceback"] = redact_secrets(result["traceback"])
         return result
 
     # Other leases a task keeps alive --------------------------------------------------
@@ -304,7 +305,12 @@ class LeasingHuey(Huey):
                 del self._running[id(running.task)]
                 self._lost.update(running.holds)
             live = [r for r in self._running.values() if not r.lost]
-            holds = set(self._free_holds).union(*(r.holds for r in live)) - self._lost
+            # A task whose message was taken over still runs here: its job claim and its
+            # slot stay alive until it ends (or its deadline), so the new holder of the
+            # message finds the job busy instead of making a second call while this one runs.
+            holds = set(self._free_holds).union(
+                *(r.holds for r in self._running.values())
+            ) - self._lost
         for running in overdue:
             if not running.lost:  # a lost one is another worker's now: not ours to fail
                 self._expire(running)
@@ -334,6 +340,8 @@ class LeasingHuey(Huey):
     def _extend_leases(self, live: list[Running]) -> None:
         if not live:
             return
+        # A message claimed twice here (its lease ran out while the heartbeat stalled, then
+        # another thread claimed it): the later claim holds it, the earlier one lost it.
         leases = {r.delivery.message_id: r.delivery.token for r in live}
         try:
             lost_ids = self.storage.extend_leases(leases)
@@ -341,13 +349,13 @@ class LeasingHuey(Huey):
             logger.exception("Lease heartbeat failed; will retry.")
             return
         for running in live:
-            if running.delivery.message_id not in lost_ids or running.lost:
+            message_id, token = running.delivery.message_id, running.delivery.token
+            if running.lost or (message_id not in lost_ids and leases[message_id] == token):
                 continue
             with self._lock:
                 if id(running.task) not in self._running:
                     continue  # settled meanwhile (acked): not lost
-                running.lost = True
-                self._lost.update(running.holds)
+                running.lost = True  # its holds stay kept: see beat()
                 logger.warning(
                     "Lost the lease of task %s to another worker; it will not be acked here.",
                     running.task.id,

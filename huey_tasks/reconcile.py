@@ -31,15 +31,17 @@ DEFAULT_MAX_RECOVERIES = 3
 Job = GenerationJob.Status
 
 
+def _times(deliveries: int) -> str:
+    return "once" if deliveries == 1 else f"{deliveries} times"
+
+
 def dead_job_reason(deliveries: int) -> str:
-    return (
-        f"the worker running this job stopped {deliveries} times; see the job monitor"
-    )
+    return f"the worker running this job stopped {_times(deliveries)}; see the job monitor"
 
 
 def dead_request_reason(deliveries: int) -> str:
     return (
-        f"the worker writing this request's prompts stopped {deliveries} times; "
+        f"the worker writing this request's prompts stopped {_times(deliveries)}; "
         "see the job monitor"
     )
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
-import sqlite3
 import time
 import uuid
 from types import SimpleNamespace
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from huey import crontab
 from huey.contrib.djhuey import HUEY, db_periodic_task, db_task
 from huey.exceptions import RateLimitExceeded, RetryTask
@@ -29,6 +27,7 @@ from generation.providers import (
     get_image_model,
 )
 from generation.providers.errors import redact
+from generation.retrying import DATABASE_ERRORS
 from huey_tasks import ledger, reconcile
 from huey_tasks.limiter import ConcurrencyLimiter, RequestsPerMinute
 from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
@@ -39,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 Failed = GenerationJob.Status.FAILED
 EXPANDING = [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING]
-JOB_CLAIMS = "job-claim"  # HUEY.hold() group: claim tokens of jobs being generated
+JOB_CLAIMS = "job-claim"  # HUEY.hold() group: (job id, claim token) of jobs being generated
 CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks again
 # Job claims outlive message leases: a heartbeat delayed by a queue-storage failover must
 # not let another worker take a job whose call is still in flight.
@@ -51,8 +50,7 @@ CLAIM_LEASES = 2
 # (AccessDenied, NoSuchBucket) and then fails the job after the bounded infrastructure
 # retries, with the service's reason.
 INFRASTRUCTURE_ERRORS = (
-    OperationalError, InterfaceError, sqlite3.OperationalError,
-    ConnectionFailure, ExecutionTimeout, WTimeoutError, OSError,
+    *DATABASE_ERRORS, ConnectionFailure, ExecutionTimeout, WTimeoutError, OSError,
     BotoCoreError, ClientError,
 )
 
@@ -68,7 +66,7 @@ EXPANSION_PRIORITY = 20
 
 
 @db_task(retries=2, retry_delay=10, context=True, priority=EXPANSION_PRIORITY)
-def expand_prompt(request_id: int, task=None) -> dict:
+def expand_prompt(request_id: int, task=None, infrastructure_retries: int = 0) -> dict:
     """Ask the LLM for the request's prompts; with auto-generate, fan out their jobs.
 
     A retry after the prompts were written only completes the fan-out.
@@ -76,6 +74,8 @@ def expand_prompt(request_id: int, task=None) -> dict:
     started = time.monotonic()
     try:
         job_ids = services.expand_request(request_id)
+    except INFRASTRUCTURE_ERRORS as exc:
+        _retry_expansion_later(request_id, task, infrastructure_retries, exc)
     except TransientProviderError as exc:
         count_llm_error(request_id, exc)  # for the metrics; never raises
         if task.retries:
@@ -101,6 +101,21 @@ def expand_prompt(request_id: int, task=None) -> dict:
         "expand_seconds": expanded - started,
         "fan_out_seconds": time.monotonic() - expanded,
     }
+
+
+def _retry_expansion_later(request_id: int, task, count: int, exc: Exception) -> None:
+    """Database, queue or media trouble: try again later without using an LLM retry;
+    after too many, fail the request with the real reason."""
+    reason = redact(f"infrastructure error: {exc.__class__.__name__}: {exc}")
+    policy = retry_policy()
+    if count >= policy["MAX_INFRASTRUCTURE_RETRIES"]:
+        task.retries = 0
+        services.fail_request(request_id, reason, EXPANDING)
+        raise exc
+    task.kwargs["infrastructure_retries"] = count + 1  # travels with the re-scheduled task
+    task.retry_reason = reason
+    delay = services.retry_delay(count + 1, None, policy["BACKOFF_BASE"], policy["BACKOFF_MAX"])
+    raise RetryTask(delay=delay) from exc
 
 
 # Generation goes ahead of housekeeping (e.g. Wagtail's index updates for new images),
@@ -188,7 +203,7 @@ def generate_image(job_id: int, task=None) -> None:
         _defer(job_id, task, exc)
     finally:
         if task.job_claim:
-            HUEY.drop(JOB_CLAIMS, task.job_claim)
+            HUEY.drop(JOB_CLAIMS, (job_id, task.job_claim))
 
 
 def _run(job_id: int, task) -> int | None:
@@ -229,7 +244,7 @@ def _generate(job_id: int, task) -> int | None:
         claimed_at = time.monotonic()
         task.job_claim = token
         task.job_attempts = job.attempts
-        HUEY.hold(JOB_CLAIMS, token)
+        HUEY.hold(JOB_CLAIMS, (job_id, token))
         try:
             # A storage that refused the last write must take one first: no paid call for
             # an image that could not be filed (MediaUnavailable: deferred, not a failure).
@@ -239,13 +254,14 @@ def _generate(job_id: int, task) -> int | None:
                 rate_limit.acquire()
             # Paused past the lease (GC, frozen VM)? Another worker may own both now.
             limiter.ensure_held(slot)
-            if HUEY.is_lost(JOB_CLAIMS, token) or (
+            if HUEY.is_lost(JOB_CLAIMS, (job_id, token)) or (
                 time.monotonic() - claimed_at > lease / 3
                 and not services.claim_held(job_id, token)
             ):
                 raise RateLimitExceeded(f"job {job_id} claim lost", CLAIM_WAIT)
         except RateLimitExceeded:
             services.release_job(job_id, token)
+            HUEY.drop(JOB_CLAIMS, (job_id, token))
             task.job_claim = None
             raise
         try:
@@ -310,9 +326,9 @@ def _defer(job_id: int, task, exc: Exception) -> None:
     raise RetryTask(delay=delay) from exc
 
 
-def _extend_job_claims(tokens: list[str], seconds: float) -> set[str]:
+def _extend_job_claims(claims: list[tuple[int, str]], seconds: float) -> set[tuple[int, str]]:
     with ledger.worker_connection():
-        return services.extend_job_claims(tokens, seconds * CLAIM_LEASES)
+        return services.extend_job_claims(claims, seconds * CLAIM_LEASES)
 
 
 HUEY.register_keeper(JOB_CLAIMS, _extend_job_claims)

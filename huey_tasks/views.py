@@ -236,16 +236,33 @@ class RevokeRunView(RunActionView):
         run = self.run
         if run.status not in REVOCABLE:
             return f"A {run.get_status_display().lower()} run cannot be revoked.", False
+        # A run still shown queued or waiting may have started: a worker holding its job's
+        # claim is past Huey's revoke check, and its current call finishes either way.
+        if services.call_in_flight(run.generation_job_id):
+            return self.in_flight(), False
         HUEY.revoke_by_id(run.task_id)
-        TaskRun.objects.filter(pk=run.pk).update(status=Status.REVOKED)
         if run.generation_job_id and GenerationJob.objects.filter(
             pk=run.generation_job_id, task_id=run.task_id
         ).exists():
             # Only the job's current run, and not while a worker holds it (its call
             # finishes, like a cancel's).
-            services.finish_job(run.generation_job_id, GenerationJob.Status.CANCELLED,
-                                error="revoked from the job monitor", unclaimed_only=True)
+            cancelled = services.finish_job(
+                run.generation_job_id, GenerationJob.Status.CANCELLED,
+                error="revoked from the job monitor", unclaimed_only=True,
+            )
+            if not cancelled and services.call_in_flight(run.generation_job_id):
+                # A worker claimed it between the check and the cancel: Huey clears the
+                # flag after that execution anyway, so the run is not revoked at all.
+                HUEY.restore_by_id(run.task_id)
+                return self.in_flight(), False
+        TaskRun.objects.filter(pk=run.pk).update(status=Status.REVOKED)
         return f"{run.short_name} {run.task_id} revoked.", True
+
+    def in_flight(self) -> str:
+        return (
+            f"{self.run.short_name} {self.run.task_id} cannot be revoked: its job's provider "
+            "call is in flight. Cancelling its request stops any further attempt."
+        )
 
 
 class RetryRequestFailedView(ActionView):

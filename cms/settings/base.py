@@ -381,6 +381,12 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # Configured here so run_huey does not attach a second handler of its own.
-    "loggers": {"huey": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+    "loggers": {
+        # Configured here so run_huey does not attach a second handler of its own.
+        "huey": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Django's own handlers for these (DEBUG's console, runserver's) do not redact:
+        # their records go to the root's console instead.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+    },
 }

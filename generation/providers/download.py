@@ -141,12 +141,32 @@ def _resolve_checked(host: str, port: int) -> str:
     return str(addresses[0])
 
 
+_MALFORMED_CONTENT_LENGTH = "unsafe download: malformed Content-Length header"
+
+
 def _declared_length(value: str | None) -> int | None:
     if value is None:
         return None
     if not _CONTENT_LENGTH.fullmatch(value.strip()):
-        raise PermanentProviderError("unsafe download: malformed Content-Length header")
+        raise PermanentProviderError(_MALFORMED_CONTENT_LENGTH)
     return int(value)
+
+
+def _refused_framing_header(exc: httpx.HTTPError) -> str | None:
+    """The unsafe-download reason when the HTTP parser refused the response's framing.
+
+    Over the real stack h11 checks Content-Length (digits only, no conflicting values) and
+    Transfer-Encoding before httpx returns the response, and says so in its error, which
+    httpx raises as ``RemoteProtocolError``: the class of a body cut short too, which is
+    transient. A refused header is not: the same bad response would be paid for again.
+    """
+    if not isinstance(exc, httpx.RemoteProtocolError):
+        return None
+    if "Content-Length" in str(exc):  # "bad Content-Length", "conflicting Content-Length …"
+        return _MALFORMED_CONTENT_LENGTH
+    if "Transfer-Encoding" in str(exc):
+        return "unsafe download: malformed Transfer-Encoding header"
+    return None
 
 
 def download_image(
@@ -212,6 +232,10 @@ def _fetch(
         except httpx.TimeoutException:
             raise TransientProviderError("download timed out") from None
         except httpx.HTTPError as exc:
+            refused = _refused_framing_header(exc)
+            if refused is not None:
+                # Permanent: the provider would be paid again for the same bad response.
+                raise PermanentProviderError(refused) from None
             raise TransientProviderError(f"download failed: {exc.__class__.__name__}") from None
     raise PermanentProviderError(f"download redirected more than {MAX_REDIRECTS} times")
 

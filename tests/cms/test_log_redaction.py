@@ -4,6 +4,7 @@ import io
 import logging
 
 import pytest
+from django.utils.log import configure_logging
 
 # Deliberately not key-shaped: only the configured value can catch them.
 ANTHROPIC_KEY = "anthropic-configured-0123456789abcdef"
@@ -76,3 +77,22 @@ def test_a_long_message_is_not_truncated(console):
     output = console.getvalue()
     assert_no_secrets(output)
     assert "x" * 1000 + " [redacted]" in output
+
+
+def test_djangos_own_loggers_redact_too_with_debug_on(settings, capsys):
+    """Django's DEBUG console handler and runserver's request log would print a key in
+    clear; settings.LOGGING sends their records through the redacting console instead."""
+    settings.DEBUG = True
+    settings.FAL_KEY = FAL_KEY
+    try:
+        configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)  # as django.setup()
+        logging.getLogger("django.request").error("Internal Server Error: /?key=%s", FAL_KEY)
+        logging.getLogger("django.server").info('"GET /?key=%s HTTP/1.1" 200', FAL_KEY)
+        logging.getLogger("django.security.csrf").warning("Forbidden %s", FAL_KEY)
+        output = capsys.readouterr().err
+    finally:
+        with capsys.disabled():  # the handlers back on the real stderr
+            configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+    assert_no_secrets(output)
+    assert output.count("[redacted]") == 3
+    assert "django.request Internal Server Error: /?key=[redacted]" in output

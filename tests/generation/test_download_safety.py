@@ -3,6 +3,8 @@
 import io
 import socket
 import ssl
+import struct
+import threading
 import time
 
 import httpx
@@ -268,6 +270,157 @@ def test_a_malformed_content_length_is_an_unsafe_download(dns, router, value):
     with pytest.raises(PermanentProviderError) as error:
         download()
     assert error.value.reason == "unsafe download: malformed Content-Length header"
+
+
+class RawServer:
+    """A local TCP server answering each request with raw bytes, for the real httpx/h11 stack.
+
+    download_image connects to the pinned public address: ``socket.create_connection`` is
+    redirected here, and TLS is left out (``wrap_socket`` hands the plain socket back), so
+    httpcore and h11 parse exactly the bytes below. TLS itself is covered by the test above.
+    """
+
+    def __init__(self, monkeypatch, response: bytes, *, reset: bool = False):
+        self.response, self.reset = response, reset
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.connections: list[tuple[str, int]] = []
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+        def create_connection(address, *args, **kwargs):
+            self.connections.append(address)
+            sock = socket.socket()  # a plain connect: no (faked) getaddrinfo
+            sock.connect(self.listener.getsockname())
+            return sock
+
+        def wrap_socket(context, sock, *args, server_hostname=None, **kwargs):
+            return sock
+
+        monkeypatch.setattr(socket, "create_connection", create_connection)
+        monkeypatch.setattr(ssl.SSLContext, "wrap_socket", wrap_socket)
+
+    def _serve(self):
+        try:
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        request += data
+                    self.requests.append(request)
+                    conn.sendall(self.response)
+                    if self.reset:  # close with RST instead of FIN
+                        conn.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+        except OSError:  # listener closed or timed out
+            pass
+
+    def close(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a pending accept()
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def serve(dns, monkeypatch):
+    servers: list[RawServer] = []
+
+    def start(response: bytes, **kwargs) -> RawServer:
+        servers.append(RawServer(monkeypatch, response, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def raw_image_response(*header_lines: str, body: bytes | None = None) -> bytes:
+    body = jpeg() if body is None else body
+    head = ["HTTP/1.1 200 OK", "Content-Type: image/jpeg", *header_lines]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_the_real_stack_harness_downloads_a_well_formed_image(serve):
+    data = jpeg()
+    server = serve(raw_image_response(f"Content-Length: {len(data)}"))
+    body, content_type, width, height = download(timeout=5)
+    assert body.read() == data and (content_type, width, height) == ("image/jpeg", 64, 48)
+    assert server.connections == [(PUBLIC, 443)]
+    assert b"\r\nhost: v3.fal.media\r\n" in server.requests[0].lower()
+
+
+def test_over_the_real_stack_repeated_equal_content_lengths_are_one_length(serve):
+    # h11 folds identical values into one (RFC 9110 section 8.6); only conflicts are refused.
+    data = jpeg()
+    serve(raw_image_response(f"Content-Length: {len(data)}", f"Content-Length: {len(data)}"))
+    assert download(timeout=5).body.read() == data
+
+
+@pytest.mark.parametrize(
+    "header_lines",
+    [
+        ["Content-Length: abc"],
+        ["Content-Length: -5"],
+        ["Content-Length: 1e3"],
+        ["Content-Length: "],
+        ["Content-Length: 123456789012345678901"],  # past h11's 20 digits
+        ["Content-Length: 10, 11"],
+        ["Content-Length: 10", "Content-Length: 11"],
+    ],
+    ids=["abc", "negative", "exponent", "empty", "21-digits", "list-conflict", "two-headers"],
+)
+def test_over_the_real_stack_a_malformed_content_length_is_an_unsafe_download(
+    serve, header_lines
+):
+    """h11 refuses these before our code sees the headers: permanent, not a paid retry."""
+    server = serve(raw_image_response(*header_lines, body=b"0123456789"))
+    with pytest.raises(PermanentProviderError) as error:
+        download(timeout=5)
+    assert error.value.reason == "unsafe download: malformed Content-Length header"
+    assert len(server.connections) == 1
+
+
+def test_over_the_real_stack_an_unsupported_transfer_encoding_is_an_unsafe_download(serve):
+    serve(raw_image_response("Transfer-Encoding: gzip", body=b"0123456789"))
+    with pytest.raises(PermanentProviderError) as error:
+        download(timeout=5)
+    assert error.value.reason == "unsafe download: malformed Transfer-Encoding header"
+
+
+def test_over_the_real_stack_a_body_cut_short_is_transient(serve):
+    data = jpeg()
+    # Content-Length promises the whole image; the peer closes (FIN) after half of it.
+    serve(raw_image_response(f"Content-Length: {len(data)}", body=data[: len(data) // 2]))
+    with pytest.raises(TransientProviderError) as error:
+        download(timeout=5)
+    assert error.value.reason == "download failed: RemoteProtocolError"
+
+
+def test_over_the_real_stack_a_connection_reset_mid_body_is_transient(serve):
+    data = jpeg()
+    serve(raw_image_response(f"Content-Length: {len(data)}", body=data[:100]), reset=True)
+    with pytest.raises(TransientProviderError, match="download failed"):
+        download(timeout=5)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [b"", b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Len"],
+    ids=["no-response", "cut-in-headers"],
+)
+def test_over_the_real_stack_a_peer_closing_before_the_body_is_transient(serve, response):
+    serve(response)
+    with pytest.raises(TransientProviderError, match="download failed: RemoteProtocolError"):
+        download(timeout=5)
 
 
 def test_the_client_download_image_creates_is_closed(dns, router, monkeypatch):

@@ -5,6 +5,7 @@ import signal
 
 import pytest
 from huey.contrib.djhuey import HUEY
+from huey.exceptions import TaskException
 
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 from tests.support import consumers
@@ -49,6 +50,14 @@ def test_final_failure_row_keeps_error_and_traceback(thread_consumer):
     assert "bad" in run.error_message and "SECRETSECRET" not in run.error_message
     assert "Traceback" in run.traceback and "SECRETSECRET" not in run.traceback
     assert "SECRETSECRET" not in str(run.args)
+    # The error result Huey stores for the task (readable by anyone with queue access).
+    with pytest.raises(TaskException) as stored:
+        result.get()
+    assert stored.value.metadata["error"] == "ValueError('<b>bad</b> input [redacted]')"
+    assert "SECRETSECRET" not in str(stored.value.metadata)
+    # Both tracebacks keep their lines and indentation, so they stay readable.
+    for traceback in (run.traceback, stored.value.metadata["traceback"]):
+        assert '\n  File "' in traceback and "in always_fail" in traceback
 
 
 def test_cancel_revoke_and_expiry_rows(tmp_path, thread_consumer):

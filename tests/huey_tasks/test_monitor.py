@@ -1,6 +1,7 @@
 """The job monitor through Django's test client: access, actions, escaping, query counts."""
 
 import datetime
+import re
 import time
 
 import pytest
@@ -274,3 +275,38 @@ def test_retry_of_a_plain_task_replays_only_verbatim_arguments(make_user):
     client.post(reverse("job_monitor:run_retry", args=[texts.pk]))
     assert [list(task.args) for task in queued_tasks("add")] == [[2, 3]]
     assert queued_tasks("record_run") == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("collections")
+def test_the_monitor_shows_what_maintenance_repaired(admin_client_logged_in, settings):
+    from huey_tasks.tasks import maintenance, queue_jobs
+    from tests.reliability.conftest import make_request
+
+    # Replaced, not mutated, so the setting is restored after the test.
+    settings.KARASU = {**settings.KARASU, "RECONCILE": {"GRACE_SECONDS": 0}}
+    lost = make_request(2)
+    queue_jobs(list(lost.jobs.values_list("pk", flat=True)))
+    cancelled = make_request(1, theme="Herons")
+    queue_jobs(list(cancelled.jobs.values_list("pk", flat=True)))
+    GenerationRequest.objects.filter(pk=cancelled.pk).update(
+        status=GenerationRequest.Status.CANCELLED
+    )
+    HUEY.storage.flush_queue()  # every message lost: the jobs stay queued with none
+    result = maintenance.call_local()
+    assert (result["jobs_requeued"], result["jobs_cancelled"]) == (2, 1)
+    assert len(queued_tasks("generate_image")) == 2
+
+    expected = (
+        "2 lost jobs requeued, 0 failed, 1 cancelled; 0 expansions restarted, 0 failed, "
+        "0 back to draft, 0 settled."
+    )
+    for url in [MONITOR, MONITOR + "live/"]:
+        response = admin_client_logged_in.get(url)
+        assert response.status_code == 200, url
+        body = response.content.decode()
+        [paragraph] = re.findall(r"<p[^>]*data-maintenance[^>]*>(.*?)</p>", body, re.S)
+        text = " ".join(paragraph.split())
+        assert text.startswith("Last maintenance "), text
+        assert "ago" in text or "now" in text, text  # when, as the operator reads it
+        assert text.endswith(expected), text

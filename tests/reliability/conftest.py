@@ -105,7 +105,7 @@ def reliability_report(request):
 
     from wagtail.images import get_image_model
 
-    from tests.support.provider_calls import overlapping_calls
+    from tests.support.provider_calls import calls_paid_twice, overlapping_calls
 
     def report(scenario: str, requests, call_log=None, deaths=None) -> dict:
         jobs = GenerationJob.objects.filter(request__in=requests)
@@ -135,6 +135,9 @@ def reliability_report(request):
             # Two calls for one job in flight at once (a killed worker's call ends at its death).
             "duplicate provider calls": len(overlapping_calls(call_log, deaths=deaths))
             if call_log else 0,
+            # A job's image paid for again: its first result was lost (e.g. its worker was
+            # killed between the call and filing), so the job called once more.
+            "paid twice": calls_paid_twice(call_log) if call_log else 0,
         }
         path = os.environ.get("KARASU_RELIABILITY_REPORT")
         if path:

@@ -2,6 +2,7 @@
 token, reports lost leases, and never hands back a task that may still be running."""
 
 import logging
+import threading
 import time
 
 import pytest
@@ -9,7 +10,8 @@ from huey.contrib.djhuey import HUEY
 
 from huey_tasks.limiter import ConcurrencyLimiter, SlotLost
 from huey_tasks.queue import LeasingHuey
-from tests.support.tasks import add, always_fail
+from tests.support.consumers import wait_for
+from tests.support.tasks import add, always_fail, record_run
 
 pytestmark = pytest.mark.usefixtures("queue_backend")
 
@@ -80,6 +82,37 @@ def test_tasks_still_running_at_exit_are_not_handed_back():
     HUEY.dequeue()  # running in a thread that shutdown cannot stop
     HUEY.notify_interrupted_tasks()
     assert HUEY.storage.leased_count() == 1 and HUEY.storage.queue_size() == 0
+
+
+def test_an_exit_notice_from_another_thread_leaves_a_running_task_to_finish(tmp_path, caplog):
+    """The consumer's exit calls notify_interrupted_tasks from its own thread while a worker
+    thread still runs a task: that task was not interrupted. When it then finishes normally
+    it is acked, not handed back to run a second time."""
+    log = tmp_path / "runs.log"
+    record_run(str(log), "busy", seconds=1.0)
+    task = HUEY.dequeue()
+    worker = threading.Thread(target=HUEY.execute, args=(task,), name="worker")
+    worker.start()
+    try:
+        wait_for(lambda: log.exists() and "start busy" in log.read_text(), 5,
+                 interval=0.01, message="the task running in its worker thread")
+        assert task in HUEY._tasks_in_flight  # the exit notice below is sent for it
+        with caplog.at_level(logging.WARNING):
+            HUEY.notify_interrupted_tasks()  # here, as the consumer does at exit
+            assert not HUEY._tasks_in_flight
+            worker.join(10)
+    finally:
+        worker.join(10)
+    assert not worker.is_alive()
+    assert log.read_text().count("done busy") == 1
+    # Acked: nothing leased, queued or scheduled, so it never runs again.
+    storage = HUEY.storage
+    assert storage.queue_size() == 0, "handed back for redelivery"
+    assert storage.leased_count() == storage.schedule_size() == 0
+    assert HUEY.dequeue() is None
+    assert log.read_text().count("start busy") == 1
+    assert "Handed back interrupted task" not in caplog.text
+    assert not getattr(task, "interrupted", False)
 
 
 def test_a_deadline_stops_the_heartbeat_keeping_lease_and_slot(short_leases):

@@ -2,20 +2,23 @@
 jobs queued exactly once however often editors click."""
 
 import threading
+import time
 import uuid
 
 import pytest
 from django.db import close_old_connections
+from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
 
 from generation import actions, services
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import get_image_model as get_provider
+from huey_tasks.queue import LeasingHuey
 from huey_tasks.tasks import generate_image, queue_jobs
 from tests.reliability.conftest import make_request, settled
 from tests.support.consumers import queued_tasks, wait_for
-from tests.support.provider_calls import calls_per_key, overlapping_calls
+from tests.support.provider_calls import calls_per_key, overlapping_calls, read_calls
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 Job = GenerationJob.Status
@@ -23,7 +26,9 @@ Req = GenerationRequest.Status
 Image = get_image_model()
 
 
-def test_duplicate_messages_make_one_provider_call_per_job(demo, call_log, thread_consumer):
+def test_duplicate_messages_make_one_provider_call_per_job(
+    queue_backend, demo, call_log, thread_consumer
+):
     demo(latency=0.3, concurrency=8)
     request = make_request(6)
     ids = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
@@ -39,6 +44,109 @@ def test_duplicate_messages_make_one_provider_call_per_job(demo, call_log, threa
     assert len(calls) == 6 and set(calls.values()) == {1}
     assert overlapping_calls(call_log) == []
     assert Image.objects.filter(generation_request_id=request.pk).count() == 6
+
+
+def test_a_call_whose_message_was_taken_over_keeps_its_job(
+    demo, call_log, queue_backend, monkeypatch
+):
+    """The heartbeat stalls mid-call (a queue-storage failover) and another worker claims
+    the message. The call still in flight keeps its job claim alive, so the new holder
+    finds the job busy instead of calling: one call, one image."""
+    monkeypatch.setattr(HUEY.storage, "lease_seconds", 0.5)  # job claims: 2 leases
+    monkeypatch.setattr(HUEY, "beat", lambda: None)  # this test beats by hand
+    demo(latency=3.0)
+    request = make_request(1)
+    [job_id] = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    first = HUEY.dequeue()
+    runner = threading.Thread(target=HUEY.execute, args=(first,), daemon=True)
+    runner.start()
+    wait_for(lambda: call_log.exists() and read_calls(call_log), 5, message="call started")
+    time.sleep(0.6)  # no heartbeat: the message's lease runs out
+    other = HUEY.storage.claim(lease_seconds=30)  # another worker takes the message
+    assert other is not None and other.message_id == first.delivery.message_id
+    stop = threading.Event()
+    beater = threading.Thread(
+        target=lambda: [LeasingHuey.beat(HUEY) for _ in iter(lambda: stop.wait(0.15), True)],
+        daemon=True,
+    )
+    beater.start()  # the heartbeat works again, and finds the message lost
+    try:
+        time.sleep(1.5)  # past the expiry of a claim nobody renewed
+        with pytest.raises(services.JobBusy):  # what the other worker's task meets
+            services.claim_job(GenerationJob.objects.get(pk=job_id), "other-worker", 30)
+        runner.join(10)
+    finally:
+        stop.set()
+        beater.join(5)
+    assert [call.outcome for call in read_calls(call_log)] == ["ok"]
+    job = GenerationJob.objects.get(pk=job_id)
+    assert job.status == Job.SUCCEEDED and job.image_id
+    assert HUEY.storage.leased_count() == 1  # still the other worker's to settle
+    HUEY.storage.flush_all()
+
+
+@pytest.mark.parametrize("taken", ["job claim", "provider slot"])
+def test_a_worker_paused_past_its_leases_before_the_call_does_not_call(
+    taken, demo, call_log, queue_backend, monkeypatch
+):
+    """A worker pauses (GC, a frozen VM) between its claims and the call, with its
+    heartbeat paused too; meanwhile another worker takes the job's claim or the provider's
+    only slot. Right before calling it finds out, and re-schedules instead."""
+    monkeypatch.setattr(HUEY.storage, "lease_seconds", 0.3)  # job claims: 0.6 s
+    monkeypatch.setattr(HUEY, "beat", lambda: None)
+    demo(concurrency=1)
+    request = make_request(1)
+    [job_id] = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+
+    def pause_then_lose(*args):
+        time.sleep(0.7)  # past both leases
+        if taken == "job claim":
+            assert services.claim_job(GenerationJob.objects.get(pk=job_id), "other", 30)
+        else:
+            assert HUEY.storage.acquire_slot("image:demo", 1, "other", 30) is not None
+
+    monkeypatch.setattr("huey_tasks.tasks.MEDIA.ensure_writable", pause_then_lose)
+    HUEY.execute(HUEY.dequeue())
+    assert not call_log.exists()  # no call was made
+    assert HUEY.storage.schedule_size() == 1  # the task looks again later
+    job = GenerationJob.objects.get(pk=job_id)
+    assert job.claim_token == ("other" if taken == "job claim" else "")
+    HUEY.storage.flush_all()
+
+
+def test_the_heartbeat_reports_only_claims_another_worker_took(demo):
+    """A claim kept is extended; one this worker gave back itself (its job finished just
+    before the hold was dropped) is not reported lost; one another worker took is."""
+    request = make_request(3)
+    kept, finished, taken = request.jobs.order_by("index")
+    for job in (kept, finished, taken):
+        assert services.claim_job(job, f"mine-{job.pk}", 1)
+    assert services.finish_job(finished.pk, Job.FAILED, error="x", token=f"mine-{finished.pk}")
+    GenerationJob.objects.filter(pk=taken.pk).update(claim_expires_at="2000-01-01T00:00Z")
+    assert services.claim_job(GenerationJob.objects.get(pk=taken.pk), "theirs", 30)
+    claims = [(job.pk, f"mine-{job.pk}") for job in (kept, finished, taken)]
+    assert services.extend_job_claims(claims, 60) == {(taken.pk, f"mine-{taken.pk}")}
+    kept.refresh_from_db()
+    assert (kept.claim_expires_at - timezone.now()).total_seconds() > 50
+
+
+def test_a_message_claimed_twice_in_one_process_is_lost_by_the_earlier_claim(
+    queue_backend, monkeypatch
+):
+    monkeypatch.setattr(HUEY.storage, "lease_seconds", 0.2)
+    monkeypatch.setattr(HUEY, "beat", lambda: None)
+    HUEY.storage.flush_all()
+    HUEY.enqueue(generate_image.s(0))
+    first = HUEY.dequeue()
+    time.sleep(0.3)  # the heartbeat stalled: another thread of this process claims it
+    second = HUEY.dequeue()
+    LeasingHuey.beat(HUEY)
+    running = {r.delivery.token: r for r in HUEY._running.values()}
+    assert running[first.delivery.token].lost and not running[second.delivery.token].lost
+    HUEY.execute(first)  # settles nothing: the message is the later claim's
+    assert HUEY.storage.leased_count() == 1
+    HUEY.execute(second)  # no such job: nothing to do, acked
+    assert HUEY.storage.leased_count() == 0 and HUEY._running == {}
 
 
 def test_a_live_claim_sends_the_duplicate_away(demo):
@@ -196,7 +304,9 @@ def test_an_expansion_that_finishes_after_cancel_creates_nothing(demo, settings,
     assert request.status == Req.CANCELLED and request.jobs.count() == 0
 
 
-def test_concurrent_clicks_end_to_end(demo, call_log, thread_consumer, reliability_report):
+def test_concurrent_clicks_end_to_end(
+    queue_backend, demo, call_log, thread_consumer, reliability_report
+):
     """Three editors press "Generate pending prompts" at once, then "Retry failed jobs"
     twice at once: every prompt is generated once, every retry runs once."""
     demo(latency=0.1, reject_rate=0.2)
@@ -208,7 +318,9 @@ def test_concurrent_clicks_end_to_end(demo, call_log, thread_consumer, reliabili
     assert rejected > 0
     _concurrently(lambda: actions.retry_failed(GenerationRequest.objects.get(pk=request.pk)))
     wait_for(lambda: settled(request), 60, message="retry settled")
-    figures = reliability_report("double clicks (generate, retry)", [request], call_log)
+    figures = reliability_report(
+        'double clicks: 3× "Generate pending", 2× "Retry failed"', [request], call_log
+    )
     assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
     assert figures["duplicate provider calls"] == 0
     calls = calls_per_key(call_log)

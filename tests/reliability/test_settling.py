@@ -12,6 +12,7 @@ from wagtail.images import get_image_model
 
 from generation import services
 from generation.models import GenerationJob, GenerationRequest
+from generation.providers.demo import DemoLLM, call_key
 from huey_tasks import reconcile
 from huey_tasks.models import TaskRun
 from huey_tasks.tasks import expand_prompt, maintenance, queue_jobs
@@ -50,7 +51,7 @@ def test_a_buried_job_fails_at_once_and_requeue_reopens_it(
     assert HUEY.storage.dead_letter_count() == 1
     job = GenerationJob.objects.get(pk=job_id)
     assert job.status == Job.FAILED
-    assert job.error == "the worker running this job stopped 1 times; see the job monitor"
+    assert job.error == "the worker running this job stopped once; see the job monitor"
     request.refresh_from_db()
     assert request.status == Req.FAILED and request.jobs_failed == 1
     assert TaskRun.objects.get(generation_job_id=job_id).status == TaskRun.Status.DEAD
@@ -100,7 +101,7 @@ def test_a_buried_expansion_fails_its_request(demo, one_delivery, queue_backend)
     assert HUEY.storage.claim() is None
     request.refresh_from_db()
     assert request.status == Req.FAILED
-    assert "stopped 1 times" in request.error
+    assert "stopped once" in request.error
 
 
 def test_maintenance_requeues_lost_jobs_then_gives_up(demo, queue_backend, settings):
@@ -181,17 +182,36 @@ def test_a_task_past_its_deadline_fails_as_timed_out(demo, call_log, thread_cons
     assert run.status == TaskRun.Status.FAILED and "timed out" in run.error_message
 
 
-def test_infrastructure_errors_do_not_use_provider_attempts(demo, thread_consumer, monkeypatch):
-    failures = {"left": 2}
-    real_save = Image.save
+def flaky(function, error: Exception, times: int):
+    """``function`` (or method) raising ``error`` on its first ``times`` calls."""
+    failures = {"left": times}
 
-    def flaky_save(self, *args, **kwargs):
+    def flaky_call(*args, **kwargs):
         if failures["left"]:
             failures["left"] -= 1
-            raise OperationalError("database is locked")
-        return real_save(self, *args, **kwargs)
+            raise error
+        return function(*args, **kwargs)
 
-    monkeypatch.setattr(Image, "save", flaky_save)
+    return flaky_call
+
+
+def test_a_database_blip_after_the_call_is_retried_in_place_not_paid_again(
+    demo, call_log, thread_consumer, monkeypatch
+):
+    """The image is paid for: filing it is tried again at once, not the provider call."""
+    monkeypatch.setattr(Image, "save", flaky(Image.save, OperationalError("database is locked"), 3))
+    request = make_request(1)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: settled(request), 30, message="request settled")
+    job = request.jobs.get()
+    assert job.status == Job.SUCCEEDED and job.attempts == 1 and job.infra_retries == 0
+    assert calls_per_key(call_log) == {call_key(job.prompt): 1}
+    assert Image.objects.filter(generation_request_id=request.pk).count() == 1
+
+
+def test_infrastructure_errors_do_not_use_provider_attempts(demo, thread_consumer, monkeypatch):
+    # A disk that refuses twice: not retried in place (only database errors are).
+    monkeypatch.setattr(Image, "save", flaky(Image.save, OSError(28, "No space left"), 2))
     request = make_request(1)
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
     wait_for(lambda: settled(request), 30, message="request settled")
@@ -214,6 +234,66 @@ def test_a_lasting_infrastructure_error_fails_the_job_with_the_real_reason(
     job = request.jobs.get()
     assert job.status == Job.FAILED and "No space left on device" in job.error
     assert job.attempts == 1 and job.infra_retries == 2  # retries used no attempts
+
+
+def expanded(request) -> bool:
+    request.refresh_from_db()
+    return request.status not in (Req.QUEUED, Req.EXPANDING)
+
+
+def test_a_database_blip_after_the_llm_answered_is_retried_in_place(
+    demo, thread_consumer, monkeypatch
+):
+    """The prompts are paid for: writing them is tried again, not the LLM call."""
+    llm_calls = []
+    request_prompts = DemoLLM.request_prompts
+
+    def counted(self, *args, **kwargs):
+        llm_calls.append(1)
+        return request_prompts(self, *args, **kwargs)
+
+    monkeypatch.setattr(DemoLLM, "request_prompts", counted)
+    monkeypatch.setattr(GenerationJob.objects, "bulk_create", flaky(
+        GenerationJob.objects.bulk_create, OperationalError("database is locked"), 2))
+    request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
+                                               image_model="demo", status=Req.QUEUED,
+                                               auto_generate=False)
+    expand_prompt(request.pk)
+    wait_for(lambda: expanded(request), 30, message="prompts written")
+    assert request.status == Req.DRAFT and request.jobs.count() == 3 and request.error == ""
+    assert llm_calls == [1]
+
+
+def test_infrastructure_errors_of_an_expansion_use_no_llm_retries(demo, thread_consumer,
+                                                                 monkeypatch):
+    # Three errors in a row: more than the expansion's 2 retries for the LLM.
+    monkeypatch.setattr(services, "expand_request", flaky(
+        services.expand_request, OperationalError("database is locked"), 3))
+    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                               image_model="demo", status=Req.QUEUED)
+    expand_prompt(request.pk)
+    wait_for(lambda: settled(request), 30, message="request settled")
+    assert request.status == Req.COMPLETED and request.jobs_succeeded == 2
+
+
+def test_a_lasting_infrastructure_error_fails_the_expansion_with_the_real_reason(
+    demo, thread_consumer, monkeypatch, settings
+):
+    settings.KARASU["RETRY"] = {**settings.KARASU["RETRY"], "MAX_INFRASTRUCTURE_RETRIES": 2}
+    attempts = []
+
+    def broken(request_id):
+        attempts.append(request_id)
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(services, "expand_request", broken)
+    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                               image_model="demo", status=Req.QUEUED)
+    expand_prompt(request.pk)
+    wait_for(lambda: expanded(request), 30, message="request failed")
+    assert request.status == Req.FAILED
+    assert request.error == "infrastructure error: OperationalError: could not connect to server"
+    assert len(attempts) == 3  # the first try and 2 infrastructure retries
 
 
 def test_a_failing_slot_release_never_fails_a_generated_image(demo, thread_consumer, monkeypatch):
@@ -267,6 +347,30 @@ def test_retrying_an_old_failed_run_of_a_succeeded_job_does_nothing(demo, editor
     editor.post(reverse("job_monitor:run_retry", args=[run.pk]))
     job.refresh_from_db()
     assert job.status == Job.SUCCEEDED and queued_tasks("generate_image") == []
+
+
+def test_nothing_of_a_cancelled_request_is_retried_or_regenerated(demo, editor):
+    """The monitor's Retry of a failed run and the request page's Regenerate, like Retry
+    failed jobs and requeued dead letters, start nothing for a cancelled request."""
+    HUEY.storage.flush_all()
+    request = make_request(2, status=Req.CANCELLED, job_status=Job.FAILED, jobs_failed=2)
+    failed, other = request.jobs.order_by("index")
+    run = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image", task_id="r1",
+                                 status=TaskRun.Status.FAILED, args=[failed.pk],
+                                 generation_job=failed, generation_request=request)
+    response = editor.post(reverse("job_monitor:run_retry", args=[run.pk]), follow=True)
+    assert "nothing of it runs again" in response.content.decode()
+    response = editor.post(
+        reverse("wagtailsnippets_generation_generationrequest:job_generate", args=[other.pk]),
+        follow=True,
+    )
+    assert "nothing of it runs again" in response.content.decode()
+    assert "Regenerate" not in response.content.decode()  # no button that cannot work
+    request.refresh_from_db()
+    assert request.status == Req.CANCELLED and request.jobs_failed == 2
+    assert set(request.jobs.values_list("status", flat=True)) == {Job.FAILED}
+    assert queued_tasks("generate_image") == []
+    assert not services.regenerate_job(failed)  # the service refuses too, under the lock
 
 
 def test_spending_actions_need_change_permission_on_requests(demo, client, django_user_model):
@@ -378,4 +482,31 @@ def test_a_dead_letter_of_a_cancelled_request_is_not_reopened(demo, one_delivery
     request.refresh_from_db()
     assert (request.jobs_failed, request.jobs_cancelled) == (1, 1)
     assert set(request.jobs.values_list("status", flat=True)) == {Job.FAILED, Job.CANCELLED}
+    HUEY.storage.flush_all()
+
+
+def test_a_run_whose_job_call_is_in_flight_is_not_reported_revoked(demo, editor):
+    """Shown queued, but a worker holds its job's claim: Huey's revoke cannot stop that call
+    (nor, as it clears the flag after the execution, the job's retries), so no "revoked"."""
+    HUEY.storage.flush_all()
+    request = make_request(1)
+    [job_id] = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    job = GenerationJob.objects.get(pk=job_id)
+    run = TaskRun.objects.get(task_id=job.task_id)
+    assert run.status == TaskRun.Status.QUEUED  # the ledger has not seen the start yet
+    assert services.claim_job(job, "in-flight", 30, message_id="the-running-message")
+    before = GenerationJob.objects.values().get(pk=job_id)
+
+    response = editor.post(reverse("job_monitor:run_revoke", args=[run.pk]), follow=True)
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "cannot be revoked: its job&#x27;s provider call is in flight" in body
+    assert "Cancelling its request stops any further attempt." in body
+    assert " revoked." not in body
+    run.refresh_from_db()
+    assert run.status == TaskRun.Status.QUEUED
+    assert not HUEY.is_revoked(run.task_id)
+    assert GenerationJob.objects.values().get(pk=job_id) == before  # status, claim, attempts
+    request.refresh_from_db()
+    assert request.status == Req.GENERATING and request.jobs_cancelled == 0
     HUEY.storage.flush_all()

@@ -1,6 +1,7 @@
 """Fault injection: a queue storage and a database connection that fail chosen calls.
 
-Both follow a seeded random schedule, so a failing run can be replayed with its seed. A
+Both draw from a seeded random generator. Threads draw in the order they run, so a seed
+gives the same rate and mix of faults each run, not the same calls failing. A
 storage failure strikes before the call (nothing happened) or after it (it happened, but
 the caller never heard back), the two ways a network or lock error looks to a client.
 """

@@ -88,6 +88,12 @@ def calls_per_key(path: str | PathLike[str]) -> Counter[str]:
     return Counter(call.key for call in read_calls(path))
 
 
+def calls_paid_twice(path: str | PathLike[str]) -> int:
+    """Successful calls beyond one per key: images paid for again (none filed twice)."""
+    ok = Counter(call.key for call in read_calls(path) if call.outcome == "ok")
+    return sum(count - 1 for count in ok.values())
+
+
 def overlapping_calls(
     path: str | PathLike[str], deaths: Mapping[int, float] | None = None
 ) -> list[tuple[str, Call, Call]]:
