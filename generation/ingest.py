@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from django.core.files import File
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils.text import slugify
 from taggit.models import Tag
 from wagtail.images import get_image_model
@@ -14,7 +14,7 @@ from wagtail.images import get_image_model
 from generation.media import MEDIA
 from generation.models import GenerationJob
 from generation.providers import GeneratedImage, clean_alt_text
-from generation.retrying import paid_result_writes
+from generation.retrying import DATABASE_ERRORS, paid_result_writes
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,26 @@ def _ingest(
         if winner is None:
             raise  # not the one-image-per-job constraint
         return winner, False
+    except DATABASE_ERRORS:
+        # A commit that raised may have gone through: the file stays if its row does.
+        if not _filed(image):
+            _discard(image)
+        raise
     except BaseException:
         _discard(image)  # no row refers to it: no orphan file
         raise
     return image, True
+
+
+def _filed(image) -> bool:
+    """Whether the image's row exists after a database error; when that cannot be told
+    (the database still away), True: a stray file is better than a row without its file."""
+    if image.pk is None:
+        return False  # the INSERT never ran
+    try:
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()  # the error may have broken it
+        return get_image_model().objects.filter(pk=image.pk).exists()
+    except Exception:
+        logger.warning("Could not tell whether image %s was filed; its file is kept.", image.pk)
+        return True

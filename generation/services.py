@@ -80,9 +80,10 @@ def expand_request(request_id: int) -> list[int]:
                 # Calls answered before the failure (or unusable answers) were paid for too.
                 add_llm_usage(request_id, exc.usage)
                 raise
+            finished_at = timezone.now()
             for attempt in paid_result_writes():  # the prompts are paid for
                 with attempt:
-                    _write_prompts(request, next_status, expansion)
+                    _write_prompts(request, next_status, expansion, finished_at)
     if not GenerationRequest.objects.filter(
         pk=request_id, status=Req.GENERATING, auto_generate=True
     ).exists():
@@ -94,13 +95,15 @@ def expand_request(request_id: int) -> list[int]:
     )
 
 
-def _write_prompts(request: GenerationRequest, next_status: str, expansion) -> None:
+def _write_prompts(request: GenerationRequest, next_status: str, expansion, finished_at) -> None:
+    if GenerationRequest.objects.filter(pk=request.pk, expansion_finished_at=finished_at).exists():
+        return  # written by an attempt whose commit raised but went through
     with transaction.atomic():
         # The request row first: a cancel that committed meanwhile wins (nothing is
         # created), and one that comes later waits for this transaction to end.
         moved = GenerationRequest.objects.filter(pk=request.pk, status=Req.EXPANDING).update(
             status=next_status, jobs_total=len(expansion.prompts), updated_at=timezone.now(),
-            expansion_finished_at=timezone.now(),
+            expansion_finished_at=finished_at,
         )
         # Added even when a cancel won: the tokens were spent all the same, and a
         # restarted expansion's second call is spent too.
@@ -205,6 +208,11 @@ def settle_finished_requests() -> int:
 
 # Jobs -------------------------------------------------------------------------------------
 NO_CLAIM = {"claim_token": "", "claim_expires_at": None, "claim_message": ""}
+
+
+# Job claims outlive message leases: a heartbeat delayed by a queue-storage failover must
+# not let another worker take a job whose call is still in flight.
+CLAIM_LEASES = 2
 
 
 def _unclaimed(now) -> Q:
@@ -452,7 +460,11 @@ def store(job: GenerationJob, token: str, generated: GeneratedImage) -> bool:
     image, created = ingest(job, generated, confirm=confirm, check_existing=False)
     if image is None:
         return False
-    return created or confirm(image)
+    # Found rather than created: filed by an attempt whose commit raised but went through
+    # (the job then succeeded with it), or by an earlier run that did not confirm it.
+    return created or confirm(image) or GenerationJob.objects.filter(
+        pk=job.pk, status=Job.SUCCEEDED, image=image
+    ).exists()
 
 
 def mark_retrying(job_id: int, token: str, reason: str) -> bool:
@@ -496,6 +508,7 @@ def finish_job(
     token: str | None = None,
     unclaimed_only: bool = False,
     claim_message: str = "",
+    claim_stale_by=None,
     not_after=None,
     request_id: int | None = None,
 ) -> bool:
@@ -503,7 +516,8 @@ def finish_job(
 
     With ``token``, only while that claim holds; with ``unclaimed_only``, only when no
     worker holds a live claim (its call may still be in flight), or the claim was taken
-    by the message ``claim_message`` (whose worker is known to have stopped). With
+    by the message ``claim_message`` (whose worker is known to have stopped) and not
+    renewed since (it expires by ``claim_stale_by``). With
     ``not_after``, only if nothing moved the job since then (e.g. an editor's retry).
     """
     now = timezone.now()
@@ -519,7 +533,9 @@ def finish_job(
     elif unclaimed_only:
         unclaimed = _unclaimed(now)
         if claim_message:
-            unclaimed |= Q(claim_message=claim_message)
+            # A holder whose message was taken over keeps renewing its claim while its
+            # call runs: only a claim left to expire is the stopped worker's.
+            unclaimed |= Q(claim_message=claim_message, claim_expires_at__lte=claim_stale_by)
         jobs = jobs.filter(unclaimed)
     if not_after is not None:
         jobs = jobs.filter(updated_at__lte=not_after)

@@ -22,7 +22,7 @@ from django.utils import timezone
 from huey import signals as S
 
 from generation.models import GenerationJob
-from generation.providers.errors import redact, redact_secrets
+from generation.providers.errors import redact, redact_traceback
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 
@@ -197,7 +197,7 @@ def handle(signal: str, task, *args) -> None:
             task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
             error_class=exc.__class__.__name__ if exc is not None else "",
             error_message=message[:500],
-            traceback=redact_traceback(exc),
+            traceback=redact_exception(exc),
             log=_log_line(f"error: {exc.__class__.__name__}: {message}"),
         )
     elif signal == S.SIGNAL_RETRYING:
@@ -229,15 +229,10 @@ def handle(signal: str, task, *args) -> None:
         _update(task, log=_log_line(status.label.lower()), **fields)
 
 
-TRACEBACK_LINE = 500
-
-
-def redact_traceback(exc) -> str:
+def redact_exception(exc) -> str:
     if exc is None:
         return ""
-    # Redacted whole, then cut: its indentation kept, and no cut can split a secret.
-    text = redact_secrets("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
-    return "\n".join(line[:TRACEBACK_LINE] for line in text.splitlines()[-60:])
+    return redact_traceback("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
 
 
 # Workers -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from huey import signals as S
 from huey.api import TaskLock
 from huey.consumer import Consumer, Worker
 
-from generation.providers.errors import redact, redact_secrets
+from generation.providers.errors import redact, redact_traceback
 
 from .idle import IdleWorkers
 from .storage import LeasingSqliteStorage, MongoStorage
@@ -249,7 +249,7 @@ class LeasingHuey(Huey):
         # The stored error result is readable by anyone with queue access: no secrets.
         result = super().build_error_result(task, exception)
         result["error"] = redact(result["error"])
-        result["traceback"] = redact_secrets(result["traceback"])
+        result["traceback"] = redact_traceback(result["traceback"])
         return result
 
     # Other leases a task keeps alive --------------------------------------------------

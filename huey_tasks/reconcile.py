@@ -46,14 +46,19 @@ def dead_request_reason(deliveries: int) -> str:
     )
 
 
-def settle_dead_letter(name: str, target: int, letter) -> bool:
+def settle_dead_letter(name: str, target: int, letter, lease_seconds: float) -> bool:
     """Fail what a buried message was for, unless something moved it on since (an
-    editor's retry, a requeue) or another worker holds it."""
+    editor's retry, a requeue) or a live worker holds it."""
     if name == "generate_image":
-        # Its worker stopped: the claim it took need not run out first.
+        # Its worker stopped: the claim it took need not run out first. A live holder
+        # renews its claim every third of a lease, so its claim expires later than this.
+        stale_by = timezone.now() + datetime.timedelta(
+            seconds=lease_seconds * (services.CLAIM_LEASES - 0.5)
+        )
         return services.finish_job(
             target, Job.FAILED, error=dead_job_reason(letter.deliveries),
-            unclaimed_only=True, claim_message=letter.message_id, not_after=letter.died_at,
+            unclaimed_only=True, claim_message=letter.message_id, claim_stale_by=stale_by,
+            not_after=letter.died_at,
         )
     if name == "expand_prompt":
         return services.fail_request(
@@ -99,7 +104,8 @@ def reconcile(huey, queue_jobs: Callable, expand_prompt, grace: float | None = N
         except Exception:
             continue
         name, target = task.name.rsplit(".", 1)[-1], task.args[0] if task.args else None
-        if target is not None and settle_dead_letter(name, target, letter):
+        if target is not None and settle_dead_letter(name, target, letter,
+                                                     huey.storage.lease_seconds):
             counts["jobs_failed" if name == "generate_image" else "requests_failed"] += 1
 
     # Jobs queued, retrying or running that no message and no live claim will finish.

@@ -40,9 +40,7 @@ Failed = GenerationJob.Status.FAILED
 EXPANDING = [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING]
 JOB_CLAIMS = "job-claim"  # HUEY.hold() group: (job id, claim token) of jobs being generated
 CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks again
-# Job claims outlive message leases: a heartbeat delayed by a queue-storage failover must
-# not let another worker take a job whose call is still in flight.
-CLAIM_LEASES = 2
+CLAIM_LEASES = services.CLAIM_LEASES
 
 # The database, the queue storage or the media storage failing: not the job's fault.
 # Media on S3 (MEDIA_S3_BUCKET) fails with botocore's errors: the endpoint unreachable or
@@ -95,7 +93,10 @@ def expand_prompt(request_id: int, task=None, infrastructure_retries: int = 0) -
             )
         raise
     expanded = time.monotonic()
-    queue_jobs(job_ids)  # raises to retry; maintenance completes it if retries run out
+    try:
+        queue_jobs(job_ids)  # a failed fan-out leaves its jobs pending for the retry
+    except INFRASTRUCTURE_ERRORS as exc:  # maintenance completes it if these run out
+        _retry_expansion_later(request_id, task, infrastructure_retries, exc)
     return {
         "jobs": len(job_ids),
         "expand_seconds": expanded - started,
@@ -346,7 +347,7 @@ def settle_dead_letter(signal, task, letter) -> None:
     name, target = _task_target(task)
     if target is not None:
         with ledger.worker_connection():
-            reconcile.settle_dead_letter(name, target, letter)
+            reconcile.settle_dead_letter(name, target, letter, HUEY.storage.lease_seconds)
 
 
 @HUEY.signal(SIGNAL_DEADLINE)

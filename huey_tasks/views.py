@@ -236,14 +236,19 @@ class RevokeRunView(RunActionView):
         run = self.run
         if run.status not in REVOCABLE:
             return f"A {run.get_status_display().lower()} run cannot be revoked.", False
+        current = run.generation_job_id and GenerationJob.objects.filter(
+            pk=run.generation_job_id, task_id=run.task_id
+        ).exists()
         # A run still shown queued or waiting may have started: a worker holding its job's
-        # claim is past Huey's revoke check, and its current call finishes either way.
-        if services.call_in_flight(run.generation_job_id):
+        # claim (or writing its request's prompts) is past Huey's revoke check.
+        if current and services.call_in_flight(run.generation_job_id) or (
+            run.short_name == "expand_prompt" and GenerationRequest.objects.filter(
+                pk=run.generation_request_id, status=GenerationRequest.Status.EXPANDING
+            ).exists()
+        ):
             return self.in_flight(), False
         HUEY.revoke_by_id(run.task_id)
-        if run.generation_job_id and GenerationJob.objects.filter(
-            pk=run.generation_job_id, task_id=run.task_id
-        ).exists():
+        if current:
             # Only the job's current run, and not while a worker holds it (its call
             # finishes, like a cancel's).
             cancelled = services.finish_job(
@@ -260,8 +265,8 @@ class RevokeRunView(RunActionView):
 
     def in_flight(self) -> str:
         return (
-            f"{self.run.short_name} {self.run.task_id} cannot be revoked: its job's provider "
-            "call is in flight. Cancelling its request stops any further attempt."
+            f"{self.run.short_name} {self.run.task_id} cannot be revoked: its provider call "
+            "is in flight. Cancelling its request stops any further attempt."
         )
 
 

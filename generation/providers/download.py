@@ -162,11 +162,18 @@ def _refused_framing_header(exc: httpx.HTTPError) -> str | None:
     """
     if not isinstance(exc, httpx.RemoteProtocolError):
         return None
-    if "Content-Length" in str(exc):  # "bad Content-Length", "conflicting Content-Length …"
+    if str(exc) in REFUSED_CONTENT_LENGTH:
         return _MALFORMED_CONTENT_LENGTH
-    if "Transfer-Encoding" in str(exc):
+    if str(exc) in REFUSED_TRANSFER_ENCODING:
         return "unsafe download: malformed Transfer-Encoding header"
     return None
+
+
+# h11's own words for them (h11/_headers.py), matched whole: other errors quote the
+# server's bytes, which may say anything.
+REFUSED_CONTENT_LENGTH = {"bad Content-Length", "conflicting Content-Length headers"}
+REFUSED_TRANSFER_ENCODING = {"multiple Transfer-Encoding headers",
+                             "Only Transfer-Encoding: chunked is supported"}
 
 
 def download_image(

@@ -34,6 +34,12 @@ def redact_secrets(text: str) -> str:
     return _KEY_PATTERNS.sub("[redacted]", text)
 
 
+def redact_traceback(text: str, lines: int = 60, width: int = 500) -> str:
+    """A traceback's last ``lines`` lines, redacted whole and then cut to ``width``: its
+    indentation is kept, and no cut can split a secret."""
+    return "\n".join(line[:width] for line in redact_secrets(text).splitlines()[-lines:])
+
+
 def redact(text: str) -> str:
     """Strip every configured secret and anything shaped like a key; one short line."""
     text = " ".join(redact_secrets(text).split())

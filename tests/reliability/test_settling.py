@@ -1,17 +1,22 @@
 """No open state without a way to a final one: dead letters, lost messages, deadlines,
 unknown models, infrastructure errors, cancels and the monitor's actions."""
 
+import dataclasses
 import time
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Group, Permission
-from django.db import OperationalError
+from django.db import OperationalError, connections
 from django.urls import reverse
 from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
 
 from generation import services
 from generation.models import GenerationJob, GenerationRequest
+from generation.providers import get_image_model as get_provider
+from generation.providers import get_llm
+from generation.providers.base import TokenUsage
 from generation.providers.demo import DemoLLM, call_key
 from huey_tasks import reconcile
 from huey_tasks.models import TaskRun
@@ -196,7 +201,7 @@ def flaky(function, error: Exception, times: int):
 
 
 def test_a_database_blip_after_the_call_is_retried_in_place_not_paid_again(
-    demo, call_log, thread_consumer, monkeypatch
+    queue_backend, demo, call_log, thread_consumer, monkeypatch
 ):
     """The image is paid for: filing it is tried again at once, not the provider call."""
     monkeypatch.setattr(Image, "save", flaky(Image.save, OperationalError("database is locked"), 3))
@@ -207,6 +212,67 @@ def test_a_database_blip_after_the_call_is_retried_in_place_not_paid_again(
     assert job.status == Job.SUCCEEDED and job.attempts == 1 and job.infra_retries == 0
     assert calls_per_key(call_log) == {call_key(job.prompt): 1}
     assert Image.objects.filter(generation_request_id=request.pk).count() == 1
+
+
+@pytest.fixture
+def commit_raises_once(monkeypatch):
+    """``arm(table)``: the next commit after a write to ``table`` goes through and then
+    raises, as a commit does when the connection drops before the server's answer."""
+    connection = connections["default"]
+    armed = {"table": None, "wrote": False}
+
+    def watch(execute, sql, params, many, context):
+        if armed["table"] and sql.lstrip().upper().startswith(("INSERT", "UPDATE")) and (
+            armed["table"] in sql
+        ):
+            armed["wrote"] = True
+        return execute(sql, params, many, context)
+
+    commit = type(connection).commit
+
+    def commit_then_raise(self):
+        commit(self)
+        if armed["wrote"]:
+            armed.update(table=None, wrote=False)
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(type(connection), "commit", commit_then_raise)
+    with connection.execute_wrapper(watch):
+        yield lambda table: armed.update(table=table)
+
+
+def test_a_commit_that_raised_but_went_through_keeps_the_image_and_its_file(
+    demo, commit_raises_once
+):
+    request = make_request(1)
+    job = request.jobs.get()
+    assert services.claim_job(job, "mine", 60)
+    generated = get_provider("demo").generate(job.prompt, seed=1)
+    commit_raises_once("cms_karasuimage")
+    assert services.store(job, "mine", generated) is True
+    job.refresh_from_db()
+    [image] = Image.objects.filter(generation_request_id=request.pk)
+    assert job.status == Job.SUCCEEDED and job.image_id == image.pk
+    assert image.file.storage.exists(image.file.name)  # not deleted as "not filed"
+    request.refresh_from_db()
+    assert request.jobs_succeeded == 1
+
+
+def test_prompts_whose_commit_raised_but_went_through_are_written_once(
+    demo, commit_raises_once
+):
+    request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
+                                               image_model="demo", status=Req.QUEUED,
+                                               auto_generate=False)
+    expansion = get_llm("demo").expand("Moths", 3)
+    expansion = dataclasses.replace(expansion, usage=TokenUsage(input_tokens=100, output_tokens=40))
+    commit_raises_once("generation_generationjob")
+    with mock.patch.object(DemoLLM, "expand", return_value=expansion) as expand:
+        assert services.expand_request(request.pk) == []
+    request.refresh_from_db()
+    assert expand.call_count == 1
+    assert request.status == Req.DRAFT and request.jobs.count() == 3
+    assert (request.llm_input_tokens, request.llm_output_tokens) == (100, 40)  # once
 
 
 def test_infrastructure_errors_do_not_use_provider_attempts(demo, thread_consumer, monkeypatch):
@@ -264,8 +330,9 @@ def test_a_database_blip_after_the_llm_answered_is_retried_in_place(
     assert llm_calls == [1]
 
 
-def test_infrastructure_errors_of_an_expansion_use_no_llm_retries(demo, thread_consumer,
-                                                                 monkeypatch):
+def test_infrastructure_errors_of_an_expansion_use_no_llm_retries(
+    queue_backend, demo, thread_consumer, monkeypatch
+):
     # Three errors in a row: more than the expansion's 2 retries for the LLM.
     monkeypatch.setattr(services, "expand_request", flaky(
         services.expand_request, OperationalError("database is locked"), 3))
@@ -277,7 +344,7 @@ def test_infrastructure_errors_of_an_expansion_use_no_llm_retries(demo, thread_c
 
 
 def test_a_lasting_infrastructure_error_fails_the_expansion_with_the_real_reason(
-    demo, thread_consumer, monkeypatch, settings
+    queue_backend, demo, thread_consumer, monkeypatch, settings
 ):
     settings.KARASU["RETRY"] = {**settings.KARASU["RETRY"], "MAX_INFRASTRUCTURE_RETRIES": 2}
     attempts = []
@@ -500,7 +567,7 @@ def test_a_run_whose_job_call_is_in_flight_is_not_reported_revoked(demo, editor)
     response = editor.post(reverse("job_monitor:run_revoke", args=[run.pk]), follow=True)
     assert response.status_code == 200
     body = response.content.decode()
-    assert "cannot be revoked: its job&#x27;s provider call is in flight" in body
+    assert "cannot be revoked: its provider call is in flight" in body
     assert "Cancelling its request stops any further attempt." in body
     assert " revoked." not in body
     run.refresh_from_db()
@@ -510,3 +577,32 @@ def test_a_run_whose_job_call_is_in_flight_is_not_reported_revoked(demo, editor)
     request.refresh_from_db()
     assert request.status == Req.GENERATING and request.jobs_cancelled == 0
     HUEY.storage.flush_all()
+
+
+def test_a_buried_message_leaves_a_job_whose_holder_still_renews_its_claim(
+    demo, one_delivery, queue_backend
+):
+    """With one delivery allowed, a worker's heartbeat stalls (a failover) and its message
+    is buried, but it still renews the job's claim while its call runs: the job is its to
+    finish, not failed under it. A claim left to expire is failed at burial as before."""
+    request = make_request(2)
+    live_job, dead_job = request.jobs.order_by("index")
+    queue_jobs([live_job.pk])
+    delivery = HUEY.storage.claim(lease_seconds=0.01)
+    # Claimed and renewed just now: a full claim ahead, as the heartbeat keeps it.
+    assert services.claim_job(live_job, "alive", HUEY.storage.lease_seconds * 2,
+                              message_id=delivery.message_id)
+    time.sleep(0.05)
+    assert HUEY.storage.claim() is None  # buried on the next claim
+    live_job.refresh_from_db()
+    assert live_job.status == Job.RUNNING and live_job.claim_token == "alive"
+
+    queue_jobs([dead_job.pk])
+    delivery = HUEY.storage.claim(lease_seconds=0.01)
+    # Its worker died: the claim's last renewal was a lease before the message ran out.
+    assert services.claim_job(dead_job, "dead", HUEY.storage.lease_seconds,
+                              message_id=delivery.message_id)
+    time.sleep(0.05)
+    assert HUEY.storage.claim() is None
+    dead_job.refresh_from_db()
+    assert dead_job.status == Job.FAILED and "stopped once" in dead_job.error
