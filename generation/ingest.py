@@ -138,6 +138,7 @@ def _ingest(
         File(generated.open(), name=filename),
         max_length=field.max_length,
     )
+    committing = False  # the body ran: an error now is the commit's, which may have gone through
     try:
         with transaction.atomic():
             if image.source_image_id is not None:
@@ -151,6 +152,7 @@ def _ingest(
             _tag(image, tags)
             if confirm is not None and not confirm(image):
                 raise Superseded
+            committing = True
     except Superseded:
         _discard(image)
         return None, False
@@ -162,7 +164,7 @@ def _ingest(
         return winner, False
     except DATABASE_ERRORS:
         # A commit that raised may have gone through: the file stays if its row does.
-        if not _filed(image):
+        if not (committing and _filed(image)):
             _discard(image)
         raise
     except BaseException:
@@ -181,5 +183,6 @@ def _filed(image) -> bool:
             connection.close_if_unusable_or_obsolete()  # the error may have broken it
         return get_image_model().objects.filter(pk=image.pk).exists()
     except Exception:
-        logger.warning("Could not tell whether image %s was filed; its file is kept.", image.pk)
+        logger.warning("Could not tell whether image %s was filed; its file %s is kept.",
+                       image.pk, image.file.name)
         return True

@@ -105,6 +105,10 @@ def _write_prompts(request: GenerationRequest, next_status: str, expansion, fini
             status=next_status, jobs_total=len(expansion.prompts), updated_at=timezone.now(),
             expansion_finished_at=finished_at,
         )
+        if not moved:  # cancelled meanwhile: the marker all the same, with the tokens
+            GenerationRequest.objects.filter(pk=request.pk).update(
+                expansion_finished_at=finished_at
+            )
         # Added even when a cancel won: the tokens were spent all the same, and a
         # restarted expansion's second call is spent too.
         add_llm_usage(request.pk, expansion.usage)

@@ -241,13 +241,12 @@ class RevokeRunView(RunActionView):
         ).exists()
         # A run still shown queued or waiting may have started: a worker holding its job's
         # claim (or writing its request's prompts) is past Huey's revoke check.
-        if current and services.call_in_flight(run.generation_job_id) or (
-            run.short_name == "expand_prompt" and GenerationRequest.objects.filter(
-                pk=run.generation_request_id, status=GenerationRequest.Status.EXPANDING
-            ).exists()
-        ):
+        if current and services.call_in_flight(run.generation_job_id) or self.expanding():
             return self.in_flight(), False
         HUEY.revoke_by_id(run.task_id)
+        if self.expanding():  # started between the check and the revoke
+            HUEY.restore_by_id(run.task_id)
+            return self.in_flight(), False
         if current:
             # Only the job's current run, and not while a worker holds it (its call
             # finishes, like a cancel's).
@@ -263,10 +262,16 @@ class RevokeRunView(RunActionView):
         TaskRun.objects.filter(pk=run.pk).update(status=Status.REVOKED)
         return f"{run.short_name} {run.task_id} revoked.", True
 
+    def expanding(self) -> bool:
+        return self.run.short_name == "expand_prompt" and GenerationRequest.objects.filter(
+            pk=self.run.generation_request_id, status=GenerationRequest.Status.EXPANDING
+        ).exists()
+
     def in_flight(self) -> str:
         return (
-            f"{self.run.short_name} {self.run.task_id} cannot be revoked: its provider call "
-            "is in flight. Cancelling its request stops any further attempt."
+            f"{self.run.short_name} {self.run.task_id} cannot be revoked: it is under way "
+            "(its provider call in flight, or its prompts being written). Cancelling its "
+            "request stops any further attempt."
         )
 
 

@@ -567,7 +567,7 @@ def test_a_run_whose_job_call_is_in_flight_is_not_reported_revoked(demo, editor)
     response = editor.post(reverse("job_monitor:run_revoke", args=[run.pk]), follow=True)
     assert response.status_code == 200
     body = response.content.decode()
-    assert "cannot be revoked: its provider call is in flight" in body
+    assert "cannot be revoked: it is under way (its provider call in flight" in body
     assert "Cancelling its request stops any further attempt." in body
     assert " revoked." not in body
     run.refresh_from_db()
@@ -582,9 +582,10 @@ def test_a_run_whose_job_call_is_in_flight_is_not_reported_revoked(demo, editor)
 def test_a_buried_message_leaves_a_job_whose_holder_still_renews_its_claim(
     demo, one_delivery, queue_backend
 ):
-    """With one delivery allowed, a worker's heartbeat stalls (a failover) and its message
-    is buried, but it still renews the job's claim while its call runs: the job is its to
-    finish, not failed under it. A claim left to expire is failed at burial as before."""
+    """With one delivery allowed, a worker's message lease is lost (its queue-storage calls
+    failing through a failover) and the message buried, but the worker still renews the
+    job's claim in the database while its call runs: the job is its to finish, not failed
+    under it. A claim left to expire is failed at burial as before."""
     request = make_request(2)
     live_job, dead_job = request.jobs.order_by("index")
     queue_jobs([live_job.pk])
@@ -606,3 +607,17 @@ def test_a_buried_message_leaves_a_job_whose_holder_still_renews_its_claim(
     assert HUEY.storage.claim() is None
     dead_job.refresh_from_db()
     assert dead_job.status == Job.FAILED and "stopped once" in dead_job.error
+
+
+def test_an_expansion_under_way_is_not_reported_revoked(demo, editor):
+    HUEY.storage.flush_all()
+    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                               image_model="demo", status=Req.QUEUED)
+    expand_prompt(request.pk)
+    run = TaskRun.objects.get(generation_request=request, task_name__endswith="expand_prompt")
+    GenerationRequest.objects.filter(pk=request.pk).update(status=Req.EXPANDING)  # started
+    response = editor.post(reverse("job_monitor:run_revoke", args=[run.pk]), follow=True)
+    assert "cannot be revoked: it is under way" in response.content.decode()
+    run.refresh_from_db()
+    assert run.status == TaskRun.Status.QUEUED and not HUEY.is_revoked(run.task_id)
+    HUEY.storage.flush_all()
