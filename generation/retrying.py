@@ -32,7 +32,7 @@ def _before_retry(state) -> None:
 def paid_result_writes() -> Retrying:
     """Attempts for one write: ``for attempt in paid_result_writes(): with attempt: ...``.
 
-    Five, over about 4 s with jitter; the last error is raised as it was.
+    Up to five, 4 sleeps over 4 to 7 s with jitter; the last error is raised as it was.
     """
     return Retrying(
         retry=retry_if_exception(_retryable),
