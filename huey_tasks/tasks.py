@@ -40,7 +40,6 @@ Failed = GenerationJob.Status.FAILED
 EXPANDING = [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING]
 JOB_CLAIMS = "job-claim"  # HUEY.hold() group: (job id, claim token) of jobs being generated
 CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks again
-CLAIM_LEASES = services.CLAIM_LEASES
 
 # The database, the queue storage or the media storage failing: not the job's fault.
 # Media on S3 (MEDIA_S3_BUCKET) fails with botocore's errors: the endpoint unreachable or
@@ -237,7 +236,7 @@ def _generate(job_id: int, task) -> int | None:
         lease = HUEY.storage.lease_seconds
         delivery = getattr(task, "delivery", None)
         try:
-            if not services.claim_job(job, token, lease * CLAIM_LEASES,
+            if not services.claim_job(job, token, lease * services.CLAIM_LEASES,
                                       delivery.message_id if delivery else ""):
                 return None
         except services.JobBusy as exc:
@@ -329,7 +328,7 @@ def _defer(job_id: int, task, exc: Exception) -> None:
 
 def _extend_job_claims(claims: list[tuple[int, str]], seconds: float) -> set[tuple[int, str]]:
     with ledger.worker_connection():
-        return services.extend_job_claims(claims, seconds * CLAIM_LEASES)
+        return services.extend_job_claims(claims, seconds * services.CLAIM_LEASES)
 
 
 HUEY.register_keeper(JOB_CLAIMS, _extend_job_claims)

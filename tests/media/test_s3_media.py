@@ -44,8 +44,9 @@ from generation.models import GenerationJob, GenerationRequest
 from generation.providers import get_image_model as get_provider
 from generation.providers import reset_cache
 from generation.providers.errors import redact_secrets
-from huey_tasks.tasks import INFRASTRUCTURE_ERRORS, generate_image, limiter_for
+from huey_tasks.tasks import INFRASTRUCTURE_ERRORS, generate_image, limiter_for, queue_jobs
 from tests.media.conftest import AWS_ENV, CREDENTIALS, REGION, started_s3
+from tests.reliability.conftest import settled
 from tests.support.consumers import consumer_env, start_consumer, stop, wait_for
 
 Image = get_image_model()
@@ -428,15 +429,8 @@ def test_a_lasting_bucket_error_fails_the_job_with_its_reason_after_bounded_retr
     settings.KARASU["RETRY"] = {**settings.KARASU["RETRY"], "MAX_INFRASTRUCTURE_RETRIES": 2}
     s3_media.configure(bucket="karasu-no-such-bucket")
     request = make_request(1)
-    from huey_tasks.tasks import queue_jobs
-
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
-
-    def settled():
-        request.refresh_from_db()
-        return request.status in GenerationRequest.TERMINAL
-
-    wait_for(settled, 30, message="request settled")
+    wait_for(lambda: settled(request), 30, message="request settled")
     job = request.jobs.get()
     assert job.status == Job.FAILED
     assert job.error.startswith("infrastructure error: MediaUnavailable: the media storage "
@@ -470,15 +464,8 @@ def test_a_bucket_that_refuses_writes_is_not_paid_for_again_and_again(
     limiter_for.cache_clear()
     s3_media.configure(bucket="karasu-no-such-bucket")
     request = make_request(6)
-    from huey_tasks.tasks import queue_jobs
-
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
-
-    def settled():
-        request.refresh_from_db()
-        return request.status in GenerationRequest.TERMINAL
-
-    wait_for(settled, 60, message="request settled")
+    wait_for(lambda: settled(request), 60, message="request settled")
     assert request.jobs_failed == 6
     # Two paid calls (the one that found the bucket missing, and the one already started);
     # without the check before each call, 6 jobs × 6 tries.
@@ -495,7 +482,7 @@ def test_a_bucket_that_refuses_writes_is_not_paid_for_again_and_again(
     assert MEDIA.failure
     ids = services.reset_failed_jobs(request)
     queue_jobs(ids)
-    wait_for(settled, 60, message="request settled after the retry")
+    wait_for(lambda: settled(request), 60, message="request settled after the retry")
     assert request.status == GenerationRequest.Status.COMPLETED
     assert len(calls) == paid_before_fix + 6 and not MEDIA.failure
     assert s3_media.server.keys(s3_media.bucket, "karasu-probes/") == []

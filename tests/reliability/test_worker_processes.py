@@ -11,9 +11,10 @@ from wagtail.images import get_image_model
 
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers.demo import call_key
+from generation.services import CLAIM_LEASES
 from huey_tasks.models import WorkerHeartbeat
 from huey_tasks.reconcile import dead_job_reason
-from huey_tasks.tasks import CLAIM_LEASES, CLAIM_WAIT, queue_jobs
+from huey_tasks.tasks import CLAIM_WAIT, queue_jobs
 from tests.reliability.conftest import make_request, settled
 from tests.support import consumers
 from tests.support.provider_calls import (
