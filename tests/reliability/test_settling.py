@@ -621,3 +621,19 @@ def test_an_expansion_under_way_is_not_reported_revoked(demo, editor):
     run.refresh_from_db()
     assert run.status == TaskRun.Status.QUEUED and not HUEY.is_revoked(run.task_id)
     HUEY.storage.flush_all()
+
+
+def test_a_late_llm_error_does_not_overwrite_the_reason_of_an_ended_request(demo):
+    """Its deadline failed the request; the LLM call that then failed must not replace
+    "timed out" with a "(will retry)" for a retry that will do nothing."""
+    ended = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                             image_model="demo", status=Req.FAILED,
+                                             error="timed out: no result within 300 s")
+    services.note_request_error(ended.pk, "LLM overloaded (will retry)")
+    ended.refresh_from_db()
+    assert ended.error == "timed out: no result within 300 s"
+    expanding = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
+                                                 image_model="demo", status=Req.EXPANDING)
+    services.note_request_error(expanding.pk, "LLM overloaded (will retry)")
+    expanding.refresh_from_db()
+    assert expanding.error == "LLM overloaded (will retry)"
