@@ -63,18 +63,29 @@ def run_once(args, size: int, image_format: str) -> dict:
         LOG_LEVEL="WARNING",
         TMPDIR=spool_dir,  # the worker's temporary files, counted after the run
     )
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "run_huey", "--no-periodic", "-w", str(args.threads)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(3)  # let the worker start
         idle_rss = proc_status_mb(worker.pid, "VmRSS")
         out = subprocess.run(
             [sys.executable, "-c", BENCH_CHILD.format(count=args.count, timeout=args.timeout)],
-            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         figures = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child
         time.sleep(0.5)  # the last task's clean-up
@@ -126,25 +137,42 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--case", action="append", metavar="SIZE:FORMAT",
-                        help="e.g. 2048:png (repeatable; default: 512:jpeg 1024:jpeg 2048:png)")
+    parser.add_argument(
+        "--case",
+        action="append",
+        metavar="SIZE:FORMAT",
+        help="e.g. 2048:png (repeatable; default: 512:jpeg 1024:jpeg 2048:png)",
+    )
     args = parser.parse_args()
 
-    cases = [(int(size), image_format) for size, image_format in
-             (case.split(":") for case in args.case)] if args.case else CASES
-    results = [(size, image_format, run_once(args, size, image_format))
-               for size, image_format in cases]
-    print(f"\n{args.count} images per size, demo latency {args.latency}s, one worker process "
-          f"({args.threads} threads, {args.threads} demo slots), embedded SQLite database "
-          "and queue\n")
-    print(f"{'size':16} {'status / images':>22} {'mean file':>10} {'images/s':>9} "
-          f"{'idle RSS':>9} {'peak RSS':>9} {'temp files left':>16}")
+    cases = (
+        [
+            (int(size), image_format)
+            for size, image_format in (case.split(":") for case in args.case)
+        ]
+        if args.case
+        else CASES
+    )
+    results = [
+        (size, image_format, run_once(args, size, image_format)) for size, image_format in cases
+    ]
+    print(
+        f"\n{args.count} images per size, demo latency {args.latency}s, one worker process "
+        f"({args.threads} threads, {args.threads} demo slots), embedded SQLite database "
+        "and queue\n"
+    )
+    print(
+        f"{'size':16} {'status / images':>22} {'mean file':>10} {'images/s':>9} "
+        f"{'idle RSS':>9} {'peak RSS':>9} {'temp files left':>16}"
+    )
     for size, image_format, r in results:
-        print(f"{f'{size}x{size} {image_format.upper()}':16} "
-              f"{r['status'] + ' / ' + str(r['images']):>22} "
-              f"{r['mean_bytes'] / 1e6:>8.2f}MB {r['images_per_second']:>9.1f} "
-              f"{r['idle_rss_mb']:>7.0f}MB {r['peak_rss_mb']:>7.0f}MB "
-              f"{r['open_temp_files'] + r['temp_dir_entries']:>16}")
+        print(
+            f"{f'{size}x{size} {image_format.upper()}':16} "
+            f"{r['status'] + ' / ' + str(r['images']):>22} "
+            f"{r['mean_bytes'] / 1e6:>8.2f}MB {r['images_per_second']:>9.1f} "
+            f"{r['idle_rss_mb']:>7.0f}MB {r['peak_rss_mb']:>7.0f}MB "
+            f"{r['open_temp_files'] + r['temp_dir_entries']:>16}"
+        )
     print("\ntarget: 2048x2048 PNG peak RSS < 1024 MB (the design budgets 2 GB per worker)")
 
 

@@ -48,14 +48,22 @@ def populate(total: int, start: int) -> None:
     statuses = ["succeeded"] * 8 + ["failed", "retrying", "queued", "running"]
     now = timezone.now()
     requests = GenerationRequest.objects.bulk_create(
-        GenerationRequest(theme=f"Theme {i}", count=JOBS_PER_REQUEST, status="completed",
-                          image_model="demo" if i % 2 else "flux-schnell")
+        GenerationRequest(
+            theme=f"Theme {i}",
+            count=JOBS_PER_REQUEST,
+            status="completed",
+            image_model="demo" if i % 2 else "flux-schnell",
+        )
         for i in range(start // JOBS_PER_REQUEST, total // JOBS_PER_REQUEST)
     )
     jobs = GenerationJob.objects.bulk_create(
         (
-            GenerationJob(request=request, index=i, prompt=f"prompt {i}",
-                          status="succeeded" if i % 5 else "failed")
+            GenerationJob(
+                request=request,
+                index=i,
+                prompt=f"prompt {i}",
+                status="succeeded" if i % 5 else "failed",
+            )
             for request in requests
             for i in range(JOBS_PER_REQUEST)
         ),
@@ -63,8 +71,12 @@ def populate(total: int, start: int) -> None:
     )
     Spend.objects.bulk_create(
         (
-            Spend(request_id=job.request_id, job_id=job.pk, amount=Decimal("0.003"),
-                  spent_at=now - datetime.timedelta(minutes=job.pk % 50_000))
+            Spend(
+                request_id=job.request_id,
+                job_id=job.pk,
+                amount=Decimal("0.003"),
+                spent_at=now - datetime.timedelta(minutes=job.pk % 50_000),
+            )
             for job in jobs
             if job.status == "succeeded"
         ),
@@ -74,8 +86,9 @@ def populate(total: int, start: int) -> None:
     def name_and_args(i):
         if i % 10 == 3:  # Wagtail's own tasks, through the shim
             return SHIM, [WAGTAIL_TASK, "cms.karasuimage", i]
-        return ("huey_tasks.tasks.generate_image" if i % 50 else
-                "huey_tasks.tasks.expand_prompt"), [i]
+        return (
+            "huey_tasks.tasks.generate_image" if i % 50 else "huey_tasks.tasks.expand_prompt"
+        ), [i]
 
     TaskRun.objects.bulk_create(
         (
@@ -144,8 +157,10 @@ def main() -> None:
                         response = client.get("/metrics", headers=headers)
                     timings.append((time.perf_counter() - start) * 1000)
                     assert response.status_code == 200
-                print(f"{size:>8} {statistics.median(timings):10.1f} {min(timings):8.1f}"
-                      f" {len(queries):8}")
+                print(
+                    f"{size:>8} {statistics.median(timings):10.1f} {min(timings):8.1f}"
+                    f" {len(queries):8}"
+                )
     finally:
         connection.creation.destroy_test_db(db, verbosity=0)
 

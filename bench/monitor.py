@@ -73,7 +73,10 @@ def main() -> None:
     try:
         GenerationRequest.objects.bulk_create(
             GenerationRequest(
-                theme=f"Theme {i}", count=50, jobs_total=50, jobs_succeeded=i % 50,
+                theme=f"Theme {i}",
+                count=50,
+                jobs_total=50,
+                jobs_succeeded=i % 50,
                 status="generating" if i % 10 == 0 else "completed",
                 finished_at=timezone.now(),
             )
@@ -96,8 +99,9 @@ def main() -> None:
                     response = client.get("/admin/job-monitor/")
                 timings.append((time.perf_counter() - start) * 1000)
                 assert response.status_code == 200
-            print(f"{size:>8} {statistics.median(timings):10.1f} {min(timings):8.1f}"
-                  f" {len(queries):8}")
+            print(
+                f"{size:>8} {statistics.median(timings):10.1f} {min(timings):8.1f} {len(queries):8}"
+            )
     finally:
         connection.creation.destroy_test_db(db, verbosity=0)
 

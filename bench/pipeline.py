@@ -92,29 +92,57 @@ print(dict(
 """
 
 
-def run_once(*, root: Path = ROOT, count: int, latency: float, concurrency: int, workers: int,
-             threads: int, second: int = 0, delay: float = 0.0) -> dict:
+def run_once(
+    *,
+    root: Path = ROOT,
+    count: int,
+    latency: float,
+    concurrency: int,
+    workers: int,
+    threads: int,
+    second: int = 0,
+    delay: float = 0.0,
+) -> dict:
     data_dir = tempfile.mkdtemp(prefix="karasu-bench-")
     call_log = os.path.join(data_dir, "calls.log")
     env = dict(
-        os.environ, DJANGO_SETTINGS_MODULE="cms.settings.dev", DEBUG="false",
-        KARASU_DATA_DIR=data_dir, KARASU_DEMO_LATENCY=str(latency),
-        KARASU_DEMO_CONCURRENCY=str(concurrency), KARASU_WORKERS=str(threads),
-        KARASU_DEMO_CALL_LOG=call_log, LOG_LEVEL="WARNING",
+        os.environ,
+        DJANGO_SETTINGS_MODULE="cms.settings.dev",
+        DEBUG="false",
+        KARASU_DATA_DIR=data_dir,
+        KARASU_DEMO_LATENCY=str(latency),
+        KARASU_DEMO_CONCURRENCY=str(concurrency),
+        KARASU_WORKERS=str(threads),
+        KARASU_DEMO_CALL_LOG=call_log,
+        LOG_LEVEL="WARNING",
     )
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                   cwd=root, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=root,
+        env=env,
+        check=True,
+    )
     procs = [
-        subprocess.Popen([sys.executable, "manage.py", "run_huey", "--no-periodic",
-                          "-w", str(threads)], cwd=root, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "manage.py", "run_huey", "--no-periodic", "-w", str(threads)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(workers)
     ]
     try:
         time.sleep(3)  # the workers are up and idle before the request is created
         code = CHILD.format(count=count, second=second, delay=delay, call_log=call_log)
-        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         figures = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child
         figures["peak_rss_mb"] = max(peak_rss_mb(p.pid) for p in procs)
     finally:
@@ -146,8 +174,9 @@ def interleaved(roots: list[Path], runs: int, **config) -> list[list[dict]]:
 
 def worktree(rev: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix="karasu-compare-")) / "checkout"
-    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT,
-                   check=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "-q", str(path), rev], cwd=ROOT, check=True
+    )
     return path
 
 
@@ -180,42 +209,109 @@ def measure(args, roots: list[Path]) -> list[tuple[str, list[str], str]]:
     rows = []
 
     def row(label, runs_per_root, figure, fmt="{:.2f}", unit="", note=""):
-        rows.append((label, [summary([figure(r) for r in runs], fmt) + unit
-                             for runs in runs_per_root], note))
+        rows.append(
+            (
+                label,
+                [summary([figure(r) for r in runs], fmt) + unit for runs in runs_per_root],
+                note,
+            )
+        )
 
     if args.only in (None, "throughput"):
-        runs = interleaved(roots, args.runs, count=args.count, latency=0,
-                           concurrency=args.concurrency, workers=args.workers,
-                           threads=args.threads)
-        row(f"images/s, zero latency, {args.workers} workers x {args.threads} threads", runs,
-            lambda r: r["images"] / r["wall"], "{:.1f}", " /s", "goal >= 90/s")
-        row("  counting to the queue drained (Wagtail's follow-up tasks too)", runs,
-            lambda r: r["images"] / r["drained"], "{:.1f}", " /s")
+        runs = interleaved(
+            roots,
+            args.runs,
+            count=args.count,
+            latency=0,
+            concurrency=args.concurrency,
+            workers=args.workers,
+            threads=args.threads,
+        )
+        row(
+            f"images/s, zero latency, {args.workers} workers x {args.threads} threads",
+            runs,
+            lambda r: r["images"] / r["wall"],
+            "{:.1f}",
+            " /s",
+            "goal >= 90/s",
+        )
+        row(
+            "  counting to the queue drained (Wagtail's follow-up tasks too)",
+            runs,
+            lambda r: r["images"] / r["drained"],
+            "{:.1f}",
+            " /s",
+        )
         row("  worker peak RSS", runs, lambda r: r["peak_rss_mb"], "{:.0f}", " MB")
 
     if args.only in (None, "provider"):
-        runs = interleaved(roots, args.runs, count=args.count, latency=args.latency,
-                           concurrency=args.concurrency, workers=1,
-                           threads=args.concurrency + 4)
+        runs = interleaved(
+            roots,
+            args.runs,
+            count=args.count,
+            latency=args.latency,
+            concurrency=args.concurrency,
+            workers=1,
+            threads=args.concurrency + 4,
+        )
         ideal = math.ceil(args.count / args.concurrency) * args.latency
-        row(f"{args.count} images at {args.latency} s, {args.concurrency} slots, 1 worker: "
-            "created -> last image", runs, lambda r: r["wall"], unit=" s",
-            note=f"ideal {ideal:.2f} s")
-        row("  efficiency (ideal / wall)", runs, lambda r: ideal / r["wall"], "{:.3f}",
-            note="goal >= 0.95")
+        row(
+            f"{args.count} images at {args.latency} s, {args.concurrency} slots, 1 worker: "
+            "created -> last image",
+            runs,
+            lambda r: r["wall"],
+            unit=" s",
+            note=f"ideal {ideal:.2f} s",
+        )
+        row(
+            "  efficiency (ideal / wall)",
+            runs,
+            lambda r: ideal / r["wall"],
+            "{:.3f}",
+            note="goal >= 0.95",
+        )
         row("  created -> queue drained", runs, lambda r: r["drained"], unit=" s")
-        row("  created -> first provider call", runs, lambda r: r["first_call"], unit=" s",
-            note="goal <= 0.3 s")
-        rows.append(("  all images filed",
-                     [", ".join(str(r["images"]) for r in runs_) for runs_ in runs], ""))
+        row(
+            "  created -> first provider call",
+            runs,
+            lambda r: r["first_call"],
+            unit=" s",
+            note="goal <= 0.3 s",
+        )
+        rows.append(
+            (
+                "  all images filed",
+                [", ".join(str(r["images"]) for r in runs_) for runs_ in runs],
+                "",
+            )
+        )
 
     if args.only in (None, "fairness"):
-        runs = interleaved(roots, args.runs, count=400, latency=args.latency, concurrency=8,
-                           workers=1, threads=12, second=8, delay=3.0)
-        row("8 images submitted 3 s after a 400-image batch (8 slots): time to done", runs,
-            lambda r: r["second_wall"], unit=" s", note="goal <= 5 s")
-        row("  the batch: created -> last image", runs, lambda r: r["wall"], unit=" s",
-            note=f"alone: ideal {math.ceil(400 / 8) * args.latency:.1f} s")
+        runs = interleaved(
+            roots,
+            args.runs,
+            count=400,
+            latency=args.latency,
+            concurrency=8,
+            workers=1,
+            threads=12,
+            second=8,
+            delay=3.0,
+        )
+        row(
+            "8 images submitted 3 s after a 400-image batch (8 slots): time to done",
+            runs,
+            lambda r: r["second_wall"],
+            unit=" s",
+            note="goal <= 5 s",
+        )
+        row(
+            "  the batch: created -> last image",
+            runs,
+            lambda r: r["wall"],
+            unit=" s",
+            note=f"alone: ideal {math.ceil(400 / 8) * args.latency:.1f} s",
+        )
     return rows
 
 

@@ -61,12 +61,14 @@ def stock_like_leasing(workdir: Path) -> SqliteStorage:
 
 
 def candidates(workdir: Path):
-    yield "huey SqliteStorage (stock, at-most-once)", lambda: SqliteStorage(
-        "bench", filename=str(workdir / "stock.db")
+    yield (
+        "huey SqliteStorage (stock, at-most-once)",
+        lambda: SqliteStorage("bench", filename=str(workdir / "stock.db")),
     )
     yield "huey SqliteStorage, synchronous=NORMAL", lambda: stock_like_leasing(workdir)
-    yield "karasu LeasingSqliteStorage (NORMAL)", lambda: LeasingSqliteStorage(
-        "bench", filename=str(workdir / "leasing.db")
+    yield (
+        "karasu LeasingSqliteStorage (NORMAL)",
+        lambda: LeasingSqliteStorage("bench", filename=str(workdir / "leasing.db")),
     )
     try:
         redis = RedisStorage("bench", host="127.0.0.1", port=6379)
@@ -75,8 +77,11 @@ def candidates(workdir: Path):
     except Exception as exc:  # noqa: BLE001 - an anchor only
         print(f"(RedisStorage skipped: {exc.__class__.__name__})")
     if os.environ.get("TEST_MONGODB_URI"):
-        yield "karasu MongoStorage (server)", lambda: MongoStorage(
-            "bench", url=os.environ["TEST_MONGODB_URI"], database="karasu_bench"
+        yield (
+            "karasu MongoStorage (server)",
+            lambda: MongoStorage(
+                "bench", url=os.environ["TEST_MONGODB_URI"], database="karasu_bench"
+            ),
         )
     else:
         print("(MongoStorage skipped: TEST_MONGODB_URI is not set; mongomock is no benchmark)")

@@ -25,8 +25,16 @@ SCENARIOS = [
     "tests/reliability/test_fault_injection.py",
     "tests/reliability/test_job_claims.py::test_concurrent_clicks_end_to_end",
 ]
-COLUMNS = ["jobs", "succeeded", "failed with a reason", "lost", "stuck", "duplicate images",
-           "duplicate provider calls", "paid twice"]
+COLUMNS = [
+    "jobs",
+    "succeeded",
+    "failed with a reason",
+    "lost",
+    "stuck",
+    "duplicate images",
+    "duplicate provider calls",
+    "paid twice",
+]
 
 
 def main() -> int:
@@ -35,11 +43,14 @@ def main() -> int:
         env = {**os.environ, "KARASU_RELIABILITY_REPORT": str(report)}
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SCENARIOS],
-            cwd=ROOT, env=env,
+            cwd=ROOT,
+            env=env,
         )
-        rows = [json.loads(line) for line in report.read_text().splitlines()] if (
-            report.exists()
-        ) else []
+        rows = (
+            [json.loads(line) for line in report.read_text().splitlines()]
+            if (report.exists())
+            else []
+        )
     print()
     print("| scenario | " + " | ".join(COLUMNS) + " |")
     print("| --- |" + " ---: |" * len(COLUMNS))

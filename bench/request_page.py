@@ -87,13 +87,23 @@ def build_request(index: int, jobs: int, status: str = "completed") -> Generatio
     from generation.models import GenerationJob, GenerationRequest
 
     request = GenerationRequest.objects.create(
-        theme=f"Crows over Kyoto {index}", count=jobs, llm="demo", image_model="demo",
-        status=status, jobs_total=jobs, jobs_succeeded=jobs, finished_at=timezone.now(),
+        theme=f"Crows over Kyoto {index}",
+        count=jobs,
+        llm="demo",
+        image_model="demo",
+        status=status,
+        jobs_total=jobs,
+        jobs_succeeded=jobs,
+        finished_at=timezone.now(),
     )
     GenerationJob.objects.bulk_create(
         GenerationJob(
-            request=request, index=i, prompt=f"A crow on a torii gate, study {index}-{i}",
-            status="succeeded", attempts=1, seed=i,
+            request=request,
+            index=i,
+            prompt=f"A crow on a torii gate, study {index}-{i}",
+            status="succeeded",
+            attempts=1,
+            seed=i,
         )
         for i in range(jobs)
     )
@@ -111,7 +121,10 @@ def file_images(request: GenerationRequest) -> None:
     # Whatever the environment's demo knobs say: no latency, failures or rejections here.
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
         **settings.KARASU["IMAGE_MODELS"]["demo"],
-        "LATENCY": 0, "FAILURE_RATE": 0, "REJECT_RATE": 0, "CALL_LOG": "",
+        "LATENCY": 0,
+        "FAILURE_RATE": 0,
+        "REJECT_RATE": 0,
+        "CALL_LOG": "",
     }
     reset_cache()
     model = get_image_model("demo")
@@ -134,18 +147,28 @@ def bulk_images(request: GenerationRequest, files: list[str]) -> None:
     Image.objects.bulk_create(
         (
             Image(
-                title=job.prompt, file=files[job.index % len(files)], width=512, height=512,
-                file_size=1, file_hash=f"{job.pk:040d}", collection_id=request.collection_id,
-                prompt=job.prompt, image_model="demo", llm="demo", seed=job.seed,
-                generation_request_id=request.pk, generation_job_id=job.pk,
+                title=job.prompt,
+                file=files[job.index % len(files)],
+                width=512,
+                height=512,
+                file_size=1,
+                file_hash=f"{job.pk:040d}",
+                collection_id=request.collection_id,
+                prompt=job.prompt,
+                image_model="demo",
+                llm="demo",
+                seed=job.seed,
+                generation_request_id=request.pk,
+                generation_job_id=job.pk,
             )
             for job in jobs
         ),
         batch_size=1000,
     )
     by_job = dict(
-        Image.objects.filter(generation_request_id=request.pk)
-        .values_list("generation_job_id", "pk")
+        Image.objects.filter(generation_request_id=request.pk).values_list(
+            "generation_job_id", "pk"
+        )
     )
     for job in jobs:
         job.image_id = by_job[job.pk]
@@ -187,8 +210,10 @@ def main() -> None:
         report("request page, repeat views (median of 5)", lambda: repeated(client, page))
 
         files = list(
-            get_image_model().objects.filter(generation_request_id=request.pk)
-            .order_by("pk").values_list("file", flat=True)[:SHARED_FILES]
+            get_image_model()
+            .objects.filter(generation_request_id=request.pk)
+            .order_by("pk")
+            .values_list("file", flat=True)[:SHARED_FILES]
         )
         for i in range(1, TOTAL_IMAGES // JOBS):
             bulk_images(build_request(i, JOBS), files)

@@ -59,8 +59,10 @@ def cannot_spend(request: GenerationRequest) -> str | None:
     if request.status == Req.CANCELLED:
         return "This request was cancelled, so nothing of it runs again. Copy it to start anew."
     if request.source_deleted:
-        return ("Its source image was deleted, so it can make no more variations. "
-                "Start a new request from another image.")
+        return (
+            "Its source image was deleted, so it can make no more variations. "
+            "Start a new request from another image."
+        )
     return None
 
 
@@ -103,7 +105,9 @@ ACTIONS = {
     action.name: action
     for action in [
         Action(
-            "generate", "Generate", "resubmit",
+            "generate",
+            "Generate",
+            "resubmit",
             "Ask the LLM for {count} prompts and, with auto-generate on, generate the images?",
             lambda r: r.status in (Req.DRAFT, Req.FAILED) and r.jobs_total == 0,
             generate,
@@ -111,21 +115,28 @@ ACTIONS = {
             lambda r: costs.budget_error(r.count, r.image_model, exclude_pk=r.pk),
         ),
         Action(
-            "generate_pending", "Generate pending prompts", "image",
+            "generate_pending",
+            "Generate pending prompts",
+            "image",
             "Generate an image for every pending prompt?",
             lambda r: r.status != Req.CANCELLED and has_pending_jobs(r),
             generate_pending,
         ),
         Action(
-            "cancel", "Cancel", "cross",
+            "cancel",
+            "Cancel",
+            "cross",
             "Cancel this request? Pending and queued jobs are revoked; running ones finish.",
-            lambda r: r.status in GenerationRequest.ACTIVE
-            or (r.status == Req.DRAFT and r.jobs_total > 0),
+            lambda r: (
+                r.status in GenerationRequest.ACTIVE or (r.status == Req.DRAFT and r.jobs_total > 0)
+            ),
             cancel,
             spends=False,
         ),
         Action(
-            "retry_failed", "Retry failed jobs", "rotate",
+            "retry_failed",
+            "Retry failed jobs",
+            "rotate",
             "Run every failed job of this request again?",
             lambda r: r.jobs_failed > 0 and r.status != Req.CANCELLED,  # cancelled: final
             retry_failed,

@@ -20,5 +20,9 @@ class GenerationConfig(AppConfig):
             services.source_image_deleted(instance.pk)
 
         # Before the row goes (SET_NULL then hides which requests it was the source of).
-        pre_delete.connect(source_image_deleted, sender=get_image_model(), weak=False,
-                           dispatch_uid="generation.source_image_deleted")
+        pre_delete.connect(
+            source_image_deleted,
+            sender=get_image_model(),
+            weak=False,
+            dispatch_uid="generation.source_image_deleted",
+        )

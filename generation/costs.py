@@ -59,7 +59,7 @@ Req = GenerationRequest.Status
 def parse_usd(value, what: str) -> Decimal:
     """A configured USD amount: a decimal string (or int/Decimal), >= 0, at most 4 places."""
     if isinstance(value, float):
-        raise ImproperlyConfigured(f"{what}: give the amount as a string, e.g. \"0.025\"")
+        raise ImproperlyConfigured(f'{what}: give the amount as a string, e.g. "0.025"')
     try:
         amount = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
@@ -102,9 +102,11 @@ def unit_price(cost_estimate, count: int) -> Decimal:
 
 
 def request_unit_price(request_id: int) -> Decimal:
-    row = GenerationRequest.objects.filter(pk=request_id).values_list(
-        "cost_estimate", "count"
-    ).first()
+    row = (
+        GenerationRequest.objects.filter(pk=request_id)
+        .values_list("cost_estimate", "count")
+        .first()
+    )
     return unit_price(*row) if row else ZERO
 
 
@@ -136,8 +138,10 @@ def spend_summary(now=None) -> dict:
     today_spent = Decimal(sums["today"] or 0).quantize(PLACES)
     month_spent = Decimal(sums["month"] or 0).quantize(PLACES)
     return {
-        "today": today_spent, "month": month_spent,
-        "today_usd": usd(today_spent), "month_usd": usd(month_spent),
+        "today": today_spent,
+        "month": month_spent,
+        "today_usd": usd(today_spent),
+        "month_usd": usd(month_spent),
     }
 
 
@@ -157,7 +161,11 @@ def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
         still_open = still_open.exclude(pk=exclude_pk)  # the request being checked itself
     remaining = ZERO
     for request in still_open.only(
-        "count", "cost_estimate", "jobs_total", "jobs_succeeded", "jobs_failed",
+        "count",
+        "cost_estimate",
+        "jobs_total",
+        "jobs_succeeded",
+        "jobs_failed",
         "jobs_cancelled",
     ):
         remaining += still_to_spend(request)

@@ -60,8 +60,10 @@ class CountWithEstimate(forms.NumberInput):
             'data-karasu-cost-estimate-model-field-value="{}">{}'
             '<p class="help" data-karasu-cost-estimate-target="output" aria-live="polite">'
             "{}</p></div>",
-            costs.prices_json(), self.model_field,
-            super().render(name, value, attrs, renderer), self.estimate_text(value),
+            costs.prices_json(),
+            self.model_field,
+            super().render(name, value, attrs, renderer),
+            self.estimate_text(value),
         )
 
 
@@ -105,7 +107,9 @@ class SourceImageInput(forms.HiddenInput):
             thumbnail = image.get_rendition("max-165x165")
             preview = format_html(
                 '<img src="{}" width="{}" height="{}" alt="">',
-                thumbnail.url, thumbnail.width, thumbnail.height,
+                thumbnail.url,
+                thumbnail.width,
+                thumbnail.height,
             )
         except Exception:  # a missing file: the title says enough
             preview = ""
@@ -114,7 +118,10 @@ class SourceImageInput(forms.HiddenInput):
             '<h2 class="w-label-3">Variations of a library image</h2>'
             "{}<p>Source image: <strong>{}</strong> (#{}). Each image is made by editing "
             "it with the image model below.</p>{}</section>",
-            preview, image.title, image.pk, hidden,
+            preview,
+            image.title,
+            image.pk,
+            hidden,
         )
 
 
@@ -139,8 +146,16 @@ class GenerationRequestForm(WagtailAdminModelForm):
     class Meta:
         model = GenerationRequest
         fields = [
-            "theme", "brief", "style", "count", "aspect_ratio", "llm", "image_model",
-            "collection", "tags", "auto_generate",
+            "theme",
+            "brief",
+            "style",
+            "count",
+            "aspect_ratio",
+            "llm",
+            "image_model",
+            "collection",
+            "tags",
+            "auto_generate",
         ]
         widgets = {"count": CountWithEstimate}
 
@@ -166,13 +181,15 @@ class GenerationRequestForm(WagtailAdminModelForm):
         fitting = {name for name, _ in available_image_models(editing=editing)}
         current = self["image_model"].value()
         self.fields["image_model"].widget.choices = [
-            (name, label) for name, label in self.fields["image_model"].choices
+            (name, label)
+            for name, label in self.fields["image_model"].choices
             if name in fitting or (name == current and not self.is_bound)
         ]
         self.fields["count"].widget.attrs.update(min=1, max=MAX_COUNT)
         self.fields["count"].widget.model = self["image_model"].value() or ""
         started = self.instance.status not in (
-            GenerationRequest.Status.DRAFT, GenerationRequest.Status.FAILED
+            GenerationRequest.Status.DRAFT,
+            GenerationRequest.Status.FAILED,
         )
         if self.instance.pk and (self.instance.jobs_total or started):
             # From the start on: the LLM is asked for this many prompts of this kind.
@@ -200,8 +217,11 @@ class GenerationRequestForm(WagtailAdminModelForm):
         # New requests (copies too), and drafts whose count or model changes: once prompts
         # exist both are fixed, and a draft's other edits do not change what it will cost.
         new = self.instance.pk is None
-        if count and model and not self.instance.jobs_total and (
-            new or {"count", "image_model"} & set(self.changed_data)
+        if (
+            count
+            and model
+            and not self.instance.jobs_total
+            and (new or {"count", "image_model"} & set(self.changed_data))
         ):
             error = costs.budget_error(count, model, exclude_pk=self.instance.pk)
             if error:
@@ -235,4 +255,3 @@ class PromptForm(forms.Form):
         if len(prompt.split()) < 3:
             raise ValidationError("A prompt needs at least three words.")
         return prompt
-

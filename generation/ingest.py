@@ -57,8 +57,9 @@ def _discard(image) -> None:
     try:
         image.file.delete(save=False)
     except Exception:
-        logger.warning("Could not delete %s, the file of an image that was not filed.", name,
-                       exc_info=True)
+        logger.warning(
+            "Could not delete %s, the file of an image that was not filed.", name, exc_info=True
+        )
 
 
 class Superseded(Exception):
@@ -145,8 +146,10 @@ def _ingest(
                 # Deleted while the job ran? The variation is kept, without the link (and the
                 # row locked until commit, so the source cannot go in between).
                 image.source_image_id = (
-                    Image.objects.select_for_update().filter(pk=image.source_image_id)
-                    .values_list("pk", flat=True).first()
+                    Image.objects.select_for_update()
+                    .filter(pk=image.source_image_id)
+                    .values_list("pk", flat=True)
+                    .first()
                 )
             image.save()
             _tag(image, tags)
@@ -183,6 +186,9 @@ def _filed(image) -> bool:
             connection.close_if_unusable_or_obsolete()  # the error may have broken it
         return get_image_model().objects.filter(pk=image.pk).exists()
     except Exception:
-        logger.warning("Could not tell whether image %s was filed; its file %s is kept.",
-                       image.pk, image.file.name)
+        logger.warning(
+            "Could not tell whether image %s was filed; its file %s is kept.",
+            image.pk,
+            image.file.name,
+        )
         return True

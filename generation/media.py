@@ -48,8 +48,11 @@ class MediaWrites:
             return
         storage = storage or default_storage
         try:
-            name = self.save(storage, f"{PROBE_DIRECTORY}/{uuid.uuid4().hex}.txt",
-                             ContentFile(b"karasu media probe\n"))
+            name = self.save(
+                storage,
+                f"{PROBE_DIRECTORY}/{uuid.uuid4().hex}.txt",
+                ContentFile(b"karasu media probe\n"),
+            )
         except Exception:
             raise MediaUnavailable(
                 f"the media storage does not take writes ({self.failure})"

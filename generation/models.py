@@ -149,11 +149,23 @@ class GenerationRequest(index.Indexed, ClusterableModel):
     # Moved by workers with conditional and F() updates. A full save of a copy read earlier
     # (the edit form, while jobs finish) would write back the values it read: a finished
     # job's count and spend would be lost and the request never settle.
-    WORKER_FIELDS = frozenset({
-        "status", "error", "jobs_total", "jobs_succeeded", "jobs_failed", "jobs_cancelled",
-        "recoveries", "cost_spent", "llm_input_tokens", "llm_output_tokens",
-        "expansion_started_at", "expansion_finished_at", "finished_at",
-    })
+    WORKER_FIELDS = frozenset(
+        {
+            "status",
+            "error",
+            "jobs_total",
+            "jobs_succeeded",
+            "jobs_failed",
+            "jobs_cancelled",
+            "recoveries",
+            "cost_spent",
+            "llm_input_tokens",
+            "llm_output_tokens",
+            "expansion_started_at",
+            "expansion_finished_at",
+            "finished_at",
+        }
+    )
 
     def __str__(self) -> str:
         return self.theme if len(self.theme) <= 80 else self.theme[:79] + "…"
@@ -162,12 +174,15 @@ class GenerationRequest(index.Indexed, ClusterableModel):
         if self.source_image_id:
             self.is_variation = True
         if kwargs.get("update_fields") is None and not self._state.adding:
-            kwargs["update_fields"] = [
-                field.name for field in self._meta.concrete_fields
-                if not field.primary_key and field.name not in self.WORKER_FIELDS
-            ] + [rel.get_accessor_name() for rel in get_all_child_relations(self)] + [
-                field.name for field in get_all_child_m2m_relations(self)
-            ]
+            kwargs["update_fields"] = (
+                [
+                    field.name
+                    for field in self._meta.concrete_fields
+                    if not field.primary_key and field.name not in self.WORKER_FIELDS
+                ]
+                + [rel.get_accessor_name() for rel in get_all_child_relations(self)]
+                + [field.name for field in get_all_child_m2m_relations(self)]
+            )
         super().save(**kwargs)
 
     @property
@@ -248,7 +263,6 @@ class GenerationJob(models.Model):
     @property
     def is_editable(self) -> bool:
         return self.status == self.Status.PENDING
-
 
 
 class Spend(models.Model):

@@ -24,8 +24,7 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _before_retry(state) -> None:
-    logger.warning("Writing a paid result failed (%s); trying again.",
-                   state.outcome.exception())
+    logger.warning("Writing a paid result failed (%s); trying again.", state.outcome.exception())
     connection.close_if_unusable_or_obsolete()  # a broken connection: a new one next
 
 

@@ -28,8 +28,11 @@ logger = logging.getLogger(__name__)
 
 Job = GenerationJob.Status
 Req = GenerationRequest.Status
-COUNTERS = {Job.SUCCEEDED: "jobs_succeeded", Job.FAILED: "jobs_failed",
-            Job.CANCELLED: "jobs_cancelled"}
+COUNTERS = {
+    Job.SUCCEEDED: "jobs_succeeded",
+    Job.FAILED: "jobs_failed",
+    Job.CANCELLED: "jobs_cancelled",
+}
 SEED_RANGE = 2**31 - 1
 
 
@@ -42,11 +45,20 @@ def start_request(request: GenerationRequest) -> bool:
     # get an estimate (and a price per image) taken from the old values.
     return bool(
         GenerationRequest.objects.filter(
-            pk=request.pk, status__in=[Req.DRAFT, Req.FAILED], jobs_total=0,
-            count=request.count, image_model=request.image_model,
-        ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now(),
-                 cost_estimate=costs.estimate(request.count, request.image_model),
-                 expansion_started_at=None, expansion_finished_at=None)
+            pk=request.pk,
+            status__in=[Req.DRAFT, Req.FAILED],
+            jobs_total=0,
+            count=request.count,
+            image_model=request.image_model,
+        ).update(
+            status=Req.QUEUED,
+            error="",
+            finished_at=None,
+            updated_at=timezone.now(),
+            cost_estimate=costs.estimate(request.count, request.image_model),
+            expansion_started_at=None,
+            expansion_finished_at=None,
+        )
     )
 
 
@@ -59,8 +71,11 @@ def expand_request(request_id: int) -> list[int]:
     now = timezone.now()
     updated = GenerationRequest.objects.filter(
         pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING]
-    ).update(status=Req.EXPANDING, updated_at=now,
-             expansion_started_at=Coalesce("expansion_started_at", Value(now)))
+    ).update(
+        status=Req.EXPANDING,
+        updated_at=now,
+        expansion_started_at=Coalesce("expansion_started_at", Value(now)),
+    )
     if updated:
         request = GenerationRequest.objects.get(pk=request_id)
         next_status = Req.GENERATING if request.auto_generate else Req.DRAFT
@@ -73,7 +88,10 @@ def expand_request(request_id: int) -> list[int]:
                 raise NotCalled(SOURCE_DELETED)  # before paying for prompts
             try:
                 expansion = get_llm(request.llm).expand(
-                    request.theme, request.count, brief=request.brief, style=request.style,
+                    request.theme,
+                    request.count,
+                    brief=request.brief,
+                    style=request.style,
                     source=source_description(request.source_image),
                 )
             except ProviderError as exc:
@@ -102,7 +120,9 @@ def _write_prompts(request: GenerationRequest, next_status: str, expansion, fini
         # The request row first: a cancel that committed meanwhile wins (nothing is
         # created), and one that comes later waits for this transaction to end.
         moved = GenerationRequest.objects.filter(pk=request.pk, status=Req.EXPANDING).update(
-            status=next_status, jobs_total=len(expansion.prompts), updated_at=timezone.now(),
+            status=next_status,
+            jobs_total=len(expansion.prompts),
+            updated_at=timezone.now(),
             expansion_finished_at=finished_at,
         )
         if not moved:  # cancelled meanwhile: the marker all the same, with the tokens
@@ -115,7 +135,10 @@ def _write_prompts(request: GenerationRequest, next_status: str, expansion, fini
         if moved:
             GenerationJob.objects.bulk_create(
                 GenerationJob(
-                    request=request, index=i, prompt=item.prompt, alt_text=item.alt_text,
+                    request=request,
+                    index=i,
+                    prompt=item.prompt,
+                    alt_text=item.alt_text,
                     seed=random.randint(0, SEED_RANGE),
                 )
                 for i, item in enumerate(expansion.prompts)
@@ -144,9 +167,9 @@ def fail_request(
 def note_request_error(request_id: int, reason: str) -> None:
     """Why an expansion will be tried again; not over a request that ended meanwhile (its
     deadline failed it, say), whose reason stays."""
-    GenerationRequest.objects.filter(
-        pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING]
-    ).update(error=reason)
+    GenerationRequest.objects.filter(pk=request_id, status__in=[Req.QUEUED, Req.EXPANDING]).update(
+        error=reason
+    )
 
 
 def cancel_request(request: GenerationRequest) -> list[str]:
@@ -173,9 +196,9 @@ def cancel_request(request: GenerationRequest) -> list[str]:
 def reopen_request(request_id: int) -> bool:
     """A failed request without prompts goes back to queued (its expansion is requeued)."""
     return bool(
-        GenerationRequest.objects.filter(
-            pk=request_id, status=Req.FAILED, jobs_total=0
-        ).update(status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now())
+        GenerationRequest.objects.filter(pk=request_id, status=Req.FAILED, jobs_total=0).update(
+            status=Req.QUEUED, error="", finished_at=None, updated_at=timezone.now()
+        )
     )
 
 
@@ -226,9 +249,12 @@ def _unclaimed(now) -> Q:
 def call_in_flight(job_id: int | None) -> bool:
     """Whether a worker holds a live claim on the open job: its provider call may be under
     way, past anything a revoke or cancel can stop."""
-    return bool(job_id) and GenerationJob.objects.filter(
-        pk=job_id, status__in=GenerationJob.OPEN
-    ).exclude(_unclaimed(timezone.now())).exists()
+    return (
+        bool(job_id)
+        and GenerationJob.objects.filter(pk=job_id, status__in=GenerationJob.OPEN)
+        .exclude(_unclaimed(timezone.now()))
+        .exists()
+    )
 
 
 def mark_queued(job_ids: list[int], batch: str) -> list[int]:
@@ -309,8 +335,12 @@ def claim_job(job: GenerationJob, token: str, seconds: float, message_id: str = 
     """
     now = timezone.now()
     fields = dict(
-        status=Job.RUNNING, started_at=now, error="", claim_token=token,
-        claim_expires_at=now + timedelta(seconds=seconds), claim_message=message_id,
+        status=Job.RUNNING,
+        started_at=now,
+        error="",
+        claim_token=token,
+        claim_expires_at=now + timedelta(seconds=seconds),
+        claim_message=message_id,
         updated_at=now,
     )
     updated = (
@@ -345,18 +375,22 @@ def extend_job_claims(claims: list[tuple[int, str]], seconds: float) -> set[tupl
         claim_expires_at=timezone.now() + timedelta(seconds=seconds)
     )
     current = dict(
-        GenerationJob.objects.filter(pk__in=[job_id for job_id, _ in claims])
-        .values_list("pk", "claim_token")
+        GenerationJob.objects.filter(pk__in=[job_id for job_id, _ in claims]).values_list(
+            "pk", "claim_token"
+        )
     )
-    return {(job_id, token) for job_id, token in claims
-            if current.get(job_id, "") not in ("", token)}
+    return {
+        (job_id, token) for job_id, token in claims if current.get(job_id, "") not in ("", token)
+    }
 
 
 def release_job(job_id: int, token: str) -> bool:
     """Give a claim back before any provider call: the attempt it counted is returned."""
     return bool(
         GenerationJob.objects.filter(pk=job_id, status=Job.RUNNING, claim_token=token).update(
-            status=Job.QUEUED, attempts=F("attempts") - 1, updated_at=timezone.now(),
+            status=Job.QUEUED,
+            attempts=F("attempts") - 1,
+            updated_at=timezone.now(),
             **NO_CLAIM,
         )
     )
@@ -392,17 +426,20 @@ def source_image_deleted(image_id: int) -> None:
     they read). Images already made keep their provenance elsewhere (KarasuImage).
     """
     requests = GenerationRequest.objects.filter(source_image_id=image_id)
-    for request_id in requests.filter(status__in=[Req.QUEUED, Req.EXPANDING],
-                                      jobs_total=0).values_list("pk", flat=True):
+    for request_id in requests.filter(
+        status__in=[Req.QUEUED, Req.EXPANDING], jobs_total=0
+    ).values_list("pk", flat=True):
         fail_request(request_id, f"Failed: {SOURCE_DELETED}.")
     requests.filter(status=Req.DRAFT, jobs_total=0).update(
         error="Its source image was deleted: this draft can no longer make variations."
     )
-    jobs = GenerationJob.objects.filter(request__source_image_id=image_id,
-                                        status__in=GenerationJob.OPEN)
+    jobs = GenerationJob.objects.filter(
+        request__source_image_id=image_id, status__in=GenerationJob.OPEN
+    )
     for job_id, request_id in jobs.values_list("pk", "request_id"):
-        finish_job(job_id, Job.FAILED, error=SOURCE_DELETED, unclaimed_only=True,
-                   request_id=request_id)
+        finish_job(
+            job_id, Job.FAILED, error=SOURCE_DELETED, unclaimed_only=True, request_id=request_id
+        )
     # Drafts whose prompts awaited review: settle_request() settles only generating ones.
     now = timezone.now()
     requests.filter(status=Req.DRAFT, jobs_total__gt=0).update(
@@ -456,9 +493,11 @@ def store(job: GenerationJob, token: str, generated: GeneratedImage) -> bool:
 
     A worker that lost its claim (past its deadline, taken over) files nothing.
     """
+
     def confirm(image) -> bool:
-        return finish_job(job.pk, Job.SUCCEEDED, image=image, token=token,
-                          request_id=job.request_id)
+        return finish_job(
+            job.pk, Job.SUCCEEDED, image=image, token=token, request_id=job.request_id
+        )
 
     # runnable_job() found no image for this job, and only the claim holder files one.
     image, created = ingest(job, generated, confirm=confirm, check_existing=False)
@@ -466,9 +505,11 @@ def store(job: GenerationJob, token: str, generated: GeneratedImage) -> bool:
         return False
     # Found rather than created: filed by an attempt whose commit raised but went through
     # (the job then succeeded with it), or by an earlier run that did not confirm it.
-    return created or confirm(image) or GenerationJob.objects.filter(
-        pk=job.pk, status=Job.SUCCEEDED, image=image
-    ).exists()
+    return (
+        created
+        or confirm(image)
+        or GenerationJob.objects.filter(pk=job.pk, status=Job.SUCCEEDED, image=image).exists()
+    )
 
 
 def mark_retrying(job_id: int, token: str, reason: str) -> bool:
@@ -493,8 +534,12 @@ def defer_job(job_id: int, token: str | None, reason: str, max_retries: int) -> 
         finish_job(job_id, Job.FAILED, error=reason, token=token, unclaimed_only=not token)
         return None
     moved = jobs.update(
-        status=Job.RETRYING, error=f"{reason} (will retry)", infra_retries=F("infra_retries") + 1,
-        attempts=F("attempts") - (1 if token else 0), updated_at=now, **NO_CLAIM,
+        status=Job.RETRYING,
+        error=f"{reason} (will retry)",
+        infra_retries=F("infra_retries") + 1,
+        attempts=F("attempts") - (1 if token else 0),
+        updated_at=now,
+        **NO_CLAIM,
     )
     return count + 1 if moved else None
 
@@ -558,13 +603,18 @@ def finish_job(
             # never sees the two locks taken in opposite orders (a deadlock).
             GenerationRequest.objects.filter(pk=request_id).update(**counts)
             if not jobs.update(
-                status=status, error=error, image=image, finished_at=now, updated_at=now,
+                status=status,
+                error=error,
+                image=image,
+                finished_at=now,
+                updated_at=now,
                 **NO_CLAIM,
             ):
                 raise _Unchanged
             if price:  # booked to the day and month it was spent in
-                Spend.objects.create(request_id=request_id, job_id=job_id, amount=price,
-                                     spent_at=now)
+                Spend.objects.create(
+                    request_id=request_id, job_id=job_id, amount=price, spent_at=now
+                )
             settle_request(request_id)
     except _Unchanged:
         return False
@@ -592,8 +642,14 @@ def reset_failed_jobs(request: GenerationRequest) -> list[int]:
         if not ids:
             return []
         GenerationJob.objects.filter(pk__in=ids, status=Job.FAILED).update(
-            status=Job.PENDING, attempts=0, infra_retries=0, recoveries=0, error="",
-            finished_at=None, updated_at=now, **NO_CLAIM,
+            status=Job.PENDING,
+            attempts=0,
+            infra_retries=0,
+            recoveries=0,
+            error="",
+            finished_at=None,
+            updated_at=now,
+            **NO_CLAIM,
         )
         GenerationRequest.objects.filter(pk=request.pk).update(
             status=Req.GENERATING, finished_at=None, jobs_failed=F("jobs_failed") - len(ids)
@@ -606,18 +662,24 @@ def regenerate_job(job: GenerationJob) -> bool:
     but no longer belong to the job."""
     with transaction.atomic():
         _lock_request(job.request_id)
-        status = (
-            GenerationJob.objects.filter(pk=job.pk).values_list("status", flat=True).first()
-        )
-        if status not in GenerationJob.TERMINAL or GenerationRequest.objects.filter(
-            pk=job.request_id, status=Req.CANCELLED
-        ).exists():
+        status = GenerationJob.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+        if (
+            status not in GenerationJob.TERMINAL
+            or GenerationRequest.objects.filter(pk=job.request_id, status=Req.CANCELLED).exists()
+        ):
             return False  # running already, or its request was cancelled (final)
         get_image_model().objects.filter(generation_job_id=job.pk).update(generation_job_id=None)
         GenerationJob.objects.filter(pk=job.pk, status=status).update(
-            status=Job.PENDING, image=None, attempts=0, infra_retries=0, recoveries=0,
-            error="", finished_at=None, seed=random.randint(0, SEED_RANGE),
-            updated_at=timezone.now(), **NO_CLAIM,
+            status=Job.PENDING,
+            image=None,
+            attempts=0,
+            infra_retries=0,
+            recoveries=0,
+            error="",
+            finished_at=None,
+            seed=random.randint(0, SEED_RANGE),
+            updated_at=timezone.now(),
+            **NO_CLAIM,
         )
         counter = COUNTERS[status]
         # cost_spent stays: the old image was paid for and stays in the library, and the new
@@ -631,9 +693,9 @@ def regenerate_job(job: GenerationJob) -> bool:
 def reopen_job(job_id: int) -> bool:
     """A failed job whose message is being requeued (a dead letter) is queued again."""
     with transaction.atomic():
-        request_id = GenerationJob.objects.filter(pk=job_id).values_list(
-            "request_id", flat=True
-        ).first()
+        request_id = (
+            GenerationJob.objects.filter(pk=job_id).values_list("request_id", flat=True).first()
+        )
         if request_id is None:
             return False
         _lock_request(request_id)

@@ -296,8 +296,12 @@ def request_timeline(request: GenerationRequest) -> list[dict[str, Any]]:
     """
     entries = [
         ("expansion_started", "Expansion started", request.expansion_started_at, ""),
-        ("expansion_finished", "Expansion finished", request.expansion_finished_at,
-         f"{request.jobs_total} prompts" if request.jobs_total else ""),
+        (
+            "expansion_finished",
+            "Expansion finished",
+            request.expansion_finished_at,
+            f"{request.jobs_total} prompts" if request.jobs_total else "",
+        ),
     ]
     if request.jobs_total:
         succeeded = Q(status=GenerationJob.Status.SUCCEEDED)
@@ -310,10 +314,13 @@ def request_timeline(request: GenerationRequest) -> list[dict[str, Any]]:
         )
         entries += [
             ("first_image", "First image", jobs["first_image"], ""),
-            ("last_image", "Last image", jobs["last_image"],
-             f"{request.jobs_succeeded} in all"),
-            ("last_failure", "Last failure", jobs["last_failure"],
-             f"{jobs['failures']} failed in all"),
+            ("last_image", "Last image", jobs["last_image"], f"{request.jobs_succeeded} in all"),
+            (
+                "last_failure",
+                "Last failure",
+                jobs["last_failure"],
+                f"{jobs['failures']} failed in all",
+            ),
         ]
     if request.is_terminal:
         entries.append(
@@ -342,9 +349,7 @@ class RequestInspectView(ActionButtonsMixin, InspectView):
     page_kwarg = "p"  # as in Wagtail's listings and its pagination_nav.html
 
     def get_object(self, queryset=None):
-        return get_object_or_404(
-            GenerationRequest.objects.select_related("collection"), pk=self.pk
-        )
+        return get_object_or_404(GenerationRequest.objects.select_related("collection"), pk=self.pk)
 
     @cached_property
     def header_more_buttons(self):
@@ -375,9 +380,7 @@ class RequestInspectView(ActionButtonsMixin, InspectView):
         create_missing_thumbnails([job.image for job in jobs if job.image])
         return {
             "object": self.object,
-            "can_change": self.permission_policy.user_has_permission(
-                self.request.user, "change"
-            ),
+            "can_change": self.permission_policy.user_has_permission(self.request.user, "change"),
             "jobs": jobs,
             # A list, not Wagtail's generator: the page shows the navigation twice.
             "elided_page_range": list(jobs.paginator.get_elided_page_range(jobs.number)),
@@ -496,8 +499,10 @@ class JobPromptView(JobView):
     def post(self, request, *args, **kwargs):
         form = PromptForm(request.POST)
         if not form.is_valid():
-            messages.error(request, f"Prompt #{self.job.index + 1} not saved: "
-                           + " ".join(form.errors["prompt"]))
+            messages.error(
+                request,
+                f"Prompt #{self.job.index + 1} not saved: " + " ".join(form.errors["prompt"]),
+            )
         elif update_prompt(self.job, form.cleaned_data["prompt"]):
             messages.success(request, f"Prompt #{self.job.index + 1} saved.")
         else:
@@ -510,9 +515,11 @@ class JobGenerateView(JobView):
         with costs.budget_lock():
             self.job.request.refresh_from_db()  # its status and spend as they are now
             # A regeneration is one more paid image.
-            error = (cannot_spend(self.job.request)
-                     if self.job.status == GenerationJob.Status.PENDING
-                     else one_more_image_error(self.job.request))
+            error = (
+                cannot_spend(self.job.request)
+                if self.job.status == GenerationJob.Status.PENDING
+                else one_more_image_error(self.job.request)
+            )
             message = "" if error else generate_job(self.job)
         if error:
             messages.error(request, error)

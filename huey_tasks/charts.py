@@ -93,14 +93,16 @@ class ActivityChart:
                 succeeded_height = max(succeeded_height, 1)
             if minute.failed:
                 failed_height = max(failed_height, 1)
-            bars.append({
-                "minute": minute,
-                "x": position * BAR_STEP + (BAR_STEP - BAR_WIDTH) / 2,
-                "succeeded_y": round(PLOT_HEIGHT - succeeded_height, 2),
-                "succeeded_height": succeeded_height,
-                "failed_y": round(PLOT_HEIGHT - succeeded_height - failed_height, 2),
-                "failed_height": failed_height,
-            })
+            bars.append(
+                {
+                    "minute": minute,
+                    "x": position * BAR_STEP + (BAR_STEP - BAR_WIDTH) / 2,
+                    "succeeded_y": round(PLOT_HEIGHT - succeeded_height, 2),
+                    "succeeded_height": succeeded_height,
+                    "failed_y": round(PLOT_HEIGHT - succeeded_height - failed_height, 2),
+                    "failed_height": failed_height,
+                }
+            )
         return bars
 
 
@@ -125,18 +127,21 @@ def bucket(
     return [Minute(start, *counts.get(start, (0, 0))) for start in window(end, minutes)]
 
 
-def per_minute(queryset, field: str, succeeded: Q, failed: Q, end: datetime.datetime,
-               minutes: int = MINUTES) -> list[Minute]:
+def per_minute(
+    queryset, field: str, succeeded: Q, failed: Q, end: datetime.datetime, minutes: int = MINUTES
+) -> list[Minute]:
     """One query: ``queryset``'s rows with ``field`` in the window, counted by minute.
 
     The caller's queryset should already be narrowed to finished rows (status) so that the
     database can use an index on (status, ``field``) for the time range."""
     starts = window(end, minutes)
     rows = (
-        queryset.filter(**{
-            f"{field}__gte": starts[0],
-            f"{field}__lt": starts[-1] + datetime.timedelta(minutes=1),
-        })
+        queryset.filter(
+            **{
+                f"{field}__gte": starts[0],
+                f"{field}__lt": starts[-1] + datetime.timedelta(minutes=1),
+            }
+        )
         .annotate(minute=TruncMinute(field, tzinfo=UTC))
         .order_by()
         .values("minute")

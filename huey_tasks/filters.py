@@ -13,15 +13,20 @@ def task_name_choices():
 class TaskRunFilterSet(django_filters.FilterSet):
     q = django_filters.CharFilter(label="Task id or error", method="search")
     status = django_filters.ChoiceFilter(choices=TaskRun.Status.choices, empty_label="Any status")
-    task_name = django_filters.ChoiceFilter(label="Task", choices=task_name_choices,
-                                            empty_label="Any task")
+    task_name = django_filters.ChoiceFilter(
+        label="Task", choices=task_name_choices, empty_label="Any task"
+    )
     request = django_filters.NumberFilter(label="Request #", field_name="generation_request_id")
     enqueued_after = django_filters.DateTimeFilter(
-        label="Enqueued after", field_name="enqueued_at", lookup_expr="gte",
+        label="Enqueued after",
+        field_name="enqueued_at",
+        lookup_expr="gte",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
     enqueued_before = django_filters.DateTimeFilter(
-        label="Enqueued before", field_name="enqueued_at", lookup_expr="lte",
+        label="Enqueued before",
+        field_name="enqueued_at",
+        lookup_expr="lte",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
 

@@ -34,8 +34,7 @@ _batch = threading.local()
 
 # A promoted, re-scheduled or requeued task is queued again from these; never from a
 # running or finished one (the promotion's signal may arrive after a worker took it).
-REQUEUEABLE = [Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED, Status.LOCKED,
-               Status.DEAD]
+REQUEUEABLE = [Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED, Status.LOCKED, Status.DEAD]
 
 # Signal -> (status, finished?) for the simple transitions.
 SIMPLE = {
@@ -81,7 +80,8 @@ def _links(tasks) -> dict[str, dict]:
         )
         for task_id, job_id in job_ids.items():
             links[task_id] = {
-                "generation_job_id": job_id, "generation_request_id": requests.get(job_id)
+                "generation_job_id": job_id,
+                "generation_request_id": requests.get(job_id),
             }
     return links
 
@@ -93,8 +93,14 @@ def record_enqueued(tasks: list) -> None:
     links = _links(tasks)
     TaskRun.objects.bulk_create(
         [
-            TaskRun(task_name=task.name, task_id=task.id, status=Status.QUEUED,
-                    args=safe_args(task), enqueued_at=now, **links.get(task.id, {}))
+            TaskRun(
+                task_name=task.name,
+                task_id=task.id,
+                status=Status.QUEUED,
+                args=safe_args(task),
+                enqueued_at=now,
+                **links.get(task.id, {}),
+            )
             for task in tasks
         ],
         update_conflicts=True,
@@ -164,8 +170,7 @@ def handle(signal: str, task, *args) -> None:
     if signal == S.SIGNAL_ENQUEUED:
         if getattr(_batch, "tasks", None) is not None:
             _batch.tasks.append(task)
-        elif not _update(task, status__in=REQUEUEABLE, status=Status.QUEUED,
-                         finished_at=None):
+        elif not _update(task, status__in=REQUEUEABLE, status=Status.QUEUED, finished_at=None):
             if not TaskRun.objects.filter(task_id=task.id).exists():
                 record_enqueued([task])
         return
@@ -175,8 +180,12 @@ def handle(signal: str, task, *args) -> None:
         task._ledger_started = time.monotonic()
         delivery = getattr(task, "delivery", None)
         fields = dict(
-            status=Status.RUNNING, started_at=timezone.now(), finished_at=None,
-            attempts=F("attempts") + 1, worker_host=HOST, worker_pid=os.getpid(),
+            status=Status.RUNNING,
+            started_at=timezone.now(),
+            finished_at=None,
+            attempts=F("attempts") + 1,
+            worker_host=HOST,
+            worker_pid=os.getpid(),
             worker_thread=threading.current_thread().name,
             deliveries=delivery.deliveries if delivery else F("deliveries"),
         )
@@ -194,7 +203,10 @@ def handle(signal: str, task, *args) -> None:
         exc = args[0] if args else None
         message = redact(str(exc)) if exc is not None else ""
         _update(
-            task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
+            task,
+            status=Status.FAILED,
+            finished_at=timezone.now(),
+            duration=duration,
             error_class=exc.__class__.__name__ if exc is not None else "",
             error_message=message[:500],
             traceback=redact_exception(exc),
@@ -204,20 +216,36 @@ def handle(signal: str, task, *args) -> None:
         if getattr(task, "_ledger_rate_limited", False):
             return  # Huey re-schedules a rate-limited task as a retry: it is still waiting
         reason = getattr(task, "retry_reason", "") or "will retry"
-        _update(task, status=Status.RETRYING, finished_at=None, duration=duration,
-                log=_log_line(f"retrying: {redact(reason)}"))
+        _update(
+            task,
+            status=Status.RETRYING,
+            finished_at=None,
+            duration=duration,
+            log=_log_line(f"retrying: {redact(reason)}"),
+        )
     elif signal == SIGNAL_DEAD_LETTERED:
         letter = args[0]
         with worker_connection():
-            _update(task, status=Status.DEAD, finished_at=timezone.now(),
-                    deliveries=letter.deliveries, error_message=redact(letter.reason)[:500],
-                    log=_log_line(f"dead-lettered: {letter.reason}"))
+            _update(
+                task,
+                status=Status.DEAD,
+                finished_at=timezone.now(),
+                deliveries=letter.deliveries,
+                error_message=redact(letter.reason)[:500],
+                log=_log_line(f"dead-lettered: {letter.reason}"),
+            )
     elif signal == SIGNAL_DEADLINE:
         message = f"timed out: no result within {args[0]:.0f} s"
         with worker_connection():
-            _update(task, status=Status.FAILED, finished_at=timezone.now(), duration=duration,
-                    error_class="DeadlineExceeded", error_message=message,
-                    log=_log_line(message))
+            _update(
+                task,
+                status=Status.FAILED,
+                finished_at=timezone.now(),
+                duration=duration,
+                error_class="DeadlineExceeded",
+                error_message=message,
+                log=_log_line(message),
+            )
     elif signal == S.SIGNAL_TIMEOUT:
         _update(task, log=_log_line("timed out"))
     elif signal in SIMPLE:
@@ -244,8 +272,12 @@ def worker_event(event: str, consumer) -> None:
         key = getattr(consumer, "_ledger_worker_id", None)
         if event == "start" or key is None:
             worker = WorkerHeartbeat.objects.create(
-                host=HOST, pid=os.getpid(), workers=consumer.workers,
-                worker_type=consumer.worker_type, started_at=now, last_seen=now,
+                host=HOST,
+                pid=os.getpid(),
+                workers=consumer.workers,
+                worker_type=consumer.worker_type,
+                started_at=now,
+                last_seen=now,
             )
             consumer._ledger_worker_id = worker.pk
         elif event == "beat":
@@ -266,8 +298,10 @@ def mark_dead_letters(huey) -> int:
             continue
     if not task_ids:
         return 0
-    return TaskRun.objects.filter(task_id__in=task_ids).exclude(status=Status.DEAD).update(
-        status=Status.DEAD, finished_at=timezone.now()
+    return (
+        TaskRun.objects.filter(task_id__in=task_ids)
+        .exclude(status=Status.DEAD)
+        .update(status=Status.DEAD, finished_at=timezone.now())
     )
 
 

@@ -96,8 +96,9 @@ class ConcurrencyLimiter:
         try:
             self.storage.release_slot(*slot.key)
         except Exception:
-            logger.exception("Could not release slot %s of %s; it expires by itself.",
-                             slot.index, self.name)
+            logger.exception(
+                "Could not release slot %s of %s; it expires by itself.", slot.index, self.name
+            )
             return
         with self._freed:
             self._freed.notify()
@@ -133,7 +134,11 @@ class RequestsPerMinute:
     """
 
     def __init__(
-        self, huey: LeasingHuey, name: str, limit: int, period: float = 60.0,
+        self,
+        huey: LeasingHuey,
+        name: str,
+        limit: int,
+        period: float = 60.0,
         jitter: float = RATE_JITTER,
     ):
         if limit < 1:
@@ -193,5 +198,8 @@ class RequestsPerMinute:
             try:
                 self.storage.delete_counter(self.key(old))
             except Exception:
-                logger.warning("Could not delete rate counter %s; it is left behind.",
-                               self.key(old), exc_info=True)
+                logger.warning(
+                    "Could not delete rate counter %s; it is left behind.",
+                    self.key(old),
+                    exc_info=True,
+                )

@@ -20,8 +20,14 @@ class TaskRun(models.Model):
         LOCKED = "locked", "Locked"
         DEAD = "dead", "Dead letter"
 
-    FINISHED = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.REVOKED,
-                Status.EXPIRED, Status.DEAD}
+    FINISHED = {
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.CANCELLED,
+        Status.REVOKED,
+        Status.EXPIRED,
+        Status.DEAD,
+    }
 
     task_name = models.CharField(max_length=200, db_index=True)
     task_id = models.CharField(max_length=64, unique=True)
@@ -42,12 +48,18 @@ class TaskRun(models.Model):
     log = models.TextField(blank=True)
     generation_request = models.ForeignKey(
         "generation.GenerationRequest",
-        null=True, blank=True, on_delete=models.SET_NULL, related_name="task_runs",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="task_runs",
         db_constraint=False,
     )
     generation_job = models.ForeignKey(
         "generation.GenerationJob",
-        null=True, blank=True, on_delete=models.SET_NULL, related_name="task_runs",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="task_runs",
         db_constraint=False,
     )
 
@@ -74,7 +86,6 @@ class TaskRun(models.Model):
         if self.task_name.endswith("djtasks.run") and self.args and isinstance(self.args[0], str):
             return self.args[0].rsplit(".", 1)[-1]
         return self.task_name.rsplit(".", 1)[-1]
-
 
 
 class WorkerHeartbeat(models.Model):

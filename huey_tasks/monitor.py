@@ -100,9 +100,10 @@ def last_maintenance() -> dict | None:
     """What the last maintenance run repaired (kept in the queue storage)."""
     result = reconcile.last_result(HUEY)
     if result:
-        result = {**result, "finished_at": datetime.datetime.fromtimestamp(
-            result["finished_at"], tz=datetime.UTC
-        )}
+        result = {
+            **result,
+            "finished_at": datetime.datetime.fromtimestamp(result["finished_at"], tz=datetime.UTC),
+        }
     return result
 
 

@@ -171,7 +171,9 @@ class LeasingHuey(Huey):
         if still_running:
             logger.warning(
                 "%d tasks still running at exit; they are delivered again once their "
-                "leases run out: %s", len(still_running), ", ".join(still_running),
+                "leases run out: %s",
+                len(still_running),
+                ", ".join(still_running),
             )
         super().notify_interrupted_tasks()
 
@@ -308,9 +310,9 @@ class LeasingHuey(Huey):
             # A task whose message was taken over still runs here: its job claim and its
             # slot stay alive until it ends (or its deadline), so the new holder of the
             # message finds the job busy instead of making a second call while this one runs.
-            holds = set(self._free_holds).union(
-                *(r.holds for r in self._running.values())
-            ) - self._lost
+            holds = (
+                set(self._free_holds).union(*(r.holds for r in self._running.values())) - self._lost
+            )
         for running in overdue:
             if not running.lost:  # a lost one is another worker's now: not ours to fail
                 self._expire(running)
@@ -364,8 +366,7 @@ class LeasingHuey(Huey):
     def _expire(self, running: Running) -> None:
         task, delivery = running.task, running.delivery
         task.past_deadline = True  # what the task reports later is no longer its outcome
-        logger.error("Task %s passed its %.0f s deadline; failing it.", task.id,
-                     self.task_deadline)
+        logger.error("Task %s passed its %.0f s deadline; failing it.", task.id, self.task_deadline)
         try:
             self._emit(SIGNAL_DEADLINE, task, self.task_deadline)
         except Exception:

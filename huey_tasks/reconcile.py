@@ -56,13 +56,18 @@ def settle_dead_letter(name: str, target: int, letter, lease_seconds: float) -> 
             seconds=lease_seconds * (services.CLAIM_LEASES - 0.5)
         )
         return services.finish_job(
-            target, Job.FAILED, error=dead_job_reason(letter.deliveries),
-            unclaimed_only=True, claim_message=letter.message_id, claim_stale_by=stale_by,
+            target,
+            Job.FAILED,
+            error=dead_job_reason(letter.deliveries),
+            unclaimed_only=True,
+            claim_message=letter.message_id,
+            claim_stale_by=stale_by,
             not_after=letter.died_at,
         )
     if name == "expand_prompt":
         return services.fail_request(
-            target, dead_request_reason(letter.deliveries),
+            target,
+            dead_request_reason(letter.deliveries),
             [GenerationRequest.Status.QUEUED, GenerationRequest.Status.EXPANDING],
             not_after=letter.died_at,
         )
@@ -104,24 +109,28 @@ def reconcile(huey, queue_jobs: Callable, expand_prompt, grace: float | None = N
         except Exception:
             continue
         name, target = task.name.rsplit(".", 1)[-1], task.args[0] if task.args else None
-        if target is not None and settle_dead_letter(name, target, letter,
-                                                     huey.storage.lease_seconds):
+        if target is not None and settle_dead_letter(
+            name, target, letter, huey.storage.lease_seconds
+        ):
             counts["jobs_failed" if name == "generate_image" else "requests_failed"] += 1
 
     # Jobs queued, retrying or running that no message and no live claim will finish.
     retry, give_up = [], []
     for job_id, recoveries, request_status in services.lost_jobs(live_jobs, cutoff):
         if request_status == GenerationRequest.Status.CANCELLED:
-            if services.finish_job(job_id, Job.CANCELLED, error="request cancelled",
-                                   unclaimed_only=True):
+            if services.finish_job(
+                job_id, Job.CANCELLED, error="request cancelled", unclaimed_only=True
+            ):
                 counts["jobs_cancelled"] += 1
         elif recoveries >= max_recoveries:
             give_up.append(job_id)
         else:
             retry.append(job_id)
     for job_id in give_up:
-        reason = (f"lost: its task left the queue unfinished {max_recoveries + 1} times; "
-                  "see the job monitor")
+        reason = (
+            f"lost: its task left the queue unfinished {max_recoveries + 1} times; "
+            "see the job monitor"
+        )
         if services.finish_job(job_id, Job.FAILED, error=reason, unclaimed_only=True):
             counts["jobs_failed"] += 1
     if retry:
@@ -150,10 +159,18 @@ def reconcile(huey, queue_jobs: Callable, expand_prompt, grace: float | None = N
     counts["requests_settled"] += services.settle_finished_requests()
     if any(counts.values()):
         logger.warning("Maintenance repaired stuck states: %s", dict(counts))
-    return {key: counts[key] for key in (
-        "jobs_requeued", "jobs_failed", "jobs_cancelled", "requests_restarted",
-        "requests_failed", "requests_paused", "requests_settled",
-    )}
+    return {
+        key: counts[key]
+        for key in (
+            "jobs_requeued",
+            "jobs_failed",
+            "jobs_cancelled",
+            "requests_restarted",
+            "requests_failed",
+            "requests_paused",
+            "requests_settled",
+        )
+    }
 
 
 def remember(huey, result: dict) -> None:

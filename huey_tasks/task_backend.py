@@ -42,9 +42,18 @@ class FollowUpTaskBackend(HueyBackend):
         self.validate_task(task)
         transaction.on_commit(lambda: self._run_in_place(task, list(args), dict(kwargs)))
         return TaskResult(
-            task=task, id=get_random_id(), status=TaskResultStatus.READY, enqueued_at=None,
-            started_at=None, last_attempted_at=None, finished_at=None, args=list(args),
-            kwargs=dict(kwargs), backend=self.alias, errors=[], worker_ids=[],
+            task=task,
+            id=get_random_id(),
+            status=TaskResultStatus.READY,
+            enqueued_at=None,
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=list(args),
+            kwargs=dict(kwargs),
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
         )
 
     def _run_in_place(self, task, args: list, kwargs: dict) -> None:
@@ -52,8 +61,7 @@ class FollowUpTaskBackend(HueyBackend):
             task.call(*args, **kwargs)
             return
         except Exception:
-            logger.warning("%s failed in place; queued to run again.", task.name,
-                           exc_info=True)
+            logger.warning("%s failed in place; queued to run again.", task.name, exc_info=True)
         try:
             super().enqueue(task, args, kwargs)
         except Exception:

@@ -30,14 +30,37 @@ class TaskRunAdmin(ModelAdmin):
     add_to_settings_menu = True
     permission_helper_class = ReadOnlyPermissionHelper
     inspect_view_enabled = True
-    list_display = ("task_id", "task_name", "status", "attempts", "deliveries", "enqueued_at",
-                    "duration", "error_message")
+    list_display = (
+        "task_id",
+        "task_name",
+        "status",
+        "attempts",
+        "deliveries",
+        "enqueued_at",
+        "duration",
+        "error_message",
+    )
     list_filter = ("status", "task_name")
     search_fields = ("task_id", "error_message")
     list_per_page = 50
     inspect_view_fields = (
-        "task_name", "task_id", "status", "attempts", "deliveries", "args", "enqueued_at",
-        "started_at", "finished_at", "duration", "worker_host", "worker_pid", "worker_thread",
-        "error_class", "error_message", "traceback", "log", "generation_request",
+        "task_name",
+        "task_id",
+        "status",
+        "attempts",
+        "deliveries",
+        "args",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "worker_host",
+        "worker_pid",
+        "worker_thread",
+        "error_class",
+        "error_message",
+        "traceback",
+        "log",
+        "generation_request",
         "generation_job",
     )

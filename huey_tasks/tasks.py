@@ -47,14 +47,24 @@ CLAIM_WAIT = 2.0  # seconds before a task whose job another worker holds looks a
 # (AccessDenied, NoSuchBucket) and then fails the job after the bounded infrastructure
 # retries, with the service's reason.
 INFRASTRUCTURE_ERRORS = (
-    *DATABASE_ERRORS, ConnectionFailure, ExecutionTimeout, WTimeoutError, OSError,
-    BotoCoreError, ClientError,
+    *DATABASE_ERRORS,
+    ConnectionFailure,
+    ExecutionTimeout,
+    WTimeoutError,
+    OSError,
+    BotoCoreError,
+    ClientError,
 )
 
 
 def retry_policy() -> dict:
-    return {"MAX_RETRIES": 3, "BACKOFF_BASE": 2.0, "BACKOFF_MAX": 60.0,
-            "MAX_INFRASTRUCTURE_RETRIES": 5, **settings.KARASU.get("RETRY", {})}
+    return {
+        "MAX_RETRIES": 3,
+        "BACKOFF_BASE": 2.0,
+        "BACKOFF_MAX": 60.0,
+        "MAX_INFRASTRUCTURE_RETRIES": 5,
+        **settings.KARASU.get("RETRY", {}),
+    }
 
 
 # A new request's prompts are written before any queued image is generated: otherwise a
@@ -154,12 +164,17 @@ def queue_jobs(job_ids: list[int]) -> list[int]:
         indexes = services.job_indexes(ids)
         ids.sort(key=lambda job_id: indexes.get(job_id, 0))  # each request's first first
         for start in range(0, len(ids), FAN_OUT_CHUNK):
-            chunk = ids[start:start + FAN_OUT_CHUNK]
+            chunk = ids[start : start + FAN_OUT_CHUNK]
             with ledger.bulk_enqueue():
                 HUEY.enqueue_many(
-                    [generate_image.s(job_id, id=f"generate_image-{job_id}-{batch}",
-                                      priority=fair_priority(indexes.get(job_id, 0)))
-                     for job_id in chunk]
+                    [
+                        generate_image.s(
+                            job_id,
+                            id=f"generate_image-{job_id}-{batch}",
+                            priority=fair_priority(indexes.get(job_id, 0)),
+                        )
+                        for job_id in chunk
+                    ]
                 )
     except Exception:
         services.unmark_queued(ids[start:], batch)
@@ -236,8 +251,9 @@ def _generate(job_id: int, task) -> int | None:
         lease = HUEY.storage.lease_seconds
         delivery = getattr(task, "delivery", None)
         try:
-            if not services.claim_job(job, token, lease * services.CLAIM_LEASES,
-                                      delivery.message_id if delivery else ""):
+            if not services.claim_job(
+                job, token, lease * services.CLAIM_LEASES, delivery.message_id if delivery else ""
+            ):
                 return None
         except services.JobBusy as exc:
             raise RateLimitExceeded(str(exc), CLAIM_WAIT) from None
@@ -255,8 +271,7 @@ def _generate(job_id: int, task) -> int | None:
             # Paused past the lease (GC, frozen VM)? Another worker may own both now.
             limiter.ensure_held(slot)
             if HUEY.is_lost(JOB_CLAIMS, (job_id, token)) or (
-                time.monotonic() - claimed_at > lease / 3
-                and not services.claim_held(job_id, token)
+                time.monotonic() - claimed_at > lease / 3 and not services.claim_held(job_id, token)
             ):
                 raise RateLimitExceeded(f"job {job_id} claim lost", CLAIM_WAIT)
         except RateLimitExceeded:
@@ -289,8 +304,9 @@ def _retry_or_fail(job_id: int, task, exc: TransientProviderError) -> None:
         raise exc
     if services.request_cancelled(job_id):
         # Cancelled while this call ran: no new attempt.
-        services.finish_job(job_id, GenerationJob.Status.CANCELLED, error="request cancelled",
-                            token=token)
+        services.finish_job(
+            job_id, GenerationJob.Status.CANCELLED, error="request cancelled", token=token
+        )
         return None
     policy = retry_policy()
     if task.job_attempts > policy["MAX_RETRIES"]:
@@ -360,8 +376,7 @@ def settle_deadline(signal, task, deadline) -> None:
             # The stuck holder's own claim (its late result is then fenced out); never a
             # claim another worker took over meanwhile.
             token = getattr(task, "job_claim", None)
-            services.finish_job(target, Failed, error=reason, token=token,
-                                unclaimed_only=not token)
+            services.finish_job(target, Failed, error=reason, token=token, unclaimed_only=not token)
         elif name == "expand_prompt":
             services.fail_request(target, reason, EXPANDING)
 
@@ -381,9 +396,7 @@ def maintenance() -> dict:
             datetime.timedelta(days=retention.get("RUN_DAYS", 7))
         ),
         "workers_deleted": ledger.purge_stopped_workers(datetime.timedelta(days=1)),
-        "results_deleted": HUEY.storage.purge_results(
-            retention.get("RESULT_HOURS", 24) * 3600
-        ),
+        "results_deleted": HUEY.storage.purge_results(retention.get("RESULT_HOURS", 24) * 3600),
         "dead_marked": ledger.mark_dead_letters(HUEY),
         **reconcile.reconcile(HUEY, queue_jobs, expand_prompt),
     }

@@ -69,9 +69,20 @@ class MonitorView(MonitorMixin, TemplateView):
         runs = filters.qs if filters.is_bound and filters.is_valid() else TaskRun.objects.all()
         page = Paginator(
             runs.only(
-                "pk", "task_name", "task_id", "status", "attempts", "deliveries", "enqueued_at",
-                "duration", "worker_host", "worker_pid", "error_message",
-                "generation_request_id", "generation_job_id", "args",
+                "pk",
+                "task_name",
+                "task_id",
+                "status",
+                "attempts",
+                "deliveries",
+                "enqueued_at",
+                "duration",
+                "worker_host",
+                "worker_pid",
+                "error_message",
+                "generation_request_id",
+                "generation_job_id",
+                "args",
             ),
             RUNS_PER_PAGE,
         ).get_page(self.request.GET.get("p"))
@@ -188,9 +199,11 @@ class RetryRunView(RunActionView):
         if run.status not in RETRYABLE:
             return f"A {run.get_status_display().lower()} run cannot be retried.", False
         if run.generation_job_id:
-            job = GenerationJob.objects.select_related("request").filter(
-                pk=run.generation_job_id
-            ).first()
+            job = (
+                GenerationJob.objects.select_related("request")
+                .filter(pk=run.generation_job_id)
+                .first()
+            )
             if job is not None and job.status == GenerationJob.Status.SUCCEEDED:
                 return "Its job has succeeded since; nothing to retry.", False
             if job is None or job.status not in GenerationJob.TERMINAL:
@@ -236,9 +249,10 @@ class RevokeRunView(RunActionView):
         run = self.run
         if run.status not in REVOCABLE:
             return f"A {run.get_status_display().lower()} run cannot be revoked.", False
-        current = run.generation_job_id and GenerationJob.objects.filter(
-            pk=run.generation_job_id, task_id=run.task_id
-        ).exists()
+        current = (
+            run.generation_job_id
+            and GenerationJob.objects.filter(pk=run.generation_job_id, task_id=run.task_id).exists()
+        )
         # A run still shown queued or waiting may have started: a worker holding its job's
         # claim (or writing its request's prompts) is past Huey's revoke check.
         if current and services.call_in_flight(run.generation_job_id) or self.expanding():
@@ -251,8 +265,10 @@ class RevokeRunView(RunActionView):
             # Only the job's current run, and not while a worker holds it (its call
             # finishes, like a cancel's).
             cancelled = services.finish_job(
-                run.generation_job_id, GenerationJob.Status.CANCELLED,
-                error="revoked from the job monitor", unclaimed_only=True,
+                run.generation_job_id,
+                GenerationJob.Status.CANCELLED,
+                error="revoked from the job monitor",
+                unclaimed_only=True,
             )
             if not cancelled and services.call_in_flight(run.generation_job_id):
                 # A worker claimed it between the check and the cancel: Huey clears the
@@ -263,9 +279,12 @@ class RevokeRunView(RunActionView):
         return f"{run.short_name} {run.task_id} revoked.", True
 
     def expanding(self) -> bool:
-        return self.run.short_name == "expand_prompt" and GenerationRequest.objects.filter(
-            pk=self.run.generation_request_id, status=GenerationRequest.Status.EXPANDING
-        ).exists()
+        return (
+            self.run.short_name == "expand_prompt"
+            and GenerationRequest.objects.filter(
+                pk=self.run.generation_request_id, status=GenerationRequest.Status.EXPANDING
+            ).exists()
+        )
 
     def in_flight(self) -> str:
         return (
@@ -296,8 +315,7 @@ class RetryRequestFailedView(ActionView):
         )
         if error:
             return error, False
-        return (message, True) if message else ("This request has no failed jobs to retry.",
-                                                False)
+        return (message, True) if message else ("This request has no failed jobs to retry.", False)
 
 
 class DeadLettersView(MonitorMixin, TemplateView):
@@ -350,9 +368,11 @@ class DeadLetterActionView(ActionView):
 
     def perform(self):
         storage = HUEY.storage
-        ids = [self.message_id] if self.message_id else [
-            letter.message_id for letter in storage.dead_letters()
-        ]
+        ids = (
+            [self.message_id]
+            if self.message_id
+            else [letter.message_id for letter in storage.dead_letters()]
+        )
         if self.action == "requeue":
             letters = [letter for letter in storage.dead_letters() if letter.message_id in ids]
             outcomes = [self.requeue(letter) for letter in letters]
@@ -380,9 +400,9 @@ class DeadLetterActionView(ActionView):
         name = task.name.rsplit(".", 1)[-1]
         with costs.budget_lock():
             if name == "generate_image":
-                job = GenerationJob.objects.select_related("request").filter(
-                    pk=task.args[0]
-                ).first()
+                job = (
+                    GenerationJob.objects.select_related("request").filter(pk=task.args[0]).first()
+                )
                 if job is not None and job.status == GenerationJob.Status.FAILED:
                     if error := request_actions.one_more_image_error(job.request):
                         return error

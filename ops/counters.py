@@ -47,9 +47,7 @@ def increment(call_type: str, provider: str, kind: str) -> None:
     """
     provider = provider[:100]
     now = timezone.now()
-    rows = ProviderErrorCount.objects.filter(
-        type=call_type, provider=provider, kind=kind
-    )
+    rows = ProviderErrorCount.objects.filter(type=call_type, provider=provider, kind=kind)
     # Its own savepoint inside a caller's transaction: a failure here undoes only this.
     with transaction.atomic():
         if rows.update(count=F("count") + 1, last_at=now):
@@ -63,9 +61,7 @@ def increment(call_type: str, provider: str, kind: str) -> None:
             rows.update(count=F("count") + 1, last_at=now)
 
 
-def count_provider_error(
-    provider: str, exc: BaseException, call_type: str = Type.IMAGE
-) -> None:
+def count_provider_error(provider: str, exc: BaseException, call_type: str = Type.IMAGE) -> None:
     """Count a failed call to the image model (or LLM) ``provider``. Never raises: counting
     must not change the call's outcome."""
     try:

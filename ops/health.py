@@ -70,8 +70,11 @@ def run_checks() -> dict[str, str]:
             check()
         except Exception as exc:
             # One line per failed probe (probes come every few seconds), secrets redacted.
-            logger.warning("Health check: the %s does not answer: %s", name,
-                           redact(f"{exc.__class__.__name__}: {exc}"))
+            logger.warning(
+                "Health check: the %s does not answer: %s",
+                name,
+                redact(f"{exc.__class__.__name__}: {exc}"),
+            )
             results[name] = "failed"
         else:
             results[name] = "ok"

@@ -84,8 +84,16 @@ class KarasuCollector:
         families = []
         for source, parts in (
             ("queue", [self.queue_messages, self.provider_slots]),
-            ("database", [self.task_runs, self.provider_errors, self.workers,
-                          self.images_generated, self.spend]),
+            (
+                "database",
+                [
+                    self.task_runs,
+                    self.provider_errors,
+                    self.workers,
+                    self.images_generated,
+                    self.spend,
+                ],
+            ),
         ):
             up[source] = 1
             for part in parts:
@@ -93,8 +101,11 @@ class KarasuCollector:
                     families.extend(part(now))
                 except Exception as exc:
                     up[source] = 0
-                    logger.warning("Metrics: %s failed: %s", part.__name__,
-                                   redact(f"{exc.__class__.__name__}: {exc}"))
+                    logger.warning(
+                        "Metrics: %s failed: %s",
+                        part.__name__,
+                        redact(f"{exc.__class__.__name__}: {exc}"),
+                    )
                     break  # the source does not answer: do not wait on it again
         source_up = GaugeMetricFamily(
             "karasu_metrics_source_up",
@@ -151,8 +162,9 @@ class KarasuCollector:
             try:
                 limiter = limiter_for(name)
             except Exception as exc:  # a broken model configuration: only this model
-                logger.warning("Metrics: image model %s: %s", name,
-                               redact(f"{exc.__class__.__name__}: {exc}"))
+                logger.warning(
+                    "Metrics: image model %s: %s", name, redact(f"{exc.__class__.__name__}: {exc}")
+                )
                 continue
             in_use.add_metric([name], storage.slots_in_use(limiter.name))
             limit.add_metric([name], limiter.limit)
@@ -183,7 +195,8 @@ class KarasuCollector:
         # 2. Wagtail's tasks, all run through Huey's one shim: named by their first argument.
         if shims:
             for task_name, first_arg, status, count in (
-                TaskRun.objects.order_by().filter(task_name__in=shims)
+                TaskRun.objects.order_by()
+                .filter(task_name__in=shims)
                 .values_list("task_name", KeyTransform("0", "args"), "status")
                 .annotate(runs=Count("*"))
             ):
@@ -197,8 +210,11 @@ class KarasuCollector:
         durations: dict[tuple[str, str], list[float]] = {}
         for row in (
             TaskRun.objects.order_by()
-            .filter(status__in=DURATION_STATUSES, finished_at__gte=now - DURATION_WINDOW,
-                    duration__isnull=False)
+            .filter(
+                status__in=DURATION_STATUSES,
+                finished_at__gte=now - DURATION_WINDOW,
+                duration__isnull=False,
+            )
             .annotate(
                 first_arg=Case(
                     When(task_name__endswith=SHIM_SUFFIX, then=KeyTransform("0", "args")),
@@ -314,12 +330,12 @@ class KarasuCollector:
         return [
             CounterMetricFamily(
                 "karasu_spend_usd",
-                "Money spent on images, in USD (each paid image is booked when its job "
-                "succeeds).",
+                "Money spent on images, in USD (each paid image is booked when its job succeeds).",
                 value=float(total),
             ),
             GaugeMetricFamily(
-                "karasu_spend_today_usd", "Spent today (the site's TIME_ZONE), in USD.",
+                "karasu_spend_today_usd",
+                "Spent today (the site's TIME_ZONE), in USD.",
                 value=float(summary["today"]),
             ),
             GaugeMetricFamily(
@@ -328,4 +344,3 @@ class KarasuCollector:
                 value=float(summary["month"]),
             ),
         ]
-

@@ -11,9 +11,11 @@ pytest_plugins = ["tests.support.queue_backends"]
 
 
 def pytest_report_header(config):
-    url = "TEST_DATABASE_URL (PostgreSQL)" if settings.DATABASES["default"]["ENGINE"].endswith(
-        "postgresql"
-    ) else "SQLite file"
+    url = (
+        "TEST_DATABASE_URL (PostgreSQL)"
+        if settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+        else "SQLite file"
+    )
     return f"karasu: database tests run on {url}"
 
 

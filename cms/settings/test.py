@@ -47,9 +47,7 @@ if os.environ.get("KARASU_SUITE_DATABASE_URL"):
 elif os.environ.get("TEST_DATABASE_URL"):
     DATABASES = {"default": database_config(env.str("TEST_DATABASE_URL"))}
 else:
-    DATABASES = {
-        "default": database_config(f"sqlite:///{TEST_DATA_DIR / 'karasu.sqlite3'}")
-    }
+    DATABASES = {"default": database_config(f"sqlite:///{TEST_DATA_DIR / 'karasu.sqlite3'}")}
     # A file, not :memory:, so that worker threads and subprocesses share it.
     DATABASES["default"]["TEST"] = {"NAME": str(TEST_DATA_DIR / "test-karasu.sqlite3")}
 

@@ -1,11 +1,11 @@
 """Provider clients, configured by name in ``settings.KARASU``.
 
-    get_llm("claude").expand(theme, count, brief="", style="")
-        -> Expansion (ImagePrompt items with .prompt and .alt_text; .usage in tokens)
-    get_image_model("flux-schnell").generate(prompt, aspect_ratio="1:1", seed=None)
-        -> GeneratedImage
-    get_image_model("nano-banana-edit").edit(prompt, SourceImage(...), aspect_ratio, seed)
-        -> GeneratedImage (models that can edit: image_model_can_edit(name))
+get_llm("claude").expand(theme, count, brief="", style="")
+    -> Expansion (ImagePrompt items with .prompt and .alt_text; .usage in tokens)
+get_image_model("flux-schnell").generate(prompt, aspect_ratio="1:1", seed=None)
+    -> GeneratedImage
+get_image_model("nano-banana-edit").edit(prompt, SourceImage(...), aspect_ratio, seed)
+    -> GeneratedImage (models that can edit: image_model_can_edit(name))
 """
 
 from __future__ import annotations

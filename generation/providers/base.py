@@ -300,7 +300,13 @@ class LLM(Provider):
         return Expansion(prompts[:count], usage)
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        self,
+        theme: str,
+        count: int,
+        *,
+        brief: str,
+        style: str,
+        avoid: list[str],
         source: str = "",
     ) -> PromptBatch:
         """One call to the model for ``count`` prompts (may return fewer or duplicates).

@@ -31,7 +31,13 @@ class ClaudeLLM(LLM):
         self.max_tokens = int(options.get("MAX_TOKENS", 8192))
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        self,
+        theme: str,
+        count: int,
+        *,
+        brief: str,
+        style: str,
+        avoid: list[str],
         source: str = "",
     ) -> PromptBatch:
         try:

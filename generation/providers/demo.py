@@ -25,28 +25,66 @@ from .base import LLM, GeneratedImage, ImageBody, ImageModel, PromptBatch, Sourc
 from .errors import PermanentProviderError, TransientProviderError
 
 SUBJECTS = [
-    "a lone crow", "a lighthouse", "an old tram", "a paper lantern", "a mountain shrine",
-    "a fox", "a koi pond", "a market stall", "a bamboo grove", "a rooftop garden",
-    "a fishing boat", "a tea house", "a stone bridge", "a snowy torii gate", "a night train",
-    "a bicycle", "a cat on a windowsill", "a field of sunflowers", "a glass greenhouse",
+    "a lone crow",
+    "a lighthouse",
+    "an old tram",
+    "a paper lantern",
+    "a mountain shrine",
+    "a fox",
+    "a koi pond",
+    "a market stall",
+    "a bamboo grove",
+    "a rooftop garden",
+    "a fishing boat",
+    "a tea house",
+    "a stone bridge",
+    "a snowy torii gate",
+    "a night train",
+    "a bicycle",
+    "a cat on a windowsill",
+    "a field of sunflowers",
+    "a glass greenhouse",
     "a harbour crane",
 ]
 STYLES = [
-    "watercolour", "ukiyo-e woodblock print", "35mm film photograph", "isometric 3D render",
-    "charcoal sketch", "oil painting", "cel-shaded animation still", "linocut", "gouache",
+    "watercolour",
+    "ukiyo-e woodblock print",
+    "35mm film photograph",
+    "isometric 3D render",
+    "charcoal sketch",
+    "oil painting",
+    "cel-shaded animation still",
+    "linocut",
+    "gouache",
     "cinematic still",
 ]
 LIGHTING = [
-    "at golden hour", "under moonlight", "in morning fog", "in neon rain",
-    "in soft overcast light", "at blue hour", "in dappled sunlight", "by candlelight",
+    "at golden hour",
+    "under moonlight",
+    "in morning fog",
+    "in neon rain",
+    "in soft overcast light",
+    "at blue hour",
+    "in dappled sunlight",
+    "by candlelight",
 ]
 COMPOSITIONS = [
-    "wide establishing shot", "close-up", "bird's-eye view", "low angle",
-    "symmetrical framing", "rule-of-thirds composition", "silhouette against the sky",
+    "wide establishing shot",
+    "close-up",
+    "bird's-eye view",
+    "low angle",
+    "symmetrical framing",
+    "rule-of-thirds composition",
+    "silhouette against the sky",
 ]
 # At the default SIZE (512); other sizes scale every entry by SIZE / 512.
-SIZES = {"1:1": (512, 512), "4:3": (576, 432), "3:4": (432, 576), "16:9": (640, 360),
-         "9:16": (360, 640)}
+SIZES = {
+    "1:1": (512, 512),
+    "4:3": (576, 432),
+    "3:4": (432, 576),
+    "16:9": (640, 360),
+    "9:16": (360, 640),
+}
 DEFAULT_SIZE = 512
 MIN_SIZE, MAX_SIZE = 64, 4096  # 4096: Nano Banana Pro's 4K, still under the 40 MP cap
 FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png")}
@@ -79,7 +117,13 @@ class DemoLLM(LLM):
     batch_size = 500
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        self,
+        theme: str,
+        count: int,
+        *,
+        brief: str,
+        style: str,
+        avoid: list[str],
         source: str = "",
     ) -> PromptBatch:
         pools = [SUBJECTS, LIGHTING, COMPOSITIONS] + ([] if style else [STYLES])
@@ -91,17 +135,21 @@ class DemoLLM(LLM):
             subject, light, composition, *look = combo
             medium = style or look[0]
             if source:
-                items.append({
-                    "prompt": f"{theme}: {original} re-imagined with {subject} {light}, "
-                              f"{composition}, {medium}",
-                    "alt_text": f"{medium[:1].upper()}{medium[1:]} variation of {original} "
-                                f"with {subject} {light}: {theme}",
-                })
+                items.append(
+                    {
+                        "prompt": f"{theme}: {original} re-imagined with {subject} {light}, "
+                        f"{composition}, {medium}",
+                        "alt_text": f"{medium[:1].upper()}{medium[1:]} variation of {original} "
+                        f"with {subject} {light}: {theme}",
+                    }
+                )
                 continue
-            items.append({
-                "prompt": f"{theme}: {subject} {light}, {composition}, {medium}",
-                "alt_text": f"{medium[:1].upper()}{medium[1:]} of {subject} {light}: {theme}",
-            })
+            items.append(
+                {
+                    "prompt": f"{theme}: {subject} {light}, {composition}, {medium}",
+                    "alt_text": f"{medium[:1].upper()}{medium[1:]} of {subject} {light}: {theme}",
+                }
+            )
         return PromptBatch(items)
 
 
@@ -224,8 +272,13 @@ class DemoImageModel(ImageModel):
         body = ImageBody()
         try:
             width, height = edit_into(
-                body, source.data, prompt, aspect_ratio, seed,
-                size=self.size, image_format=self.image_format,
+                body,
+                source.data,
+                prompt,
+                aspect_ratio,
+                seed,
+                size=self.size,
+                image_format=self.image_format,
             )
         except BaseException:
             body.close()
@@ -354,11 +407,14 @@ def render_into(
     return width, height
 
 
-def _caption(draw: ImageDraw.ImageDraw, prompt: str, width: int, height: int,
-             scale: float) -> None:
+def _caption(draw: ImageDraw.ImageDraw, prompt: str, width: int, height: int, scale: float) -> None:
     draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
-    draw.text((round(8 * scale), height - round(22 * scale)), prompt[:90], fill=(255, 255, 255),
-              font=_caption_font())
+    draw.text(
+        (round(8 * scale), height - round(22 * scale)),
+        prompt[:90],
+        fill=(255, 255, 255),
+        font=_caption_font(),
+    )
 
 
 def _encode(image: Image.Image, out: Writable, image_format: str) -> None:
@@ -399,8 +455,9 @@ def edit_into(
         Image.Resampling.BILINEAR,
         centering=(rng.random(), rng.random()),
     )
-    image = ImageOps.fit(window, (width, height), Image.Resampling.BILINEAR,
-                         centering=(rng.random(), rng.random()))
+    image = ImageOps.fit(
+        window, (width, height), Image.Resampling.BILINEAR, centering=(rng.random(), rng.random())
+    )
     tint = Image.new("RGB", image.size, tuple(rng.randrange(256) for _ in range(3)))
     image = Image.blend(image, tint, 0.35)
     _caption(ImageDraw.Draw(image), prompt, width, height, size / DEFAULT_SIZE)

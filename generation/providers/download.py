@@ -172,8 +172,10 @@ def _refused_framing_header(exc: httpx.HTTPError) -> str | None:
 # h11's own words for them (h11/_headers.py), matched whole: other errors quote the
 # server's bytes, which may say anything.
 REFUSED_CONTENT_LENGTH = {"bad Content-Length", "conflicting Content-Length headers"}
-REFUSED_TRANSFER_ENCODING = {"multiple Transfer-Encoding headers",
-                             "Only Transfer-Encoding: chunked is supported"}
+REFUSED_TRANSFER_ENCODING = {
+    "multiple Transfer-Encoding headers",
+    "Only Transfer-Encoding: chunked is supported",
+}
 
 
 def download_image(
@@ -247,9 +249,7 @@ def _fetch(
     raise PermanentProviderError(f"download redirected more than {MAX_REDIRECTS} times")
 
 
-def _read_body(
-    response: httpx.Response, max_bytes: int, deadline: float
-) -> tuple[ImageBody, str]:
+def _read_body(response: httpx.Response, max_bytes: int, deadline: float) -> tuple[ImageBody, str]:
     if response.status_code != 200:
         error = TransientProviderError if response.status_code >= 500 else PermanentProviderError
         raise error(f"download failed: HTTP {response.status_code}")

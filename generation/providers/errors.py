@@ -14,7 +14,9 @@ SECRET_SETTINGS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "FAL_KEY", "KARASU_MET
 # Secrets that are never settings: boto3 reads the media bucket's credentials (MEDIA_S3_*)
 # from the environment itself. Shorter values are not secrets worth blanking text for.
 SECRET_ENVIRONMENT = (
-    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
     "AWS_S3_SECRET_ACCESS_KEY",
 )
 MIN_ENVIRONMENT_SECRET = 8
@@ -62,9 +64,7 @@ class TransientProviderError(ProviderError):
     metrics' provider errors.
     """
 
-    def __init__(
-        self, reason: str, retry_after: float | None = None, rate_limited: bool = False
-    ):
+    def __init__(self, reason: str, retry_after: float | None = None, rate_limited: bool = False):
         super().__init__(reason)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
@@ -98,7 +98,8 @@ def error_for_status(provider: str, status: int, detail: str, retry_after: str |
     reason = f"{provider}: HTTP {status}: {detail}"
     if status in TRANSIENT_STATUSES or status >= 500:
         return TransientProviderError(
-            reason, retry_after=parse_retry_after(retry_after),
+            reason,
+            retry_after=parse_retry_after(retry_after),
             rate_limited=status == RATE_LIMITED_STATUS,
         )
     return PermanentProviderError(reason)

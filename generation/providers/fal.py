@@ -242,7 +242,9 @@ class FalImageModel(ImageModel):
         except httpx.HTTPStatusError as exc:  # the upload's token request raises these
             response = exc.response
             raise error_for_status(
-                self.name, response.status_code, response.text[:200],
+                self.name,
+                response.status_code,
+                response.text[:200],
                 response.headers.get("retry-after"),
             ) from None
         except httpx.TimeoutException:

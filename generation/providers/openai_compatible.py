@@ -31,7 +31,13 @@ class OpenAICompatibleLLM(LLM):
         )
 
     def request_prompts(
-        self, theme: str, count: int, *, brief: str, style: str, avoid: list[str],
+        self,
+        theme: str,
+        count: int,
+        *,
+        brief: str,
+        style: str,
+        avoid: list[str],
         source: str = "",
     ) -> PromptBatch:
         payload = {

@@ -114,8 +114,10 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             # liveness probe's manage.py) starts anyway, instead of waiting 30 s per call.
             self.health_check(STARTUP_TIMEOUT)
         except PyMongoError as exc:
-            logger.warning("MongoDB does not answer (%s): the queue's indexes are set up at "
-                           "the first claim.", exc.__class__.__name__)
+            logger.warning(
+                "MongoDB does not answer (%s): the queue's indexes are set up at the first claim.",
+                exc.__class__.__name__,
+            )
         else:
             self.set_up()
 
@@ -245,9 +247,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         )
         return result.matched_count == 1
 
-    def extend_leases(
-        self, leases: dict[str, str], lease_seconds: float | None = None
-    ) -> set[str]:
+    def extend_leases(self, leases: dict[str, str], lease_seconds: float | None = None) -> set[str]:
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         wanted = {
             oid: (message_id, token)
@@ -270,9 +270,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return set(leases) - kept
 
     def leased_count(self) -> int:
-        return self.messages.count_documents(
-            {"lease_until": {"$gt": time.time()}, **NOT_SCHEDULED}
-        )
+        return self.messages.count_documents({"lease_until": {"$gt": time.time()}, **NOT_SCHEDULED})
 
     def health_check(self, timeout: float = 2.0) -> None:
         # pymongo's timeout bounds server selection too: the client's own default waits
@@ -368,7 +366,9 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             logger.warning(
                 "%d entries of %s were half-moved by a crashed process; check them against"
                 " %s and delete them by hand.",
-                stranded, self.legacy_schedule.name, self.messages.name,
+                stranded,
+                self.legacy_schedule.name,
+                self.messages.name,
             )
         while doc := self.legacy_schedule.find_one_and_update(
             {"adopted_at": {"$exists": False}},
@@ -542,4 +542,3 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
 
     def flush_slots(self):
         self.slots.delete_many({})
-

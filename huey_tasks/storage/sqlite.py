@@ -26,8 +26,7 @@ DDL = [
     " id integer primary key autoincrement, queue text not null, data blob not null,"
     " priority real not null default 0, lease_until real not null default 0,"
     " deliveries integer not null default 0, enqueued_at real not null, token text)",
-    "create index if not exists karasu_message_next on karasu_message"
-    " (queue, priority desc, id)",
+    "create index if not exists karasu_message_next on karasu_message (queue, priority desc, id)",
     "create table if not exists karasu_schedule ("
     " id integer primary key, queue text not null, data blob not null,"
     " timestamp real not null, priority real not null default 0)",
@@ -115,8 +114,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
     # Queue --------------------------------------------------------------------------
     def enqueue(self, data: bytes, priority: float | None = None) -> None:
         self.sql(
-            "insert into karasu_message (queue, data, priority, enqueued_at)"
-            " values (?, ?, ?, ?)",
+            "insert into karasu_message (queue, data, priority, enqueued_at) values (?, ?, ?, ?)",
             (self.name, self.to_blob(data), priority or 0, time.time()),
             commit=True,
         )
@@ -133,8 +131,10 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             curs.executemany(
                 "insert into karasu_message (queue, data, priority, enqueued_at)"
                 " values (?, ?, ?, ?)",
-                [(self.name, self.to_blob(data), p or 0, now)
-                 for data, p in zip(messages, priorities, strict=True)],
+                [
+                    (self.name, self.to_blob(data), p or 0, now)
+                    for data, p in zip(messages, priorities, strict=True)
+                ],
             )
 
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:
@@ -211,14 +211,10 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             )
             return curs.rowcount == 1
 
-    def extend_leases(
-        self, leases: dict[str, str], lease_seconds: float | None = None
-    ) -> set[str]:
+    def extend_leases(self, leases: dict[str, str], lease_seconds: float | None = None) -> set[str]:
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         pairs = [
-            (_int_id(message_id), token)
-            for message_id, token in leases.items()
-            if is_token(token)
+            (_int_id(message_id), token) for message_id, token in leases.items() if is_token(token)
         ]
         kept: set[tuple[int, str]] = set()
         with self.db(commit=True) as curs:
@@ -292,8 +288,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
         self, data: bytes, ts: datetime.datetime, priority: float | None = None
     ) -> None:
         self.sql(
-            "insert into karasu_schedule (queue, data, timestamp, priority)"
-            " values (?, ?, ?, ?)",
+            "insert into karasu_schedule (queue, data, timestamp, priority) values (?, ?, ?, ?)",
             (self.name, self.to_blob(data), epoch_seconds(ts), priority or 0),
             commit=True,
         )
@@ -369,8 +364,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
     def pop_data(self, key):
         with self.db(commit=True) as curs:
             curs.execute(
-                f"delete from karasu_kv where queue = ? and key = ? and {LIVE_KEY}"
-                " returning value",
+                f"delete from karasu_kv where queue = ? and key = ? and {LIVE_KEY} returning value",
                 (self.name, key, time.time()),
             )
             row = curs.fetchone()
@@ -441,9 +435,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             return curs.fetchone()[0]
 
     def delete_counter(self, key):
-        self.sql(
-            "delete from karasu_counter where queue = ? and key = ?", (self.name, key), True
-        )
+        self.sql("delete from karasu_counter where queue = ? and key = ?", (self.name, key), True)
 
     def flush_counters(self):
         self.sql("delete from karasu_counter where queue = ?", (self.name,), commit=True)

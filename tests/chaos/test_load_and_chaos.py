@@ -79,14 +79,16 @@ def wait_terminal(request, timeout):
 
 
 def test_sigkill_of_one_of_two_consumers_loses_and_duplicates_nothing(tmp_path):
-    request = GenerationRequest.objects.create(theme="Crows", count=200, llm="demo",
-                                               image_model="demo")
+    request = GenerationRequest.objects.create(
+        theme="Crows", count=200, llm="demo", image_model="demo"
+    )
     generate(request)
     knobs = {"latency": 0.2, "concurrency": 8}
     processes = [start(tmp_path, "a", **knobs), start(tmp_path, "b", **knobs)]
     try:
-        consumers.wait_for(lambda: images_of(request) >= 60, 120, interval=0.2,
-                           message="30% of the images")
+        consumers.wait_for(
+            lambda: images_of(request) >= 60, 120, interval=0.2, message="30% of the images"
+        )
         killed = processes[0].pid
         processes[0].send_signal(signal.SIGKILL)
         processes[0].wait(10)
@@ -102,7 +104,10 @@ def test_sigkill_of_one_of_two_consumers_loses_and_duplicates_nothing(tmp_path):
     assert images_of(request) == 200
     assert not (
         Image.objects.filter(generation_request_id=request.pk)
-        .values("generation_job_id").annotate(n=Count("pk")).filter(n__gt=1).exists()
+        .values("generation_job_id")
+        .annotate(n=Count("pk"))
+        .filter(n__gt=1)
+        .exists()
     )
     assert request.jobs.filter(status=Job.SUCCEEDED).count() == 200
     assert not request.jobs.exclude(status__in=GenerationJob.TERMINAL).exists()
@@ -124,11 +129,11 @@ def test_sigkill_of_one_of_two_consumers_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_injected_transient_failures_and_rejections(tmp_path):
-    request = GenerationRequest.objects.create(theme="Herons", count=200, llm="demo",
-                                               image_model="demo")
+    request = GenerationRequest.objects.create(
+        theme="Herons", count=200, llm="demo", image_model="demo"
+    )
     generate(request)
-    worker = start(tmp_path, "w", latency=0.05, concurrency=8, failure_rate=0.2,
-                   reject_rate=0.05)
+    worker = start(tmp_path, "w", latency=0.05, concurrency=8, failure_rate=0.2, reject_rate=0.05)
     try:
         request = wait_terminal(request, timeout=240)
     finally:

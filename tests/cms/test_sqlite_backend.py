@@ -15,8 +15,9 @@ def heartbeat() -> WorkerHeartbeat:
     from django.utils import timezone
 
     now = timezone.now()
-    return WorkerHeartbeat.objects.create(host="h", pid=1, workers=1, worker_type="thread",
-                                          started_at=now, last_seen=now)
+    return WorkerHeartbeat.objects.create(
+        host="h", pid=1, workers=1, worker_type="thread", started_at=now, last_seen=now
+    )
 
 
 def in_thread(fn) -> tuple[threading.Thread, list]:
@@ -92,7 +93,8 @@ def test_a_turn_waited_for_past_the_timeout_is_database_is_locked():
     def impatient_write():
         settings_dict = connection.settings_dict  # this thread's connection only
         connection.settings_dict = {
-            **settings_dict, "OPTIONS": {**settings_dict["OPTIONS"], "timeout": 0.2}
+            **settings_dict,
+            "OPTIONS": {**settings_dict["OPTIONS"], "timeout": 0.2},
         }
         return WorkerHeartbeat.objects.filter(pk=row).update(pid=9)
 
@@ -157,8 +159,14 @@ def test_processes_take_turns_instead_of_waiting_in_sqlite():
 
     rows = [heartbeat().pk for _ in range(3)]
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(row)], cwd=ROOT, env=consumer_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(row)],
+            cwd=ROOT,
+            env=consumer_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for row in rows
     ]
     outcomes = [writer.communicate(timeout=120) for writer in writers]
@@ -177,6 +185,7 @@ def test_many_threads_write_without_errors():
                     beat.save(update_fields=["workers"])
                 WorkerHeartbeat.objects.filter(pk=row).update(pid=beat.workers)
             return "done"
+
         return run
 
     threads = [in_thread(bump(row)) for row in rows]
@@ -202,14 +211,19 @@ def test_another_process_holding_the_file_turn_makes_writers_wait():
 
     name = connections["default"].settings_dict["NAME"]
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import fcntl, os, sys, time\n"
-            f"fd = os.open({name + '-turn'!r}, os.O_CREAT | os.O_RDWR)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\n"
-            "time.sleep(1.0)\n"
-        )],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({name + '-turn'!r}, os.O_CREAT | os.O_RDWR)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "print('held', flush=True)\n"
+                "time.sleep(1.0)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     started = time.monotonic()

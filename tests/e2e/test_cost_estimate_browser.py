@@ -1,8 +1,6 @@
 """In a real browser: the add form's cost estimate follows the count and the model as the
 editor types (the karasu-cost-estimate controller; Debian's Chromium driven by Playwright)."""
 
-
-
 from tests.e2e import BROWSER_TEST
 
 pytestmark = BROWSER_TEST
@@ -10,9 +8,7 @@ pytestmark = BROWSER_TEST
 OUTPUT = "[data-karasu-cost-estimate-target='output']"
 
 
-def test_the_estimate_follows_the_count_and_the_model(
-    admin_page, live_server, settings
-):
+def test_the_estimate_follows_the_count_and_the_model(admin_page, live_server, settings):
     settings.KARASU["IMAGE_MODELS"]["demo"]["PRICE"] = "0.0125"
     settings.FAL_KEY = "fal-key-for-the-choices"  # offers the fal models (none is called)
     page = admin_page

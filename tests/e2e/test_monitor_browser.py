@@ -12,7 +12,9 @@ def test_monitor_shows_a_request_reach_100_percent_without_reloading(
     from huey_tasks.tasks import limiter_for
 
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0.2, "CONCURRENCY": 2
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "LATENCY": 0.2,
+        "CONCURRENCY": 2,
     }
     reset_cache()
     limiter_for.cache_clear()

@@ -1,8 +1,6 @@
 """In a real browser: "Save and generate" on the add form, then the request page follows the
 work to the end without a reload (Debian's Chromium driven by Playwright)."""
 
-
-
 from tests.e2e import BROWSER_TEST
 
 pytestmark = BROWSER_TEST
@@ -18,7 +16,9 @@ def test_save_and_generate_then_watch_the_request_page_reach_6_done(
 
     # Slow enough (6 images, 2 at a time) for the page to open while the work goes on.
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0.5, "CONCURRENCY": 2
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "LATENCY": 0.5,
+        "CONCURRENCY": 2,
     }
     reset_cache()
     limiter_for.cache_clear()
@@ -56,30 +56,33 @@ def test_save_and_generate_then_watch_the_request_page_reach_6_done(
     assert live.locator("#karasu-status-heading").inner_text() == "Completed"
     assert live.locator(".karasu-thumbs img").count() == 6
     assert live.locator("tr[data-job-status='succeeded']").count() == 6
-    for row in ["expansion_started", "expansion_finished", "first_image", "last_image",
-                "finished"]:
+    for row in ["expansion_started", "expansion_finished", "first_image", "last_image", "finished"]:
         assert live.locator(f"tr[data-timeline='{row}']").count() == 1
     assert "Crows over <Kyoto>" in live.inner_text()  # shown as text, not markup
     page.screenshot(path=str(tmp_path / "request-page.png"), full_page=True)
 
 
-def test_the_page_of_a_request_deleted_meanwhile_stops_asking(
-    admin_page, live_server, settings
-):
+def test_the_page_of_a_request_deleted_meanwhile_stops_asking(admin_page, live_server, settings):
     """Its refresh answers 404 from then on: one failed refresh, then no more (while a 502
     on the way is only skipped)."""
     from generation.models import GenerationRequest
 
     request = GenerationRequest.objects.create(
-        theme="Crows", count=2, llm="demo", image_model="demo",
-        status=GenerationRequest.Status.GENERATING, jobs_total=2,
+        theme="Crows",
+        count=2,
+        llm="demo",
+        image_model="demo",
+        status=GenerationRequest.Status.GENERATING,
+        jobs_total=2,
     )
     refreshes = []
     page = admin_page
-    page.on("response", lambda response: "/live/" in response.url
-            and refreshes.append(response.status))
-    page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/inspect/"
-              f"{request.pk}/")
+    page.on(
+        "response", lambda response: "/live/" in response.url and refreshes.append(response.status)
+    )
+    page.goto(
+        f"{live_server.url}/admin/snippets/generation/generationrequest/inspect/{request.pk}/"
+    )
     page.wait_for_timeout(4_000)  # at least one refresh while it exists
     assert refreshes and set(refreshes) == {200}
 

@@ -18,7 +18,8 @@ def demo(settings):
 
     def configure(**knobs):
         settings.KARASU["IMAGE_MODELS"]["demo"] = {
-            **settings.KARASU["IMAGE_MODELS"]["demo"], **{k.upper(): v for k, v in knobs.items()}
+            **settings.KARASU["IMAGE_MODELS"]["demo"],
+            **{k.upper(): v for k, v in knobs.items()},
         }
         reset_cache()
         limiter_for.cache_clear()

@@ -42,7 +42,10 @@ HOSTILE = '<img src=x onerror="alert(1)"> A crow & a "fox"'
 
 def queued_request(llm: str, count: int = 3, **fields) -> GenerationRequest:
     return GenerationRequest.objects.create(
-        theme="Crows over Kyoto", count=count, llm=llm, image_model="demo",
+        theme="Crows over Kyoto",
+        count=count,
+        llm=llm,
+        image_model="demo",
         collection=Collection.objects.get(name="Generated images"),
         **{"status": Req.QUEUED, **fields},
     )
@@ -54,22 +57,27 @@ def claude(settings, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
     settings.ANTHROPIC_API_KEY = CLAUDE_KEY
     settings.KARASU["LLMS"]["claude"] = {
-        **settings.KARASU["LLMS"]["claude"], "BATCH_SIZE": 2, "MAX_RETRIES": 0,
+        **settings.KARASU["LLMS"]["claude"],
+        "BATCH_SIZE": 2,
+        "MAX_RETRIES": 0,
     }
     yield server
     server.close()
 
 
 # Expansion: alt texts on the jobs, tokens on the request -----------------------------------
-def test_claude_alt_texts_land_on_the_jobs_and_its_tokens_on_the_request(db, collections,
-                                                                         claude):
+def test_claude_alt_texts_land_on_the_jobs_and_its_tokens_on_the_request(db, collections, claude):
     prompts = numbered(0, 3)
     alts = ["A crow on a gate", "  ", "Two crows in fog over a pagoda"]
-    claude.reply(body=claude_message(
-        [{"prompt": p, "alt_text": a} for p, a in zip(prompts[:2], alts[:2], strict=True)],
-        usage=(812, 301)))
-    claude.reply(body=claude_message([{"prompt": prompts[2], "alt_text": alts[2]}],
-                                     usage=(845, 150)))
+    claude.reply(
+        body=claude_message(
+            [{"prompt": p, "alt_text": a} for p, a in zip(prompts[:2], alts[:2], strict=True)],
+            usage=(812, 301),
+        )
+    )
+    claude.reply(
+        body=claude_message([{"prompt": prompts[2], "alt_text": alts[2]}], usage=(845, 150))
+    )
     request = queued_request("claude")
     services.expand_request(request.pk)
     request.refresh_from_db()
@@ -77,7 +85,8 @@ def test_claude_alt_texts_land_on_the_jobs_and_its_tokens_on_the_request(db, col
     assert [job.prompt for job in jobs] == prompts
     # The blank one is mended from its prompt: no job goes without an alt text.
     assert [job.alt_text for job in jobs] == [
-        "A crow on a gate", "Crows scene number 1 with distinct lighting",
+        "A crow on a gate",
+        "Crows scene number 1 with distinct lighting",
         "Two crows in fog over a pagoda",
     ]
     assert (request.llm_input_tokens, request.llm_output_tokens) == (812 + 845, 301 + 150)
@@ -86,13 +95,18 @@ def test_claude_alt_texts_land_on_the_jobs_and_its_tokens_on_the_request(db, col
 def test_openai_tokens_are_recorded_from_its_usage_block(db, collections, settings):
     settings.OPENAI_API_KEY = OPENAI_KEY
     settings.KARASU["LLMS"]["openai"] = {
-        **settings.KARASU["LLMS"]["openai"], "BASE_URL": "https://llm.test/v1",
+        **settings.KARASU["LLMS"]["openai"],
+        "BASE_URL": "https://llm.test/v1",
     }
     items = [{"prompt": p, "alt_text": f"Alt {i}"} for i, p in enumerate(numbered(0, 2))]
     with respx.mock(base_url="https://llm.test/v1") as router:
         router.post("/chat/completions").return_value = httpx.Response(
-            200, json=completion(json.dumps({"prompts": items}),
-                                 usage={"prompt_tokens": 400, "completion_tokens": 90}))
+            200,
+            json=completion(
+                json.dumps({"prompts": items}),
+                usage={"prompt_tokens": 400, "completion_tokens": 90},
+            ),
+        )
         request = queued_request("openai", count=2)
         services.expand_request(request.pk)
     request.refresh_from_db()
@@ -137,17 +151,19 @@ def test_tokens_of_an_expansion_that_fails_are_still_counted(db, collections, cl
     assert (request.llm_input_tokens, request.llm_output_tokens) == (700 + 710, 200 + 4096)
 
 
-def test_tokens_of_an_openai_answer_that_breaks_the_schema_are_counted(
-    db, collections, settings
-):
+def test_tokens_of_an_openai_answer_that_breaks_the_schema_are_counted(db, collections, settings):
     settings.OPENAI_API_KEY = OPENAI_KEY
     settings.KARASU["LLMS"]["openai"] = {
-        **settings.KARASU["LLMS"]["openai"], "BASE_URL": "https://llm.test/v1",
+        **settings.KARASU["LLMS"]["openai"],
+        "BASE_URL": "https://llm.test/v1",
     }
     with respx.mock(base_url="https://llm.test/v1") as router:
         router.post("/chat/completions").return_value = httpx.Response(
-            200, json=completion("not json at all",
-                                 usage={"prompt_tokens": 400, "completion_tokens": 90}))
+            200,
+            json=completion(
+                "not json at all", usage={"prompt_tokens": 400, "completion_tokens": 90}
+            ),
+        )
         request = queued_request("openai", count=2)
         with pytest.raises(PermanentProviderError, match="malformed output"):
             services.expand_request(request.pk)
@@ -184,8 +200,7 @@ def test_a_job_without_an_alt_text_still_gets_a_description(db, collections):
     assert image.description == "A fox in the bamboo grove at dusk"
 
 
-def test_the_description_is_editable_and_llm_text_is_escaped(admin_client_logged_in,
-                                                              collections):
+def test_the_description_is_editable_and_llm_text_is_escaped(admin_client_logged_in, collections):
     job = make_job("A crow and a fox on a bridge at dusk", HOSTILE)
     image, _ = ingest(job, generated(job.prompt))
     edit_url = reverse("wagtailimages:edit", args=[image.pk])
@@ -193,11 +208,19 @@ def test_the_description_is_editable_and_llm_text_is_escaped(admin_client_logged
     assert 'name="description"' in page
     assert '<img src=x onerror="alert(1)">' not in page
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; A crow &amp; a &quot;fox&quot;" in page
-    response = admin_client_logged_in.post(edit_url, {
-        "title": image.title, "description": "Edited by hand", "collection": image.collection_id,
-        "tags": "", "focal_point_x": "", "focal_point_y": "", "focal_point_width": "",
-        "focal_point_height": "",
-    })
+    response = admin_client_logged_in.post(
+        edit_url,
+        {
+            "title": image.title,
+            "description": "Edited by hand",
+            "collection": image.collection_id,
+            "tags": "",
+            "focal_point_x": "",
+            "focal_point_y": "",
+            "focal_point_width": "",
+            "focal_point_height": "",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     image.refresh_from_db()
     assert image.description == "Edited by hand"
@@ -207,8 +230,12 @@ def test_the_description_is_editable_and_llm_text_is_escaped(admin_client_logged
 @pytest.mark.django_db(transaction=True)
 def test_every_generated_image_has_its_alt_text(collections, thread_consumer):
     request = GenerationRequest.objects.create(
-        theme="Crows over Kyoto", count=5, llm="demo", image_model="demo",
-        collection=Collection.objects.get(name="Generated images"), auto_generate=True,
+        theme="Crows over Kyoto",
+        count=5,
+        llm="demo",
+        image_model="demo",
+        collection=Collection.objects.get(name="Generated images"),
+        auto_generate=True,
     )
     actions.generate(request)
 

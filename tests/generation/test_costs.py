@@ -35,8 +35,11 @@ PRICE = "0.0125"  # the demo model's price in these tests (KARASU_DEMO_PRICE)
 def priced(settings):
     """The demo image model at $0.0125 per image, no latency; budgets unset."""
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": PRICE, "LATENCY": 0.0,
-        "FAILURE_RATE": 0.0, "REJECT_RATE": 0.0,
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "PRICE": PRICE,
+        "LATENCY": 0.0,
+        "FAILURE_RATE": 0.0,
+        "REJECT_RATE": 0.0,
     }
     settings.KARASU["MAX_REQUEST_COST"] = None
     settings.KARASU["MAX_MONTHLY_COST"] = None
@@ -45,6 +48,7 @@ def priced(settings):
 
 
 form_data = request_form_data
+
 
 def make_request(**fields) -> GenerationRequest:
     return GenerationRequest.objects.create(
@@ -128,9 +132,7 @@ def test_spend_is_exact_as_jobs_finish_at_the_price_the_request_was_saved_with(p
     assert (request.jobs_succeeded, request.cost_spent) == (3, Decimal("0.0999"))
     assert request.cost_spent == request.cost_estimate
     # The month's books agree: one booking per paid image.
-    assert sum(spend.amount for spend in Spend.objects.filter(request=request)) == Decimal(
-        "0.0999"
-    )
+    assert sum(spend.amount for spend in Spend.objects.filter(request=request)) == Decimal("0.0999")
     assert costs.spend_summary()["today"] == Decimal("0.0999")
 
 
@@ -152,8 +154,13 @@ def test_spend_through_a_real_run_and_a_regeneration(priced, editor, thread_cons
     # A regenerated image is a new, paid image; the old one stays in the library, paid too.
     job = request.jobs.get(index=2)
     editor.post(reverse(f"{NS}:job_generate", args=[job.pk]))
-    wait_for(lambda: GenerationJob.objects.get(pk=job.pk).image_id not in (None, job.image_id)
-             and finished(), 60, message="the regenerated image")
+    wait_for(
+        lambda: (
+            GenerationJob.objects.get(pk=job.pk).image_id not in (None, job.image_id) and finished()
+        ),
+        60,
+        message="the regenerated image",
+    )
     assert request.jobs_succeeded == 6
     assert get_image_model().objects.filter(generation_request_id=request.pk).count() == 7
     assert request.cost_spent == Decimal("0.0875")
@@ -207,10 +214,14 @@ def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
     make_request(count=100)  # a draft never started: not committed
     last_month = make_request(count=40)  # paid last month: not this month's spend
     GenerationRequest.objects.filter(pk=last_month.pk).update(
-        status=Req.COMPLETED, cost_spent=Decimal("0.5"),
+        status=Req.COMPLETED,
+        cost_spent=Decimal("0.5"),
     )
-    Spend.objects.create(request=last_month, amount=Decimal("0.5"),
-                         spent_at=costs.period_starts()[1] - datetime.timedelta(days=1))
+    Spend.objects.create(
+        request=last_month,
+        amount=Decimal("0.5"),
+        spent_at=costs.period_starts()[1] - datetime.timedelta(days=1),
+    )
     # 0.0625 spent + 0.0375 still open = 0.10: nothing more fits.
     assert costs.month_commitment() == (Decimal("0.0625"), Decimal("0.0375"))
     GenerationRequest.objects.filter(pk=running.pk).update(jobs_failed=1)  # one failed
@@ -235,7 +246,10 @@ def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
 def test_the_cli_refuses_an_over_budget_request_in_one_line(env, message):
     result = subprocess.run(
         [sys.executable, "manage.py", "generate", "Crows", "--count", "5"],
-        cwd=django_settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+        cwd=django_settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=consumer_env(KARASU_DEMO_PRICE=PRICE, **env),
     )
     assert result.returncode != 0
@@ -289,8 +303,10 @@ def test_the_monitor_shows_spend_today_and_this_month(priced, admin_client_logge
     # Yesterday is this month unless today is the 1st.
     month_spent = Decimal("0.2625") if today > month else Decimal("0.0125")
     assert costs.spend_summary() == {
-        "today": Decimal("0.0125"), "month": month_spent,
-        "today_usd": "$0.0125", "month_usd": costs.usd(month_spent),
+        "today": Decimal("0.0125"),
+        "month": month_spent,
+        "today_usd": "$0.0125",
+        "month_usd": costs.usd(month_spent),
     }
     page = admin_client_logged_in.get("/admin/job-monitor/").content.decode()
     assert '<dd data-stat="spend-today">$0.0125</dd>' in page
@@ -321,9 +337,7 @@ def test_saving_a_request_never_writes_back_what_workers_moved(priced):
     stale.save()
     request.refresh_from_db()
     assert request.theme == "Crows at dusk"
-    assert (request.status, request.jobs_total, request.jobs_succeeded) == (
-        Req.GENERATING, 4, 1
-    )
+    assert (request.status, request.jobs_total, request.jobs_succeeded) == (Req.GENERATING, 4, 1)
     assert request.cost_spent == Decimal(PRICE)
 
 
@@ -361,8 +375,11 @@ def test_the_monitors_retry_of_an_expansion_is_checked_against_the_budget(priced
 
     request = make_request(count=5, status=Req.FAILED)
     run = TaskRun.objects.create(
-        task_name="huey_tasks.tasks.expand_prompt", task_id="expand-1",
-        status=TaskRun.Status.FAILED, args=[request.pk], generation_request_id=request.pk,
+        task_name="huey_tasks.tasks.expand_prompt",
+        task_id="expand-1",
+        status=TaskRun.Status.FAILED,
+        args=[request.pk],
+        generation_request_id=request.pk,
     )
     priced["MAX_REQUEST_COST"] = Decimal("0.05")
     response = editor.post(reverse("job_monitor:run_retry", args=[run.pk]), follow=True)
@@ -437,8 +454,10 @@ def test_regenerations_cannot_take_a_request_past_the_per_request_limit(priced, 
     assert "Generating prompt #1." in first.content.decode()
     services.finish_job(jobs[0].pk, Job.SUCCEEDED, request_id=request.pk)  # paid again
     second = editor.post(reverse(f"{NS}:job_generate", args=[jobs[1].pk]), follow=True)
-    assert ("1 more × $0.0125 would take this request to $0.075 ($0.0625 spent), above the "
-            "limit of $0.0625 per request") in second.content.decode()
+    assert (
+        "1 more × $0.0125 would take this request to $0.075 ($0.0625 spent), above the "
+        "limit of $0.0625 per request"
+    ) in second.content.decode()
     assert GenerationJob.objects.get(pk=jobs[1].pk).status == Job.SUCCEEDED
 
 
@@ -472,8 +491,7 @@ def test_a_start_uses_the_count_as_it_is_when_it_starts(priced):
 
     draft = make_request(count=10)
     stale = GenerationRequest.objects.get(pk=draft.pk)
-    GenerationRequest.objects.filter(pk=draft.pk).update(count=40,
-                                                         cost_estimate=Decimal("0.5"))
+    GenerationRequest.objects.filter(pk=draft.pk).update(count=40, cost_estimate=Decimal("0.5"))
     assert not services.start_request(stale)  # a caller without the lock: refused
     message, error = actions.run(actions.ACTIONS["generate"], stale)  # re-read under it
     assert message and error is None
@@ -496,7 +514,9 @@ def test_a_malformed_price_stops_the_system_check(settings):
 
     call_command("check")
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": "twelve cents"}
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "PRICE": "twelve cents",
+    }
     with pytest.raises(SystemCheckError, match=r"'demo'\] PRICE: 'twelve cents' is not a decimal"):
         call_command("check")
 

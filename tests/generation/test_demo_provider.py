@@ -94,8 +94,13 @@ def test_lines_without_call_ids_pair_first_in_first_out(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["start a 1\n", "end a 1 2.0 ok\n", "start a 1 2.0 x\nend a 1 3.0 maybe x\n",
-     "start a 1 2.0 xstart b 1 2.0 y\n", "start a 1 2.0 x\nend b 1 3.0 ok x\n"],
+    [
+        "start a 1\n",
+        "end a 1 2.0 ok\n",
+        "start a 1 2.0 x\nend a 1 3.0 maybe x\n",
+        "start a 1 2.0 xstart b 1 2.0 y\n",
+        "start a 1 2.0 x\nend b 1 3.0 ok x\n",
+    ],
 )
 def test_malformed_or_interleaved_lines_are_refused(tmp_path, text):
     path = tmp_path / "calls.log"
@@ -135,8 +140,9 @@ def test_failure_streak_cap_can_be_switched_off(off):
 
 def test_call_log_records_every_call_with_its_outcome(tmp_path):
     path = tmp_path / "calls.log"
-    model = DemoImageModel("demo", LATENCY=0.05, CALL_LOG=str(path), MAX_FAILURE_STREAK=1,
-                           FAILURE_RATE=1.0)
+    model = DemoImageModel(
+        "demo", LATENCY=0.05, CALL_LOG=str(path), MAX_FAILURE_STREAK=1, FAILURE_RATE=1.0
+    )
     prompt = "a heron in the rain"
     with pytest.raises(TransientProviderError):
         model.generate(prompt)
@@ -147,7 +153,8 @@ def test_call_log_records_every_call_with_its_outcome(tmp_path):
 
     calls = read_calls(path)
     assert [(call.key, call.outcome) for call in calls] == [
-        (call_key(prompt), "transient"), (call_key(prompt), "ok"),
+        (call_key(prompt), "transient"),
+        (call_key(prompt), "ok"),
         (call_key("a rejected prompt"), "permanent"),
     ]
     assert all(call.pid == os.getpid() for call in calls)
@@ -193,8 +200,7 @@ def test_call_log_lines_from_several_processes_never_interleave(tmp_path):
         "        pass\n"
     )
     workers = [
-        subprocess.Popen([sys.executable, "-c", script, str(path), f"p{n}"],
-                         cwd=settings.BASE_DIR)
+        subprocess.Popen([sys.executable, "-c", script, str(path), f"p{n}"], cwd=settings.BASE_DIR)
         for n in range(4)
     ]
     assert [worker.wait(60) for worker in workers] == [0] * 4
@@ -229,6 +235,8 @@ def test_nested_karasu_settings_are_restored_for_the_next_test():
 
 def test_call_is_a_plain_record():
     call = Call("k", 1, 1.0, 2.0, "ok")
-    assert not call.open and call.overlaps(Call("k", 2, 1.5)) and not call.overlaps(
-        Call("k", 2, 2.0, 3.0, "ok")
+    assert (
+        not call.open
+        and call.overlaps(Call("k", 2, 1.5))
+        and not call.overlaps(Call("k", 2, 2.0, 3.0, "ok"))
     )

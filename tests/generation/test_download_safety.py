@@ -378,9 +378,7 @@ def test_over_the_real_stack_repeated_equal_content_lengths_are_one_length(serve
     ],
     ids=["abc", "negative", "exponent", "empty", "21-digits", "list-conflict", "two-headers"],
 )
-def test_over_the_real_stack_a_malformed_content_length_is_an_unsafe_download(
-    serve, header_lines
-):
+def test_over_the_real_stack_a_malformed_content_length_is_an_unsafe_download(serve, header_lines):
     """h11 refuses these before our code sees the headers: permanent, not a paid retry."""
     server = serve(raw_image_response(*header_lines, body=b"0123456789"))
     with pytest.raises(PermanentProviderError) as error:

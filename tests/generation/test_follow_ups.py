@@ -26,13 +26,16 @@ def test_index_updates_run_in_place_with_the_image(editor, demo, thread_consumer
     assert request.jobs_succeeded == 5
 
     for job in request.jobs.all():
-        found = wait_for(lambda job=job: list(Image.objects.search(job.prompt)), 5,
-                         message="the image in the search index")
+        found = wait_for(
+            lambda job=job: list(Image.objects.search(job.prompt)),
+            5,
+            message="the image in the search index",
+        )
         assert job.image_id in [image.pk for image in found]
     assert wagtail_runs() == []  # five images, no follow-up messages
-    assert ReferenceIndex.objects.filter(object_id__in=[
-        str(job.image_id) for job in request.jobs.all()
-    ]).exists()  # its collection is a reference: the reference index ran too
+    assert ReferenceIndex.objects.filter(
+        object_id__in=[str(job.image_id) for job in request.jobs.all()]
+    ).exists()  # its collection is a reference: the reference index ran too
 
 
 def test_a_follow_up_that_fails_in_place_is_queued_and_runs_from_the_queue(
@@ -56,7 +59,10 @@ def test_a_follow_up_that_fails_in_place_is_queued_and_runs_from_the_queue(
     job = request.jobs.get()
     assert request.jobs_succeeded == 1 and failures == [job.image_id]  # the job is unharmed
 
-    run = wait_for(lambda: next((r for r in wagtail_runs() if r.status == "succeeded"), None),
-                   20, message="the queued index update")
+    run = wait_for(
+        lambda: next((r for r in wagtail_runs() if r.status == "succeeded"), None),
+        20,
+        message="the queued index update",
+    )
     assert run.short_name == "insert_or_update_object_task"
     assert [image.pk for image in Image.objects.search(job.prompt)] == [job.image_id]

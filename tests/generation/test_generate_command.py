@@ -28,7 +28,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 def test_invalid_input_exits_non_zero_with_one_line_and_creates_nothing(args, message):
     result = subprocess.run(
         [sys.executable, "manage.py", "generate", *args],
-        cwd=settings.BASE_DIR, env=consumer_env(), capture_output=True, text=True, timeout=60,
+        cwd=settings.BASE_DIR,
+        env=consumer_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -52,7 +56,8 @@ def test_wait_fails_when_jobs_fail(thread_consumer, settings):
     from generation.providers import reset_cache
 
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "REJECT_RATE": 1.0
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "REJECT_RATE": 1.0,
     }
     reset_cache()
     try:

@@ -36,7 +36,9 @@ def fal(settings, monkeypatch):
     settings.FAL_KEY = FAL_KEY
     for name in ("flux-schnell", "flux-ultra", "nano-banana", "flux-pro", "nano-banana-pro"):
         settings.KARASU["IMAGE_MODELS"][name] = {
-            **settings.KARASU["IMAGE_MODELS"][name], "POLL_INTERVAL": 0.01, "TIMEOUT": 5,
+            **settings.KARASU["IMAGE_MODELS"][name],
+            "POLL_INTERVAL": 0.01,
+            "TIMEOUT": 5,
         }
     real_getaddrinfo = socket.getaddrinfo
 
@@ -57,8 +59,12 @@ def queue_routes(router, endpoint, result, status=None, request_id="req-123"):
     submit = router.post(f"{QUEUE}/{endpoint}").mock(
         return_value=httpx.Response(
             200,
-            json={"request_id": request_id, "response_url": base,
-                  "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"},
+            json={
+                "request_id": request_id,
+                "response_url": base,
+                "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel",
+            },
         )
     )
     router.get(f"{base}/status").mock(
@@ -82,15 +88,21 @@ def image_route(router, url=IMAGE_URL, **response):
 
 
 def test_flux_schnell_happy_path(fal):
-    submit, _ = queue_routes(fal, "fal-ai/flux/schnell",
-                             {"images": [{"url": IMAGE_URL}], "seed": 42,
-                              "has_nsfw_concepts": [False]})
+    submit, _ = queue_routes(
+        fal,
+        "fal-ai/flux/schnell",
+        {"images": [{"url": IMAGE_URL}], "seed": 42, "has_nsfw_concepts": [False]},
+    )
     image_route(fal)
     image = get_image_model("flux-schnell").generate("a crow", aspect_ratio="16:9", seed=42)
     arguments = json.loads(submit.calls.last.request.content)
     assert arguments == {
-        "prompt": "a crow", "image_size": "landscape_16_9", "num_images": 1,
-        "output_format": "jpeg", "enable_safety_checker": True, "seed": 42,
+        "prompt": "a crow",
+        "image_size": "landscape_16_9",
+        "num_images": 1,
+        "output_format": "jpeg",
+        "enable_safety_checker": True,
+        "seed": 42,
     }
     assert submit.calls.last.request.headers["authorization"] == f"Key {FAL_KEY}"
     assert (image.width, image.height, image.content_type) == (64, 48, "image/jpeg")
@@ -99,8 +111,9 @@ def test_flux_schnell_happy_path(fal):
 
 
 def test_endpoint_specific_arguments(fal):
-    ultra, _ = queue_routes(fal, "fal-ai/flux-pro/v1.1-ultra",
-                            {"images": [{"url": IMAGE_URL}], "seed": 1})
+    ultra, _ = queue_routes(
+        fal, "fal-ai/flux-pro/v1.1-ultra", {"images": [{"url": IMAGE_URL}], "seed": 1}
+    )
     banana, _ = queue_routes(fal, "fal-ai/nano-banana", {"images": [{"url": IMAGE_URL}]})
     pro, _ = queue_routes(fal, "fal-ai/flux-pro/v1.1", {"images": [{"url": IMAGE_URL}]})
     image_route(fal)
@@ -123,15 +136,22 @@ def png(size=(64, 64)) -> bytes:
 
 
 def test_nano_banana_pro_sends_its_endpoint_and_1k_by_default(fal):
-    submit, _ = queue_routes(fal, "fal-ai/nano-banana-pro",
-                             {"images": [{"url": IMAGE_URL, "content_type": "image/png"}],
-                              "description": ""}, request_id="pro-1")
+    submit, _ = queue_routes(
+        fal,
+        "fal-ai/nano-banana-pro",
+        {"images": [{"url": IMAGE_URL, "content_type": "image/png"}], "description": ""},
+        request_id="pro-1",
+    )
     image_route(fal, content=png(), headers={"content-type": "image/png"})
     image = get_image_model("nano-banana-pro").generate("a crow", aspect_ratio="16:9", seed=7)
     assert submit.calls.last.request.url == f"{QUEUE}/fal-ai/nano-banana-pro"
     assert json.loads(submit.calls.last.request.content) == {
-        "prompt": "a crow", "aspect_ratio": "16:9", "num_images": 1, "output_format": "png",
-        "resolution": "1K", "seed": 7,
+        "prompt": "a crow",
+        "aspect_ratio": "16:9",
+        "num_images": 1,
+        "output_format": "png",
+        "resolution": "1K",
+        "seed": 7,
     }
     assert submit.calls.last.request.headers["authorization"] == f"Key {FAL_KEY}"
     assert (image.content_type, image.seed, image.provider_request_id) == ("image/png", 7, "pro-1")
@@ -165,8 +185,9 @@ def test_nano_banana_pro_is_offered_only_with_a_fal_key(settings):
 
 def test_429_on_submit_keeps_retry_after(fal):
     fal.post(f"{QUEUE}/fal-ai/flux/schnell").mock(
-        return_value=httpx.Response(429, json={"detail": "Too many requests"},
-                                    headers={"retry-after": "12"})
+        return_value=httpx.Response(
+            429, json={"detail": "Too many requests"}, headers={"retry-after": "12"}
+        )
     )
     with pytest.raises(TransientProviderError) as error:
         get_image_model("flux-schnell").generate("a crow")
@@ -191,16 +212,21 @@ def test_500_then_success(fal):
 def test_422_content_policy_is_permanent(fal):
     fal.post(f"{QUEUE}/fal-ai/flux/schnell").mock(
         return_value=httpx.Response(
-            422, json={"detail": "Prompt violates content policy",
-                       "error_type": "content_policy_violation"})
+            422,
+            json={
+                "detail": "Prompt violates content policy",
+                "error_type": "content_policy_violation",
+            },
+        )
     )
     with pytest.raises(PermanentProviderError, match="content policy"):
         get_image_model("flux-schnell").generate("something forbidden")
 
 
 def test_safety_checker_and_failed_generation(fal):
-    queue_routes(fal, "fal-ai/flux/schnell",
-                 {"images": [{"url": IMAGE_URL}], "has_nsfw_concepts": [True]})
+    queue_routes(
+        fal, "fal-ai/flux/schnell", {"images": [{"url": IMAGE_URL}], "has_nsfw_concepts": [True]}
+    )
     with pytest.raises(PermanentProviderError, match="safety checker"):
         get_image_model("flux-schnell").generate("a crow")
 
@@ -217,8 +243,9 @@ def test_auth_error_is_permanent_and_never_shows_the_key(fal):
 
 def test_timeout_cancels_the_request(fal, settings):
     settings.KARASU["IMAGE_MODELS"]["flux-schnell"]["TIMEOUT"] = 0.05
-    _, cancel = queue_routes(fal, "fal-ai/flux/schnell", {},
-                             status={"status": "IN_PROGRESS", "logs": []})
+    _, cancel = queue_routes(
+        fal, "fal-ai/flux/schnell", {}, status={"status": "IN_PROGRESS", "logs": []}
+    )
     with pytest.raises(TransientProviderError, match="cancelled"):
         get_image_model("flux-schnell").generate("a crow")
     assert cancel.called
@@ -231,14 +258,26 @@ def test_timeout_cancels_the_request(fal, settings):
         ("http://v3.fal.media/x.jpg", None, "not https"),
         ("https://example.com/x.jpg", None, "not allowed"),
         ("https://evil.fal.media/x.jpg", None, "resolves to a private address"),
-        (IMAGE_URL, {"status_code": 302, "headers": {"location": "https://example.com/x.jpg"}},
-         "not allowed"),
-        (IMAGE_URL, {"content": b"x" * 2048, "headers": {"content-type": "image/jpeg"}},
-         "too large"),
-        (IMAGE_URL, {"content": b"<html>", "headers": {"content-type": "text/html"}},
-         "not an image"),
-        (IMAGE_URL, {"content": b"not really a jpeg", "headers": {"content-type": "image/jpeg"}},
-         "not a valid image"),
+        (
+            IMAGE_URL,
+            {"status_code": 302, "headers": {"location": "https://example.com/x.jpg"}},
+            "not allowed",
+        ),
+        (
+            IMAGE_URL,
+            {"content": b"x" * 2048, "headers": {"content-type": "image/jpeg"}},
+            "too large",
+        ),
+        (
+            IMAGE_URL,
+            {"content": b"<html>", "headers": {"content-type": "text/html"}},
+            "not an image",
+        ),
+        (
+            IMAGE_URL,
+            {"content": b"not really a jpeg", "headers": {"content-type": "image/jpeg"}},
+            "not a valid image",
+        ),
     ],
 )
 def test_unsafe_downloads_are_permanent_errors(fal, settings, url, route_kwargs, message):
@@ -254,9 +293,7 @@ def test_unsafe_downloads_are_permanent_errors(fal, settings, url, route_kwargs,
 def test_redirect_within_allowed_hosts_is_followed(fal):
     other = "https://cdn.fal.media/files/final.jpg"
     queue_routes(fal, "fal-ai/flux/schnell", {"images": [{"url": IMAGE_URL}]})
-    fal.get(**pinned(IMAGE_URL)).mock(
-        return_value=httpx.Response(302, headers={"location": other})
-    )
+    fal.get(**pinned(IMAGE_URL)).mock(return_value=httpx.Response(302, headers={"location": other}))
     image_route(fal, other)
     assert get_image_model("flux-schnell").generate("a crow").width == 64
 

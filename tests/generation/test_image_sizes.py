@@ -166,7 +166,8 @@ class Chunks(httpx.SyncByteStream):
 @pytest.fixture
 def router(monkeypatch):
     monkeypatch.setattr(
-        socket, "getaddrinfo",
+        socket,
+        "getaddrinfo",
         lambda host, port, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, port))],
     )
     with respx.mock(assert_all_called=False) as router:
@@ -183,8 +184,7 @@ def serve(router, data: bytes, content_type: str = "image/png") -> Chunks:
 
 def download(**kwargs):
     kwargs.setdefault("max_bytes", 25 * 1024 * 1024)
-    return download_image(IMAGE_URL, allowed_hosts=["*.fal.media"], max_pixels=40_000_000,
-                          **kwargs)
+    return download_image(IMAGE_URL, allowed_hosts=["*.fal.media"], max_pixels=40_000_000, **kwargs)
 
 
 def test_a_large_download_streams_to_a_temporary_file(router, spool_dir):
@@ -234,7 +234,10 @@ def test_a_large_body_that_is_no_image_leaves_nothing(router, spool_dir):
 @pytest.fixture
 def job(db, collections) -> GenerationJob:
     request = GenerationRequest.objects.create(
-        theme="Crows over Kyoto", count=1, llm="demo", image_model="demo",
+        theme="Crows over Kyoto",
+        count=1,
+        llm="demo",
+        image_model="demo",
         collection=Collection.objects.get(name="Generated images"),
     )
     return GenerationJob.objects.create(request=request, index=0, prompt="A crow at dawn", seed=1)

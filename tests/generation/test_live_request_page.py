@@ -39,6 +39,7 @@ def queued():
 
 form_data = functools.partial(request_form_data, count=6, tags="crows")
 
+
 def live_url(request: GenerationRequest, **query: object) -> str:
     url = reverse(f"{NS}:live", args=[request.pk])
     return url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
@@ -59,9 +60,12 @@ def user_with(django_user_model, client, *codenames: str):
 def succeed(job: GenerationJob, when=None) -> None:
     """File an image for ``job`` as the pipeline does, and count it on its request."""
     image = Image.objects.create(
-        title=job.prompt, file=ImageFile(io.BytesIO(jpeg()), name=f"job{job.pk}.jpg"),
-        collection=job.request.collection, prompt=job.prompt,
-        generation_request_id=job.request_id, generation_job_id=job.pk,
+        title=job.prompt,
+        file=ImageFile(io.BytesIO(jpeg()), name=f"job{job.pk}.jpg"),
+        collection=job.request.collection,
+        prompt=job.prompt,
+        generation_request_id=job.request_id,
+        generation_job_id=job.pk,
     )
     GenerationJob.objects.filter(pk=job.pk).update(
         status=Job.SUCCEEDED, image=image, finished_at=when or timezone.now()
@@ -76,7 +80,7 @@ def succeed(job: GenerationJob, when=None) -> None:
 
 def test_add_form_offers_save_and_generate_as_its_primary_action(editor):
     html = editor.get(reverse(f"{NS}:add")).content.decode()
-    footer = html[html.index('<footer class="footer'):]
+    footer = html[html.index('<footer class="footer') :]
     # Wagtail's action menu: the first button is the primary one, Save is in the drop-up.
     primary = footer.index('name="action-generate"')
     assert primary < footer.index("More actions") < footer.index("Save\n")
@@ -111,8 +115,16 @@ def test_save_alone_keeps_a_draft(editor, queued, django_capture_on_commit_callb
     assert "expand_prompt" not in queued()
 
 
-@pytest.mark.parametrize("bad", [{"theme": "   "}, {"count": 0}, {"count": 501},
-                                 {"image_model": "no-such-model"}, {"count": "many"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"theme": "   "},
+        {"count": 0},
+        {"count": 501},
+        {"image_model": "no-such-model"},
+        {"count": "many"},
+    ],
+)
 def test_bad_input_is_shown_on_the_form_and_starts_nothing(
     editor, queued, django_capture_on_commit_callbacks, bad
 ):
@@ -261,20 +273,30 @@ def test_timeline_shows_expansion_images_and_failures(editor):
 
     assert at(timedelta()) in row("expansion_started")
     assert at(timedelta(seconds=4)) in row("expansion_finished") and "6 prompts" in row(
-        "expansion_finished")
+        "expansion_finished"
+    )
     # Succeeded: indexes 0 and 3; failed: 1 and 4.
     assert at(timedelta(minutes=1)) in row("first_image")
     assert at(timedelta(minutes=4)) in row("last_image") and "2 in all" in row("last_image")
     assert at(timedelta(minutes=5)) in row("last_failure") and "2 failed" in row("last_failure")
-    order = [html.index(f'data-timeline="{key}"') for key in
-             ["expansion_started", "expansion_finished", "first_image", "last_image",
-              "last_failure"]]
+    order = [
+        html.index(f'data-timeline="{key}"')
+        for key in [
+            "expansion_started",
+            "expansion_finished",
+            "first_image",
+            "last_image",
+            "last_failure",
+        ]
+    ]
     assert order == sorted(order)
     assert 'data-timeline="finished"' not in html
 
     draft = GenerationRequest.objects.create(theme="Crows", count=3)
-    assert "Nothing has happened yet: the request is a draft." in editor.get(
-        live_url(draft)).content.decode()
+    assert (
+        "Nothing has happened yet: the request is a draft."
+        in editor.get(live_url(draft)).content.decode()
+    )
 
 
 def test_live_fragment_has_the_page_permissions(client, django_user_model):

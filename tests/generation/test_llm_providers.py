@@ -32,19 +32,30 @@ def alt_for(prompt):
 
 def with_alt(items):
     """Strings become the schema's {prompt, alt_text} objects; anything else is sent as is."""
-    return [{"prompt": item, "alt_text": alt_for(item)} if isinstance(item, str) else item
-            for item in items]
+    return [
+        {"prompt": item, "alt_text": alt_for(item)} if isinstance(item, str) else item
+        for item in items
+    ]
 
 
 def claude_message(prompts=None, stop_reason="tool_use", content=None, usage=(10, 10)):
     if content is None:
         content = [
-            {"type": "tool_use", "id": "toolu_1", "name": "submit_prompts",
-             "input": {"prompts": with_alt(prompts)}}
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "submit_prompts",
+                "input": {"prompts": with_alt(prompts)},
+            }
         ]
     return {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-        "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6",
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
         "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
     }
 
@@ -109,15 +120,21 @@ def test_claude_tool_asks_for_an_alt_text_with_every_prompt(claude):
 
 def test_claude_blank_missing_or_long_alt_texts_are_mended(claude):
     prompts = numbered(0, 4)
-    claude.reply(body=claude_message([
-        {"prompt": prompts[0], "alt_text": "   "},
-        {"prompt": prompts[1]},
-        {"prompt": prompts[2], "alt_text": "A crow " * 100},
-        {"prompt": prompts[3], "alt_text": "A crow\non a\tgate\x00 at dawn "},
-    ]))
+    claude.reply(
+        body=claude_message(
+            [
+                {"prompt": prompts[0], "alt_text": "   "},
+                {"prompt": prompts[1]},
+                {"prompt": prompts[2], "alt_text": "A crow " * 100},
+                {"prompt": prompts[3], "alt_text": "A crow\non a\tgate\x00 at dawn "},
+            ]
+        )
+    )
     first, second, third, fourth = get_llm("claude").expand("crows", 4)
-    assert first.alt_text == alt_text_from_prompt(prompts[0]) == (
-        "Crows scene number 0 with distinct lighting"
+    assert (
+        first.alt_text
+        == alt_text_from_prompt(prompts[0])
+        == ("Crows scene number 0 with distinct lighting")
     )
     assert second.alt_text == "Crows scene number 1 with distinct lighting"
     assert len(third.alt_text) <= MAX_ALT_TEXT_CHARS
@@ -149,8 +166,11 @@ def test_claude_short_output_is_a_clear_permanent_error(claude):
 
 
 def test_claude_429_keeps_retry_after(claude):
-    claude.reply(429, {"type": "error", "error": {"type": "rate_limit_error",
-                                                 "message": "slow down"}}, **{"retry-after": "7"})
+    claude.reply(
+        429,
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+        **{"retry-after": "7"},
+    )
     with pytest.raises(TransientProviderError) as error:
         get_llm("claude").expand("crows", 3)
     assert error.value.retry_after == 7
@@ -158,16 +178,20 @@ def test_claude_429_keeps_retry_after(claude):
 
 
 def test_claude_overloaded_529_is_transient(claude):
-    claude.reply(529, {"type": "error", "error": {"type": "overloaded_error",
-                                                 "message": "Overloaded"}})
+    claude.reply(
+        529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    )
     with pytest.raises(TransientProviderError, match="529"):
         get_llm("claude").expand("crows", 3)
 
 
 def test_claude_500_then_success_with_sdk_retries(claude, settings):
     settings.KARASU["LLMS"]["claude"]["MAX_RETRIES"] = 1
-    claude.reply(500, {"type": "error", "error": {"type": "api_error", "message": "boom"}},
-                 **{"retry-after-ms": "10"})
+    claude.reply(
+        500,
+        {"type": "error", "error": {"type": "api_error", "message": "boom"}},
+        **{"retry-after-ms": "10"},
+    )
     claude.reply(body=claude_message(numbered(0, 3)))
     assert prompts_of(get_llm("claude").expand("crows", 3)) == numbered(0, 3)
     assert len(claude.requests) == 2
@@ -180,15 +204,23 @@ def test_claude_refusal_max_tokens_and_malformed_output(claude):
     claude.reply(body=claude_message(numbered(0, 1), stop_reason="max_tokens"))
     with pytest.raises(PermanentProviderError, match="max_tokens"):
         get_llm("claude").expand("crows", 3)
-    claude.reply(body=claude_message(content=[{"type": "text", "text": "Here you go!"}],
-                                     stop_reason="end_turn"))
+    claude.reply(
+        body=claude_message(
+            content=[{"type": "text", "text": "Here you go!"}], stop_reason="end_turn"
+        )
+    )
     with pytest.raises(PermanentProviderError, match="malformed output"):
         get_llm("claude").expand("crows", 3)
 
 
 def test_claude_auth_error_is_permanent_and_never_shows_the_key(claude):
-    claude.reply(401, {"type": "error", "error": {
-        "type": "authentication_error", "message": f"invalid x-api-key {CLAUDE_KEY}"}})
+    claude.reply(
+        401,
+        {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": f"invalid x-api-key {CLAUDE_KEY}"},
+        },
+    )
     with pytest.raises(PermanentProviderError) as error:
         get_llm("claude").expand("crows", 3)
     assert "401" in str(error.value)
@@ -228,9 +260,11 @@ def completion(content=None, refusal=None, finish_reason="stop", usage=None):
 
 def test_openai_happy_path_uses_json_schema(openai_api):
     openai_api.return_value = httpx.Response(
-        200, json=completion(json.dumps({"prompts": with_alt(numbered(0, 4))}),
-                             usage={"prompt_tokens": 321, "completion_tokens": 654,
-                                    "total_tokens": 975})
+        200,
+        json=completion(
+            json.dumps({"prompts": with_alt(numbered(0, 4))}),
+            usage={"prompt_tokens": 321, "completion_tokens": 654, "total_tokens": 975},
+        ),
     )
     expansion = get_llm("openai").expand("crows", 4)
     assert prompts_of(expansion) == numbered(0, 4)
@@ -245,8 +279,9 @@ def test_openai_happy_path_uses_json_schema(openai_api):
 
 def test_openai_errors(openai_api):
     openai_api.side_effect = [
-        httpx.Response(429, json={"error": {"message": "rate limited"}},
-                       headers={"retry-after": "3"}),
+        httpx.Response(
+            429, json={"error": {"message": "rate limited"}}, headers={"retry-after": "3"}
+        ),
         httpx.Response(503, text="upstream unavailable"),
         httpx.Response(200, json=completion(refusal="I can't help with that")),
         httpx.Response(200, json=completion("not json")),

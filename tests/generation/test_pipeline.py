@@ -28,10 +28,16 @@ SLOT_PATIENCE = 2.0  # ConcurrencyLimiter.slot(): how long a task waits in-threa
 
 def create_request(client, **fields) -> GenerationRequest:
     data = {
-        "theme": "Crows over Kyoto", "brief": "", "style": "", "count": 6, "llm": "demo",
-        "image_model": "demo", "aspect_ratio": "1:1",
+        "theme": "Crows over Kyoto",
+        "brief": "",
+        "style": "",
+        "count": 6,
+        "llm": "demo",
+        "image_model": "demo",
+        "aspect_ratio": "1:1",
         "collection": Collection.objects.get(name="Generated images").pk,
-        "tags": "crows, kyoto", "auto_generate": "on",
+        "tags": "crows, kyoto",
+        "auto_generate": "on",
     }
     data.update(fields)
     response = client.post(reverse(f"{NS}:add"), data)
@@ -52,9 +58,7 @@ def wait_terminal(request, timeout=60):
     return request
 
 
-def test_generate_from_the_admin_files_every_image_with_provenance(
-    editor, demo, thread_consumer
-):
+def test_generate_from_the_admin_files_every_image_with_provenance(editor, demo, thread_consumer):
     request = create_request(editor)
     assert request.status == Req.DRAFT
     confirm = editor.get(reverse(f"{NS}:action", args=[request.pk, "generate"]))
@@ -77,8 +81,11 @@ def test_generate_from_the_admin_files_every_image_with_provenance(
     assert image.file_size == len(image.file.read()) and len(image.file_hash) == 40
     assert f"-job{job.pk}.jpg" in image.file.name
     # Wagtail's index update runs as a task on the same queue.
-    wait_for(lambda: image.pk in [found.pk for found in Image.objects.search(job.prompt)], 10,
-             message="the image in the search index")
+    wait_for(
+        lambda: image.pk in [found.pk for found in Image.objects.search(job.prompt)],
+        10,
+        message="the image in the search index",
+    )
 
     page = editor.get(reverse(f"{NS}:inspect", args=[request.pk]))
     assert page.status_code == 200
@@ -102,8 +109,10 @@ def test_review_prompts_edit_one_then_generate_pending(editor, demo, thread_cons
     assert too_short.status_code == 302
     job.refresh_from_db()
     assert job.prompt != "crow"
-    editor.post(reverse(f"{NS}:job_prompt", args=[job.pk]),
-                {"prompt": "A single crow on a snowy torii gate at dawn"})
+    editor.post(
+        reverse(f"{NS}:job_prompt", args=[job.pk]),
+        {"prompt": "A single crow on a snowy torii gate at dawn"},
+    )
     job.refresh_from_db()
     assert job.prompt == "A single crow on a snowy torii gate at dawn"
     act(editor, request, "generate_pending")
@@ -124,8 +133,11 @@ def test_cancel_midway(editor, demo, thread_consumer, tmp_path):
     demo(latency=0.3, concurrency=2, call_log=str(calls))
     request = create_request(editor, count=20)
     act(editor, request, "generate")
-    wait_for(lambda: Image.objects.filter(generation_request_id=request.pk).count() >= 2, 30,
-             message="first images")
+    wait_for(
+        lambda: Image.objects.filter(generation_request_id=request.pk).count() >= 2,
+        30,
+        message="first images",
+    )
     cancel_time = time.time()
     assert act(editor, request, "cancel").status_code == 302
     request.refresh_from_db()
@@ -133,8 +145,11 @@ def test_cancel_midway(editor, demo, thread_consumer, tmp_path):
     cancelled_at_once = set(request.jobs.filter(status=Job.CANCELLED).values_list("pk", flat=True))
     assert cancelled_at_once  # queued jobs were cancelled; running ones may finish
     open_statuses = [Job.PENDING, Job.QUEUED, Job.RUNNING, Job.RETRYING]
-    wait_for(lambda: not request.jobs.filter(status__in=open_statuses).exists(), 30,
-             message="running jobs to finish")
+    wait_for(
+        lambda: not request.jobs.filter(status__in=open_statuses).exists(),
+        30,
+        message="running jobs to finish",
+    )
     # Tasks that found no free slot were re-scheduled; they come back after the slot wait,
     # having waited up to the limiter's patience first. Wait past that before concluding.
     threading.Event().wait(DEFAULT_SLOT_WAIT + SLOT_PATIENCE + 1.0)
@@ -215,8 +230,9 @@ def test_transient_failures_still_end_with_every_image(editor, demo, thread_cons
     assert request.jobs.filter(attempts__gt=1).exists()
 
 
-def test_limiter_never_exceeds_its_limit_across_threads(queue_backend, editor, demo,
-                                                        thread_consumer, monkeypatch):
+def test_limiter_never_exceeds_its_limit_across_threads(
+    queue_backend, editor, demo, thread_consumer, monkeypatch
+):
     demo(latency=0.15, concurrency=3)
     model = get_provider("demo")
     in_flight, peak, lock = [0], [0], threading.Lock()
@@ -251,9 +267,7 @@ def test_redelivered_generate_image_creates_no_second_image(editor, demo, thread
     # A crash after ingest but before the job was marked: the redelivery adopts the image.
     image = job.image
     GenerationJob.objects.filter(pk=job.pk).update(status=Job.RUNNING, image=None)
-    GenerationRequest.objects.filter(pk=request.pk).update(
-        jobs_succeeded=1, status=Req.GENERATING
-    )
+    GenerationRequest.objects.filter(pk=request.pk).update(jobs_succeeded=1, status=Req.GENERATING)
     generate_image.call_local(job.pk)
     job.refresh_from_db()
     request.refresh_from_db()
@@ -265,11 +279,13 @@ def test_redelivered_generate_image_creates_no_second_image(editor, demo, thread
 def test_the_database_refuses_two_images_for_one_job(demo):
     from django.db import IntegrityError, transaction
 
-    Image.objects.create(title="a", file="original_images/a.jpg", width=1, height=1,
-                         generation_job_id=99)
+    Image.objects.create(
+        title="a", file="original_images/a.jpg", width=1, height=1, generation_job_id=99
+    )
     with pytest.raises(IntegrityError), transaction.atomic():
-        Image.objects.create(title="b", file="original_images/b.jpg", width=1, height=1,
-                             generation_job_id=99)
+        Image.objects.create(
+            title="b", file="original_images/b.jpg", width=1, height=1, generation_job_id=99
+        )
 
 
 @pytest.mark.parametrize(
@@ -289,9 +305,14 @@ def test_the_database_refuses_two_images_for_one_job(demo):
 )
 def test_form_validation(editor, fields, field, message):
     data = {
-        "theme": "Crows", "count": 5, "llm": "demo", "image_model": "demo",
-        "aspect_ratio": "1:1", "collection": Collection.objects.get(name="Generated images").pk,
-        "tags": "", **fields,
+        "theme": "Crows",
+        "count": 5,
+        "llm": "demo",
+        "image_model": "demo",
+        "aspect_ratio": "1:1",
+        "collection": Collection.objects.get(name="Generated images").pk,
+        "tags": "",
+        **fields,
     }
     response = editor.post(reverse(f"{NS}:add"), data)
     assert response.status_code == 200
@@ -307,8 +328,11 @@ def test_editor_without_snippet_permissions_is_denied(client, django_user_model)
     editors.permissions.add(Permission.objects.get(codename="access_admin"))
     user.groups.add(editors)
     client.force_login(user)
-    for url in [reverse(f"{NS}:list"), reverse(f"{NS}:inspect", args=[request.pk]),
-                reverse(f"{NS}:action", args=[request.pk, "generate"])]:
+    for url in [
+        reverse(f"{NS}:list"),
+        reverse(f"{NS}:inspect", args=[request.pk]),
+        reverse(f"{NS}:action", args=[request.pk, "generate"]),
+    ]:
         response = client.get(url)
         assert response.status_code in (302, 403), url
     assert act(client, request, "generate").status_code in (302, 403)
@@ -343,8 +367,7 @@ def test_actions_need_post_and_csrf(editor, demo, django_user_model):
     assert not_now.status_code == 302
 
 
-def test_llm_failure_fails_the_request_with_its_reason(editor, demo, thread_consumer,
-                                                        monkeypatch):
+def test_llm_failure_fails_the_request_with_its_reason(editor, demo, thread_consumer, monkeypatch):
     from generation.providers import PermanentProviderError, get_llm
 
     def refuse(*args, **kwargs):

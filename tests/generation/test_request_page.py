@@ -34,24 +34,36 @@ def make_request(jobs: int, prompt: str = "A crow on a torii gate, study {i}") -
     """A request whose jobs cycle through succeeded (with a real image), failed and pending."""
     collection = Collection.objects.get(name="Generated images")
     request = GenerationRequest.objects.create(
-        theme="Crows over Kyoto", count=jobs, llm="demo", image_model="demo",
-        status=GenerationRequest.Status.GENERATING, jobs_total=jobs,
-        jobs_succeeded=len(range(0, jobs, 3)), jobs_failed=len(range(1, jobs, 3)),
+        theme="Crows over Kyoto",
+        count=jobs,
+        llm="demo",
+        image_model="demo",
+        status=GenerationRequest.Status.GENERATING,
+        jobs_total=jobs,
+        jobs_succeeded=len(range(0, jobs, 3)),
+        jobs_failed=len(range(1, jobs, 3)),
         collection=collection,
     )
     statuses = [Job.SUCCEEDED, Job.FAILED, Job.PENDING]
     created = GenerationJob.objects.bulk_create(
         GenerationJob(
-            request=request, index=i, prompt=prompt.format(i=i), status=statuses[i % 3],
-            attempts=1 + i % 3, error="demo: rejected" if i % 3 == 1 else "",
+            request=request,
+            index=i,
+            prompt=prompt.format(i=i),
+            status=statuses[i % 3],
+            attempts=1 + i % 3,
+            error="demo: rejected" if i % 3 == 1 else "",
         )
         for i in range(jobs)
     )
     data = jpeg()
     for job in created[::3]:
         job.image = Image.objects.create(
-            title=job.prompt, file=ImageFile(io.BytesIO(data), name=f"job{job.pk}.jpg"),
-            collection=collection, prompt=job.prompt, generation_request_id=request.pk,
+            title=job.prompt,
+            file=ImageFile(io.BytesIO(data), name=f"job{job.pk}.jpg"),
+            collection=collection,
+            prompt=job.prompt,
+            generation_request_id=request.pk,
             generation_job_id=job.pk,
         )
         job.save(update_fields=["image"])
@@ -95,8 +107,9 @@ def test_queries_do_not_grow_with_the_number_of_jobs(editor):
 def test_first_view_renders_the_thumbnails_of_one_page_only(editor):
     request = make_request(120)
     editor.get(page_url(request))
-    on_page_one = Image.objects.filter(generation_job_id__in=request.jobs.filter(
-        index__lt=JOBS_PER_PAGE).values("pk"))
+    on_page_one = Image.objects.filter(
+        generation_job_id__in=request.jobs.filter(index__lt=JOBS_PER_PAGE).values("pk")
+    )
     assert Rendition.objects.count() == on_page_one.count() == 17
     assert set(Rendition.objects.values_list("filter_spec", flat=True)) == {THUMBNAIL_SPEC}
     editor.get(page_url(request))
@@ -109,8 +122,11 @@ def test_pages_show_their_own_prompts_and_images(editor):
     page = editor.get(page_url(request, p=2)).content.decode()
     shown = [i for i, job in jobs.items() if f'<tr id="job-{job.pk}"' in page]
     assert shown == list(range(50, 100))
-    linked = [i for i, job in jobs.items()
-              if job.image_id and reverse("wagtailimages:edit", args=[job.image_id]) in page]
+    linked = [
+        i
+        for i, job in jobs.items()
+        if job.image_id and reverse("wagtailimages:edit", args=[job.image_id]) in page
+    ]
     assert linked == [i for i in range(50, 100) if i % 3 == 0]
     assert thumbnails(page) == len(linked)
     assert "Page 2 of 3" in page and "120 prompts" in page
@@ -158,11 +174,15 @@ def test_prompt_text_is_escaped(editor):
 def test_job_actions_come_back_to_the_page_that_lists_the_job(editor):
     request = make_request(120)
     late, early = request.jobs.get(index=74), request.jobs.get(index=5)
-    response = editor.post(reverse(f"{NS}:job_prompt", args=[late.pk]),
-                           {"prompt": "A single crow on a snowy torii gate at dawn"})
+    response = editor.post(
+        reverse(f"{NS}:job_prompt", args=[late.pk]),
+        {"prompt": "A single crow on a snowy torii gate at dawn"},
+    )
     assert response["Location"] == page_url(request, p=2) + f"#job-{late.pk}"
-    response = editor.post(reverse(f"{NS}:job_prompt", args=[early.pk]),
-                           {"prompt": "A single crow on a snowy torii gate at dusk"})
+    response = editor.post(
+        reverse(f"{NS}:job_prompt", args=[early.pk]),
+        {"prompt": "A single crow on a snowy torii gate at dusk"},
+    )
     assert response["Location"] == page_url(request) + f"#job-{early.pk}"
 
 

@@ -78,7 +78,8 @@ def text_only(settings):
 def make_source(title="A red crow", colour=(220, 30, 30)):
     collection = Collection.objects.get(name="Generated images")
     return Image.objects.create(
-        title=title, collection=collection,
+        title=title,
+        collection=collection,
         file=ImageFile(io.BytesIO(picture(colour)), name="red-crow.jpg"),
     )
 
@@ -89,7 +90,9 @@ def fal(settings, monkeypatch):
     settings.FAL_KEY = FAL_KEY
     for name in ("nano-banana-edit", "flux-kontext"):
         settings.KARASU["IMAGE_MODELS"][name] = {
-            **settings.KARASU["IMAGE_MODELS"][name], "POLL_INTERVAL": 0.01, "TIMEOUT": 5,
+            **settings.KARASU["IMAGE_MODELS"][name],
+            "POLL_INTERVAL": 0.01,
+            "TIMEOUT": 5,
         }
     real_getaddrinfo = socket.getaddrinfo
 
@@ -105,10 +108,17 @@ def fal(settings, monkeypatch):
 
 
 def upload_routes(router):
-    token = router.post(TOKEN_URL).mock(return_value=httpx.Response(200, json={
-        "token": "cdn-token", "token_type": "Bearer", "base_url": "https://v3.fal.media",
-        "expires_at": "2099-01-01T00:00:00+00:00",
-    }))
+    token = router.post(TOKEN_URL).mock(
+        return_value=httpx.Response(
+            200,
+            json={
+                "token": "cdn-token",
+                "token_type": "Bearer",
+                "base_url": "https://v3.fal.media",
+                "expires_at": "2099-01-01T00:00:00+00:00",
+            },
+        )
+    )
     upload = router.post(UPLOAD_URL).mock(
         return_value=httpx.Response(200, json={"access_url": UPLOADED})
     )
@@ -117,20 +127,35 @@ def upload_routes(router):
 
 def queue_routes(router, endpoint, request_id="edit-1"):
     base = f"{QUEUE}/{endpoint}/requests/{request_id}"
-    submit = router.post(f"{QUEUE}/{endpoint}").mock(return_value=httpx.Response(200, json={
-        "request_id": request_id, "response_url": base, "status_url": f"{base}/status",
-        "cancel_url": f"{base}/cancel",
-    }))
+    submit = router.post(f"{QUEUE}/{endpoint}").mock(
+        return_value=httpx.Response(
+            200,
+            json={
+                "request_id": request_id,
+                "response_url": base,
+                "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel",
+            },
+        )
+    )
     router.get(f"{base}/status").mock(
         return_value=httpx.Response(200, json={"status": "COMPLETED", "logs": None})
     )
-    router.get(base).mock(return_value=httpx.Response(200, json={
-        "images": [{"url": RESULT_URL, "content_type": "image/png"}], "seed": 9,
-    }))
+    router.get(base).mock(
+        return_value=httpx.Response(
+            200,
+            json={
+                "images": [{"url": RESULT_URL, "content_type": "image/png"}],
+                "seed": 9,
+            },
+        )
+    )
     parts = httpx.URL(RESULT_URL)
-    router.get(url=str(parts.copy_with(host=FAL_MEDIA_ADDRESS)),
-               headers={"host": parts.host}).mock(return_value=httpx.Response(
-                   200, content=picture(fmt="PNG"), headers={"content-type": "image/png"}))
+    router.get(url=str(parts.copy_with(host=FAL_MEDIA_ADDRESS)), headers={"host": parts.host}).mock(
+        return_value=httpx.Response(
+            200, content=picture(fmt="PNG"), headers={"content-type": "image/png"}
+        )
+    )
     return submit
 
 
@@ -148,12 +173,14 @@ def test_nano_banana_edit_uploads_the_source_once_and_sends_its_url(fal):
     assert sent.headers["authorization"] == "Bearer cdn-token"
     assert token.calls.last.request.headers["authorization"] == f"Key {FAL_KEY}"
     assert json.loads(submit.calls.last.request.content) == {
-        "prompt": "the crow at night", "image_urls": [UPLOADED], "aspect_ratio": "4:3",
-        "num_images": 1, "output_format": "png", "seed": 3,
+        "prompt": "the crow at night",
+        "image_urls": [UPLOADED],
+        "aspect_ratio": "4:3",
+        "num_images": 1,
+        "output_format": "png",
+        "seed": 3,
     }
-    assert (image.content_type, image.seed, image.provider_request_id) == (
-        "image/png", 9, "edit-1"
-    )
+    assert (image.content_type, image.seed, image.provider_request_id) == ("image/png", 9, "edit-1")
 
     model.edit("the crow at dawn", source, aspect_ratio="1:1")  # the request's next job
     assert upload.call_count == 1 and submit.call_count == 2
@@ -174,8 +201,7 @@ def test_jobs_starting_together_upload_their_source_once(fal):
     model = get_provider("nano-banana-edit")
     source = SourceImage(picture(), "image/jpeg", "red-crow.jpg")
     urls = []
-    threads = [threading.Thread(target=lambda: urls.append(model.upload(source)))
-               for _ in range(8)]
+    threads = [threading.Thread(target=lambda: urls.append(model.upload(source))) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -191,8 +217,13 @@ def test_flux_kontext_sends_one_image_url(fal):
         "the crow in snow", SourceImage(picture(), "image/jpeg"), aspect_ratio="16:9", seed=5
     )
     assert json.loads(submit.calls.last.request.content) == {
-        "prompt": "the crow in snow", "image_url": UPLOADED, "aspect_ratio": "16:9",
-        "num_images": 1, "output_format": "jpeg", "safety_tolerance": "2", "seed": 5,
+        "prompt": "the crow in snow",
+        "image_url": UPLOADED,
+        "aspect_ratio": "16:9",
+        "num_images": 1,
+        "output_format": "jpeg",
+        "safety_tolerance": "2",
+        "seed": 5,
     }
 
 
@@ -229,13 +260,16 @@ def test_the_demo_edit_visibly_derives_from_the_source():
         assert r > 140 and g < 110 and bl < 110  # the red source, tinted
         r, g, bl = b.convert("RGB").getpixel((256, 100))
         assert bl > 140 and r < 110 and g < 110
-        assert a.convert("RGB").getpixel((256, 505)) == (0, 0, 0) or sum(
-            a.convert("RGB").getpixel((256, 505))) < 60  # the caption bar
+        assert (
+            a.convert("RGB").getpixel((256, 505)) == (0, 0, 0)
+            or sum(a.convert("RGB").getpixel((256, 505))) < 60
+        )  # the caption bar
     assert red.provider_request_id.startswith("demo-edit-")
 
 
 # The pipeline, the form, the CLI ------------------------------------------------------------
 form_data = functools.partial(request_form_data, count=3)
+
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("collections")
@@ -290,8 +324,9 @@ def test_the_form_offers_editing_models_only_and_refuses_the_others(editor, text
     plain = editor.get(reverse(f"{NS}:add")).content.decode()
     assert '<option value="text-only"' in plain and 'name="source_image" value=' not in plain
 
-    response = editor.post(reverse(f"{NS}:add"),
-                           form_data(source_image=source.pk, image_model="text-only"))
+    response = editor.post(
+        reverse(f"{NS}:add"), form_data(source_image=source.pk, image_model="text-only")
+    )
     assert response.status_code == 200
     assert "Text only cannot edit an image, so it cannot make variations" in (
         response.content.decode()
@@ -324,9 +359,11 @@ def test_the_edit_page_link_and_the_prefill_follow_permissions(client, django_us
     group = editor_group()
     user.groups.add(group)
     GroupCollectionPermission.objects.create(
-        group=group, collection=Collection.get_first_root_node(),
-        permission=Permission.objects.get(content_type__app_label="wagtailimages",
-                                          codename="change_image"),
+        group=group,
+        collection=Collection.get_first_root_node(),
+        permission=Permission.objects.get(
+            content_type__app_label="wagtailimages", codename="change_image"
+        ),
     )
     client.force_login(user)
     edit_url = reverse("wagtailimages:edit", args=[source.pk])
@@ -334,8 +371,11 @@ def test_the_edit_page_link_and_the_prefill_follow_permissions(client, django_us
     page = client.get(edit_url)
     assert page.status_code == 200 and link not in page.content.decode()
 
-    group.permissions.add(*Permission.objects.filter(
-        codename__in=["add_generationrequest", "change_generationrequest"]))
+    group.permissions.add(
+        *Permission.objects.filter(
+            codename__in=["add_generationrequest", "change_generationrequest"]
+        )
+    )
     user = django_user_model.objects.get(pk=user.pk)  # permission caches
     client.force_login(user)
     assert link in client.get(edit_url).content.decode()
@@ -369,8 +409,16 @@ def test_cli_source_image(text_only):
     request = GenerationRequest.objects.get()
     assert (request.source_image_id, request.image_model) == (source.pk, "demo")
     with pytest.raises(CommandError, match="Text only cannot edit an image"):
-        call_command("generate", "Crows", "--count", "2", "--source-image", str(source.pk),
-                     "--image-model", "text-only")
+        call_command(
+            "generate",
+            "Crows",
+            "--count",
+            "2",
+            "--source-image",
+            str(source.pk),
+            "--image-model",
+            "text-only",
+        )
     assert GenerationRequest.objects.count() == 1
 
 
@@ -378,9 +426,20 @@ def test_cli_source_image(text_only):
 @pytest.mark.usefixtures("collections")
 def test_cli_unknown_source_image_is_one_line_and_creates_nothing():
     result = subprocess.run(
-        [sys.executable, "manage.py", "generate", "Crows", "--count", "2",
-         "--source-image", "987654"],
-        cwd=django_settings.BASE_DIR, env=consumer_env(), capture_output=True, text=True,
+        [
+            sys.executable,
+            "manage.py",
+            "generate",
+            "Crows",
+            "--count",
+            "2",
+            "--source-image",
+            "987654",
+        ],
+        cwd=django_settings.BASE_DIR,
+        env=consumer_env(),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode != 0
@@ -415,8 +474,9 @@ def test_a_source_deleted_while_a_job_runs_leaves_the_variation_without_the_link
     source = Image.objects.create(
         title="source", file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png")
     )
-    request = GenerationRequest.objects.create(theme="Crows", count=1, llm="demo",
-                                               image_model="demo", source_image=source)
+    request = GenerationRequest.objects.create(
+        theme="Crows", count=1, llm="demo", image_model="demo", source_image=source
+    )
     job = GenerationJob.objects.create(request=request, index=0, prompt="a crow on a gate")
     job = GenerationJob.objects.select_related("request").get(pk=job.pk)  # the worker's copy
     generated = get_provider("demo").generate(job.prompt, aspect_ratio="1:1", seed=1)
@@ -463,21 +523,38 @@ def test_deleting_a_source_fails_what_was_still_to_derive_from_it(editor):
 
     def variation_request(**fields):
         return GenerationRequest.objects.create(
-            theme="Variations", count=3, llm="demo", image_model="demo",
-            source_image=fields.pop("source", source), **fields,
+            theme="Variations",
+            count=3,
+            llm="demo",
+            image_model="demo",
+            source_image=fields.pop("source", source),
+            **fields,
         )
 
     generating = variation_request(status=Req.GENERATING, jobs_total=3)
     pending, in_flight, stale_claim = (
-        GenerationJob.objects.create(request=generating, index=i, prompt=f"crow {i}",
-                                     status=status, **claim)
-        for i, (status, claim) in enumerate([
-            (Job.QUEUED, {}),
-            (Job.RUNNING, {"claim_token": "live", "claim_expires_at":
-                           timezone.now() + timezone.timedelta(minutes=5)}),
-            (Job.RUNNING, {"claim_token": "dead", "claim_expires_at":
-                           timezone.now() - timezone.timedelta(minutes=5)}),
-        ])
+        GenerationJob.objects.create(
+            request=generating, index=i, prompt=f"crow {i}", status=status, **claim
+        )
+        for i, (status, claim) in enumerate(
+            [
+                (Job.QUEUED, {}),
+                (
+                    Job.RUNNING,
+                    {
+                        "claim_token": "live",
+                        "claim_expires_at": timezone.now() + timezone.timedelta(minutes=5),
+                    },
+                ),
+                (
+                    Job.RUNNING,
+                    {
+                        "claim_token": "dead",
+                        "claim_expires_at": timezone.now() - timezone.timedelta(minutes=5),
+                    },
+                ),
+            ]
+        )
     )
     waiting = variation_request(status=Req.QUEUED)
     draft = variation_request()
@@ -516,12 +593,21 @@ def test_a_variation_request_whose_source_is_gone_is_never_run_as_a_plain_one(ed
     Req = GenerationRequest.Status
     source = make_source()
     failed = GenerationRequest.objects.create(
-        theme="Variations", count=2, llm="demo", image_model="demo", source_image=source,
+        theme="Variations",
+        count=2,
+        llm="demo",
+        image_model="demo",
+        source_image=source,
         status=Req.FAILED,
     )
     reviewed = GenerationRequest.objects.create(
-        theme="Variations", count=1, llm="demo", image_model="demo", source_image=source,
-        jobs_total=1, auto_generate=False,
+        theme="Variations",
+        count=1,
+        llm="demo",
+        image_model="demo",
+        source_image=source,
+        jobs_total=1,
+        auto_generate=False,
     )
     pending = GenerationJob.objects.create(request=reviewed, index=0, prompt="crow at dusk")
     assert failed.is_variation and reviewed.is_variation
@@ -533,9 +619,11 @@ def test_a_variation_request_whose_source_is_gone_is_never_run_as_a_plain_one(ed
     assert GenerationJob.objects.get(pk=pending.pk).status == GenerationJob.Status.FAILED
     failed.refresh_from_db()
     assert failed.is_variation and failed.source_deleted
-    for url in (reverse(f"{NS}:action", args=[failed.pk, "generate"]),
-                reverse(f"{NS}:action", args=[reviewed.pk, "retry_failed"]),
-                reverse(f"{NS}:job_generate", args=[pending.pk])):
+    for url in (
+        reverse(f"{NS}:action", args=[failed.pk, "generate"]),
+        reverse(f"{NS}:action", args=[reviewed.pk, "retry_failed"]),
+        reverse(f"{NS}:job_generate", args=[pending.pk]),
+    ):
         page = editor.post(url, follow=True).content.decode()
         assert "Its source image was deleted, so it can make no more variations." in page
     failed.refresh_from_db()

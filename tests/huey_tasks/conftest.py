@@ -17,9 +17,19 @@ def _sqlite(tmp_path, **options):
 # mongomock's commands gives the same guarantee, so the race tests mean the same on both.
 _MONGOMOCK_LOCK = threading.RLock()
 _ATOMIC_COMMANDS = [
-    "insert_one", "insert_many", "find_one", "find_one_and_update", "find_one_and_delete",
-    "find_one_and_replace", "update_one", "update_many", "replace_one", "delete_one",
-    "delete_many", "count_documents", "create_index",
+    "insert_one",
+    "insert_many",
+    "find_one",
+    "find_one_and_update",
+    "find_one_and_delete",
+    "find_one_and_replace",
+    "update_one",
+    "update_many",
+    "replace_one",
+    "delete_one",
+    "delete_many",
+    "count_documents",
+    "create_index",
 ]
 
 

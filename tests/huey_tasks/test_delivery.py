@@ -139,6 +139,4 @@ def test_enqueue_many_keeps_each_tasks_priority(tmp_path):
     low = record_run.s(str(tmp_path / "log"), "low")
     high = record_run.s(str(tmp_path / "log"), "high", priority=5)
     HUEY.enqueue_many([low, high])
-    assert [HUEY.deserialize_task(d).id for d in HUEY.storage.enqueued_items()] == [
-        high.id, low.id
-    ]
+    assert [HUEY.deserialize_task(d).id for d in HUEY.storage.enqueued_items()] == [high.id, low.id]

@@ -67,7 +67,8 @@ def test_cancel_revoke_and_expiry_rows(tmp_path, thread_consumer):
     task.revoke()
     assert run_of(task, {Status.REVOKED}, timeout=20)
     expired = record_run.schedule(
-        (str(tmp_path / "log"), "exp"), delay=1.5,
+        (str(tmp_path / "log"), "exp"),
+        delay=1.5,
         # Absolute: a relative expiry is re-resolved each time the task is enqueued.
         expires=datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         + datetime.timedelta(seconds=0.5),
@@ -80,8 +81,9 @@ def test_crash_and_redelivery_row(tmp_path):
     result = record_run(str(log), "victim", seconds=2.0)
     first = consumers.start_consumer(tmp_path / "first.log", workers=1)
     try:
-        consumers.wait_for(lambda: log.exists() and "start victim" in log.read_text(), 30,
-                           message="start")
+        consumers.wait_for(
+            lambda: log.exists() and "start victim" in log.read_text(), 30, message="start"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:
@@ -106,12 +108,18 @@ def test_maintenance_purges_old_rows_and_marks_dead_letters(settings):
 
     HUEY.storage.flush_all()
     old = timezone.now() - datetime.timedelta(days=30)
-    TaskRun.objects.create(task_name="record_run", task_id="old", status=Status.SUCCEEDED,
-                           finished_at=old)
-    TaskRun.objects.create(task_name="record_run", task_id="recent", status=Status.SUCCEEDED,
-                           finished_at=timezone.now())
-    TaskRun.objects.create(task_name="record_run", task_id="old-but-queued",
-                           status=Status.QUEUED, enqueued_at=old)
+    TaskRun.objects.create(
+        task_name="record_run", task_id="old", status=Status.SUCCEEDED, finished_at=old
+    )
+    TaskRun.objects.create(
+        task_name="record_run",
+        task_id="recent",
+        status=Status.SUCCEEDED,
+        finished_at=timezone.now(),
+    )
+    TaskRun.objects.create(
+        task_name="record_run", task_id="old-but-queued", status=Status.QUEUED, enqueued_at=old
+    )
     WorkerHeartbeat.objects.create(host="gone", pid=1, workers=1, last_seen=old)
     dead = record_run.s("/dev/null", "dead")
     HUEY.enqueue(dead)

@@ -44,15 +44,31 @@ def make_user(django_user_model, client):
 
 def failed_job_run() -> TaskRun:
     request = GenerationRequest.objects.create(
-        theme="Crows", count=1, status=GenerationRequest.Status.FAILED, jobs_total=1,
-        jobs_failed=1, llm="demo", image_model="demo",
+        theme="Crows",
+        count=1,
+        status=GenerationRequest.Status.FAILED,
+        jobs_total=1,
+        jobs_failed=1,
+        llm="demo",
+        image_model="demo",
     )
-    job = GenerationJob.objects.create(request=request, index=0, prompt="a crow at dawn",
-                                       status=GenerationJob.Status.FAILED, error="boom")
+    job = GenerationJob.objects.create(
+        request=request,
+        index=0,
+        prompt="a crow at dawn",
+        status=GenerationJob.Status.FAILED,
+        error="boom",
+    )
     return TaskRun.objects.create(
-        task_name="generate_image", task_id="t-failed", status=Status.FAILED, args=[job.pk],
-        generation_request=request, generation_job=job, error_class="PermanentProviderError",
-        error_message="demo: rejected", finished_at=timezone.now(),
+        task_name="generate_image",
+        task_id="t-failed",
+        status=Status.FAILED,
+        args=[job.pk],
+        generation_request=request,
+        generation_job=job,
+        error_class="PermanentProviderError",
+        error_message="demo: rejected",
+        finished_at=timezone.now(),
     )
 
 
@@ -106,10 +122,13 @@ def test_changer_retries_a_failed_run(make_user):
 def test_changer_revokes_a_queued_run_and_retries_a_requests_failures(make_user):
     from huey_tasks.tasks import queue_jobs
 
-    request = GenerationRequest.objects.create(theme="Crows", count=2, llm="demo",
-                                               image_model="demo", jobs_total=2)
-    jobs = [GenerationJob.objects.create(request=request, index=i, prompt=f"crow number {i} x")
-            for i in range(2)]
+    request = GenerationRequest.objects.create(
+        theme="Crows", count=2, llm="demo", image_model="demo", jobs_total=2
+    )
+    jobs = [
+        GenerationJob.objects.create(request=request, index=i, prompt=f"crow number {i} x")
+        for i in range(2)
+    ]
     queue_jobs([job.pk for job in jobs])
     run = TaskRun.objects.get(generation_job=jobs[0])
     client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
@@ -159,12 +178,18 @@ def test_prompt_theme_and_error_text_are_escaped(make_user):
     request = GenerationRequest.objects.create(
         theme="<script>alert('theme')</script>", count=1, status="generating", jobs_total=1
     )
-    job = GenerationJob.objects.create(request=request, index=0,
-                                       prompt="<script>alert('prompt')</script> crow")
+    job = GenerationJob.objects.create(
+        request=request, index=0, prompt="<script>alert('prompt')</script> crow"
+    )
     run = TaskRun.objects.create(
-        task_name="generate_image", task_id="t-xss", status=Status.FAILED, args=[job.pk],
-        generation_request=request, generation_job=job,
-        error_message="<script>alert('error')</script>", traceback="<script>tb</script>",
+        task_name="generate_image",
+        task_id="t-xss",
+        status=Status.FAILED,
+        args=[job.pk],
+        generation_request=request,
+        generation_job=job,
+        error_message="<script>alert('error')</script>",
+        traceback="<script>tb</script>",
     )
     client = make_user("view_taskrun")
     for url in [MONITOR, MONITOR + "live/", reverse("job_monitor:run", args=[run.pk])]:
@@ -176,16 +201,24 @@ def test_prompt_theme_and_error_text_are_escaped(make_user):
 def populate(runs: int, requests: int) -> None:
     now = timezone.now()
     request_objs = GenerationRequest.objects.bulk_create(
-        GenerationRequest(theme=f"theme {i}", count=10, jobs_total=10, jobs_succeeded=i % 10,
-                          status="generating" if i % 3 else "completed", finished_at=now)
+        GenerationRequest(
+            theme=f"theme {i}",
+            count=10,
+            jobs_total=10,
+            jobs_succeeded=i % 10,
+            status="generating" if i % 3 else "completed",
+            finished_at=now,
+        )
         for i in range(requests)
     )
     statuses = [Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.QUEUED]
     TaskRun.objects.bulk_create(
         (
             TaskRun(
-                task_name="generate_image", task_id=f"run-{runs}-{i}",
-                status=statuses[i % 4], duration=0.1 + (i % 50) / 10,
+                task_name="generate_image",
+                task_id=f"run-{runs}-{i}",
+                status=statuses[i % 4],
+                duration=0.1 + (i % 50) / 10,
                 enqueued_at=now - datetime.timedelta(seconds=i),
                 finished_at=now - datetime.timedelta(seconds=i),
                 generation_request_id=request_objs[i % requests].pk,
@@ -226,8 +259,9 @@ def test_every_action_is_refused_without_the_change_permission(make_user):
     from tests.support.tasks import record_run
 
     run = failed_job_run()
-    queued = TaskRun.objects.create(task_name="record_run", task_id="t-queued",
-                                    status=Status.QUEUED)
+    queued = TaskRun.objects.create(
+        task_name="record_run", task_id="t-queued", status=Status.QUEUED
+    )
     HUEY.enqueue(record_run.s("/dev/null", "x"))
     bury_everything()
     [letter] = HUEY.storage.dead_letters()
@@ -264,12 +298,16 @@ def test_retry_of_a_plain_task_replays_only_verbatim_arguments(make_user):
 
     client = make_user("view_taskrun", "change_taskrun")
     scalar = TaskRun.objects.create(
-        task_name=HUEY._registry.task_to_string(add.task_class), task_id="t-add",
-        status=Status.FAILED, args=[2, 3],
+        task_name=HUEY._registry.task_to_string(add.task_class),
+        task_id="t-add",
+        status=Status.FAILED,
+        args=[2, 3],
     )
     texts = TaskRun.objects.create(
-        task_name=HUEY._registry.task_to_string(record_run.task_class), task_id="t-text",
-        status=Status.FAILED, args=["/dev/null", "[redacted]"],
+        task_name=HUEY._registry.task_to_string(record_run.task_class),
+        task_id="t-text",
+        status=Status.FAILED,
+        args=["/dev/null", "[redacted]"],
     )
     client.post(reverse("job_monitor:run_retry", args=[scalar.pk]))
     client.post(reverse("job_monitor:run_retry", args=[texts.pk]))

@@ -48,14 +48,17 @@ def ago(minutes: float, now: datetime.datetime = NOW) -> datetime.datetime:
 def run(status: str, finished_at: datetime.datetime | None, **fields) -> TaskRun:
     run.counter = getattr(run, "counter", 0) + 1
     return TaskRun.objects.create(
-        task_name="generate_image", task_id=f"chart-{run.counter}", status=status,
-        finished_at=finished_at, **fields,
+        task_name="generate_image",
+        task_id=f"chart-{run.counter}",
+        status=status,
+        finished_at=finished_at,
+        **fields,
     )
 
 
 def chart_of(html: str, chart_id: str) -> str:
     start = html.index(f'data-chart="{chart_id}"')
-    return html[start:html.index("</figure>", start)]
+    return html[start : html.index("</figure>", start)]
 
 
 # Bucketing --------------------------------------------------------------------------------
@@ -89,14 +92,14 @@ def test_bucket_fills_empty_minutes_with_zeros_and_drops_rows_outside():
 
 @pytest.mark.django_db
 def test_runs_at_known_minutes_land_in_their_buckets():
-    run(Status.SUCCEEDED, ago(0.5))               # 12:30
-    run(Status.SUCCEEDED, ago(0.7))               # 12:30
+    run(Status.SUCCEEDED, ago(0.5))  # 12:30
+    run(Status.SUCCEEDED, ago(0.7))  # 12:30
     run(Status.FAILED, ago(5, NOW.replace(second=0)))  # 12:25:00 exactly
-    run(Status.DEAD, ago(10))                     # 12:20, a dead letter is a failure
-    run(Status.SUCCEEDED, ago(59.5))              # 11:31:15, the first minute
-    run(Status.SUCCEEDED, ago(60))                # 11:30:45, before the window
-    run(Status.SUCCEEDED, ago(-2))                # 12:32, after it
-    run(Status.CANCELLED, ago(3))                 # neither succeeded nor failed
+    run(Status.DEAD, ago(10))  # 12:20, a dead letter is a failure
+    run(Status.SUCCEEDED, ago(59.5))  # 11:31:15, the first minute
+    run(Status.SUCCEEDED, ago(60))  # 11:30:45, before the window
+    run(Status.SUCCEEDED, ago(-2))  # 12:32, after it
+    run(Status.CANCELLED, ago(3))  # neither succeeded nor failed
     run(Status.RUNNING, None)
 
     chart = charts.task_runs_chart(now=NOW)
@@ -133,22 +136,29 @@ def test_empty_chart_renders_with_zero_totals():
 
 
 def test_svg_bars_legend_and_text_alternative():
-    rows = [(datetime.datetime(2025, 3, 4, 12, 10, tzinfo=UTC), 4, 0),
-            (datetime.datetime(2025, 3, 4, 12, 11, tzinfo=UTC), 2, 2)]
+    rows = [
+        (datetime.datetime(2025, 3, 4, 12, 10, tzinfo=UTC), 4, 0),
+        (datetime.datetime(2025, 3, 4, 12, 11, tzinfo=UTC), 2, 2),
+    ]
     chart = charts.ActivityChart(charts.bucket(rows, NOW), NOW, noun="task <runs>")
     html = render_to_string("huey_tasks/activity_chart.html", {"chart": chart, "chart_id": "c"})
     # Escaped, wherever it comes from.
     assert "<runs>" not in html and "&lt;runs&gt;" in html
     assert html.count('data-series="succeeded"') == 2 and html.count('data-series="failed"') == 1
     # The tallest minute fills the plot; minute 12:10 is the 40th bar.
-    heights = re.findall(r'data-series="succeeded" x="([\d.]+)" y="[\d.]+" width="8" '
-                         r'height="([\d.]+)"', html)
+    heights = re.findall(
+        r'data-series="succeeded" x="([\d.]+)" y="[\d.]+" width="8" '
+        r'height="([\d.]+)"',
+        html,
+    )
     assert heights == [("391", "58"), ("401", "29")]
     assert "6 succeeded and 2 failed in the last hour" in html
     assert "var(--w-color-positive-100" in html and "var(--w-color-critical-200" in html
-    table = html[html.index('<table class="w-sr-only">'):]
+    table = html[html.index('<table class="w-sr-only">') :]
     assert re.findall(r"<th scope=\"row\">([\d:]+)</th><td>(\d+)</td><td>(\d+)</td>", table) == [
-        ("12:10", "4", "0"), ("12:11", "2", "2")]
+        ("12:10", "4", "0"),
+        ("12:11", "2", "2"),
+    ]
 
 
 # The monitor ------------------------------------------------------------------------------
@@ -167,7 +177,9 @@ def test_monitor_and_its_live_fragment_show_the_chart(admin):
         assert "3 succeeded and 1 failed in the last hour" in chart, url
         assert 'role="img"' in chart and "<svg" in chart
     page = admin.get(MONITOR).content.decode()
-    live_part = page[page.index('id="karasu-monitor-live"'):page.index('id="karasu-runs-heading"')]
+    live_part = page[
+        page.index('id="karasu-monitor-live"') : page.index('id="karasu-runs-heading"')
+    ]
     assert 'data-chart="karasu-monitor-activity"' in live_part  # refreshed with the rest
 
 
@@ -178,9 +190,12 @@ def test_monitor_queries_do_not_grow_with_the_runs_in_the_hour(admin):
     for batch in (10, 1000):
         now = timezone.now()
         TaskRun.objects.bulk_create(
-            TaskRun(task_name="generate_image", task_id=f"bulk-{batch}-{i}",
-                    status=Status.FAILED if i % 7 == 0 else Status.SUCCEEDED,
-                    finished_at=now - datetime.timedelta(seconds=i * 3))
+            TaskRun(
+                task_name="generate_image",
+                task_id=f"bulk-{batch}-{i}",
+                status=Status.FAILED if i % 7 == 0 else Status.SUCCEEDED,
+                finished_at=now - datetime.timedelta(seconds=i * 3),
+            )
             for i in range(batch)
         )
         with CaptureQueriesContext(connection) as queries:
@@ -200,19 +215,25 @@ def make_request(theme: str, **fields) -> GenerationRequest:
 
 def jobs(request: GenerationRequest, *finished: tuple[str, datetime.datetime | None]) -> None:
     for index, (status, finished_at) in enumerate(finished):
-        GenerationJob.objects.create(request=request, index=index, prompt=f"p{index}",
-                                     status=status, finished_at=finished_at)
+        GenerationJob.objects.create(
+            request=request, index=index, prompt=f"p{index}", status=status, finished_at=finished_at
+        )
 
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("collections")
 def test_request_live_fragment_shows_only_that_requests_images(admin):
     now = timezone.now()
-    mine = make_request("Crows", status=GenerationRequest.Status.GENERATING,
-                        jobs_succeeded=2, jobs_failed=1)
-    jobs(mine, (Job.SUCCEEDED, now - datetime.timedelta(minutes=3)),
-         (Job.SUCCEEDED, now - datetime.timedelta(minutes=1)),
-         (Job.FAILED, now - datetime.timedelta(minutes=1)), (Job.PENDING, None))
+    mine = make_request(
+        "Crows", status=GenerationRequest.Status.GENERATING, jobs_succeeded=2, jobs_failed=1
+    )
+    jobs(
+        mine,
+        (Job.SUCCEEDED, now - datetime.timedelta(minutes=3)),
+        (Job.SUCCEEDED, now - datetime.timedelta(minutes=1)),
+        (Job.FAILED, now - datetime.timedelta(minutes=1)),
+        (Job.PENDING, None),
+    )
     other = make_request("Herons", status=GenerationRequest.Status.GENERATING)
     jobs(other, *[(Job.SUCCEEDED, now)] * 3, (Job.FAILED, now))
     run(Status.SUCCEEDED, now, generation_request=mine)  # the ledger is not what is counted
@@ -229,11 +250,15 @@ def test_request_live_fragment_shows_only_that_requests_images(admin):
 @pytest.mark.django_db
 def test_a_finished_request_shows_its_last_hour():
     finished = timezone.now() - datetime.timedelta(days=2)
-    done = make_request("Owls", status=GenerationRequest.Status.COMPLETED_WITH_ERRORS,
-                        finished_at=finished)
-    jobs(done, (Job.SUCCEEDED, finished - datetime.timedelta(minutes=50)),
-         (Job.SUCCEEDED, finished - datetime.timedelta(minutes=61)),  # before its last hour
-         (Job.FAILED, finished))
+    done = make_request(
+        "Owls", status=GenerationRequest.Status.COMPLETED_WITH_ERRORS, finished_at=finished
+    )
+    jobs(
+        done,
+        (Job.SUCCEEDED, finished - datetime.timedelta(minutes=50)),
+        (Job.SUCCEEDED, finished - datetime.timedelta(minutes=61)),  # before its last hour
+        (Job.FAILED, finished),
+    )
     with CaptureQueriesContext(connection) as queries:
         chart = charts.request_chart(done)
     assert len(queries) == 1

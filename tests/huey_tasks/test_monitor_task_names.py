@@ -58,8 +58,12 @@ def test_duration_table_names_wagtail_tasks_and_keeps_them_apart():
     wagtail_run(duration=0.4)
     wagtail_run("wagtail.tasks.update_reference_index_task", duration=1.0)
     TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image", task_id="g1", args=[7],
-        status=Status.SUCCEEDED, duration=3.0, finished_at=timezone.now(),
+        task_name="huey_tasks.tasks.generate_image",
+        task_id="g1",
+        args=[7],
+        status=Status.SUCCEEDED,
+        duration=3.0,
+        finished_at=timezone.now(),
     )
     rows = {row.task: (row.count, row.p95) for row in headline()["durations"]}
     assert rows == {
@@ -89,9 +93,11 @@ def populate(runs: int) -> None:
     now = timezone.now()
     TaskRun.objects.bulk_create(
         TaskRun(
-            task_name="huey.contrib.djhuey.tasks_backend.djtasks.run", task_id=f"w-{runs}-{i}",
+            task_name="huey.contrib.djhuey.tasks_backend.djtasks.run",
+            task_id=f"w-{runs}-{i}",
             args=[WAGTAIL_TASK, "['wagtailimages', 'image', '1']", "{}"],
-            status=Status.SUCCEEDED, duration=0.1 + i % 7 / 10,
+            status=Status.SUCCEEDED,
+            duration=0.1 + i % 7 / 10,
             enqueued_at=now - datetime.timedelta(seconds=i),
             finished_at=now - datetime.timedelta(seconds=i),
         )

@@ -36,7 +36,9 @@ def mongomock_queue(monkeypatch):
     """The project's Huey on MongoStorage over mongomock, for this test."""
     original = HUEY.storage
     storage = MongoStorage(
-        original.name, client=mongomock.MongoClient(), lease_seconds=original.lease_seconds,
+        original.name,
+        client=mongomock.MongoClient(),
+        lease_seconds=original.lease_seconds,
         max_deliveries=original.max_deliveries,
     )
     storage.on_dead_letter = original.on_dead_letter

@@ -266,8 +266,11 @@ def test_slot_waits_are_jittered(queue_backend):
 def demo_rpm(settings):
     def configure(rpm):
         settings.KARASU["IMAGE_MODELS"]["demo"] = {
-            **settings.KARASU["IMAGE_MODELS"]["demo"], "LATENCY": 0, "FAILURE_RATE": 0,
-            "REJECT_RATE": 0, "REQUESTS_PER_MINUTE": rpm,
+            **settings.KARASU["IMAGE_MODELS"]["demo"],
+            "LATENCY": 0,
+            "FAILURE_RATE": 0,
+            "REJECT_RATE": 0,
+            "REQUESTS_PER_MINUTE": rpm,
         }
         reset_cache()
         limiter_for.cache_clear()

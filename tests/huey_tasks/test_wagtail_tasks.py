@@ -18,6 +18,7 @@ def test_search_index_update_runs_in_the_consumer_and_is_in_the_ledger(thread_co
         file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png"),
         prompt="an origami crane over Kyoto",
     )
+
     # Wagtail enqueued its index update on commit; the consumer ran it.
     def index_task_done():
         runs = TaskRun.objects.filter(

@@ -33,8 +33,13 @@ AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
 AWS_UNSET = (
-    "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_S3_SESSION_PROFILE",
-    "AWS_S3_ACCESS_KEY_ID", "AWS_S3_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_S3_SESSION_PROFILE",
+    "AWS_S3_ACCESS_KEY_ID",
+    "AWS_S3_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
 )
 
@@ -71,8 +76,11 @@ class LocalS3:
                 pass
 
         self._make_server = lambda port: make_server(
-            "127.0.0.1", port, DomainDispatcherApplication(create_backend_app),
-            threaded=True, request_handler=Handler,
+            "127.0.0.1",
+            port,
+            DomainDispatcherApplication(create_backend_app),
+            threaded=True,
+            request_handler=Handler,
         )
         self.port = free_port()
         self._server = None
@@ -98,7 +106,9 @@ class LocalS3:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.url, region_name=REGION,
+            "s3",
+            endpoint_url=self.url,
+            region_name=REGION,
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
@@ -109,8 +119,8 @@ class LocalS3:
         return name
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         )
         return sorted(entry["Key"] for page in pages for entry in page.get("Contents", ()))
 

@@ -64,7 +64,10 @@ def demo(settings):
     """The offline demo image model, never failing, whatever the environment says."""
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
         **settings.KARASU["IMAGE_MODELS"]["demo"],
-        "LATENCY": 0, "FAILURE_RATE": 0, "REJECT_RATE": 0, "CONCURRENCY": 8,
+        "LATENCY": 0,
+        "FAILURE_RATE": 0,
+        "REJECT_RATE": 0,
+        "CONCURRENCY": 8,
     }
     reset_cache()
     limiter_for.cache_clear()
@@ -76,8 +79,12 @@ def demo(settings):
 def make_request(count: int = 1) -> GenerationRequest:
     """A generating request with ``count`` prompts written (no LLM call)."""
     request = GenerationRequest.objects.create(
-        theme="Crows over Kyoto", count=count, llm="demo", image_model="demo",
-        status=Req.GENERATING, jobs_total=count,
+        theme="Crows over Kyoto",
+        count=count,
+        llm="demo",
+        image_model="demo",
+        status=Req.GENERATING,
+        jobs_total=count,
         collection=Collection.objects.get(name="Generated images"),
     )
     GenerationJob.objects.bulk_create(
@@ -151,8 +158,10 @@ def test_a_public_url_gives_unsigned_urls_on_its_host_and_path():
     assert public_url_parts("http://127.0.0.1:9000/bucket") == ("http:", "127.0.0.1:9000/bucket")
 
 
-@pytest.mark.parametrize("url", ["cdn.example.test", "ftp://cdn.example.test", "https://",
-                                 "https://cdn.example.test/?x=1"])
+@pytest.mark.parametrize(
+    "url",
+    ["cdn.example.test", "ftp://cdn.example.test", "https://", "https://cdn.example.test/?x=1"],
+)
 def test_a_public_url_must_be_an_http_url(url):
     with pytest.raises(ImproperlyConfigured, match="MEDIA_S3_PUBLIC_URL"):
         media_storage("karasu-media", public_url=url)
@@ -181,12 +190,21 @@ def settings_in_subprocess(module: str, **environ: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_S3_")}
     env.update(DJANGO_SETTINGS_MODULE=module, SECRET_KEY="karasu-settings-test", **environ)
     # Set but empty overrides whatever a developer's .env file says.
-    for name in ("MEDIA_S3_BUCKET", "MEDIA_S3_ENDPOINT_URL", "MEDIA_S3_REGION",
-                 "MEDIA_S3_PUBLIC_URL", "MEDIA_S3_ADDRESSING_STYLE"):
+    for name in (
+        "MEDIA_S3_BUCKET",
+        "MEDIA_S3_ENDPOINT_URL",
+        "MEDIA_S3_REGION",
+        "MEDIA_S3_PUBLIC_URL",
+        "MEDIA_S3_ADDRESSING_STYLE",
+    ):
         env.setdefault(name, "")
     result = subprocess.run(
-        [sys.executable, "-c", SHOW_STORAGES], cwd=settings.BASE_DIR, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", SHOW_STORAGES],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -198,9 +216,11 @@ def test_production_settings_build_storages_from_the_environment():
     assert local["static"].endswith("ManifestStaticFilesStorage")
 
     s3 = settings_in_subprocess(
-        "cms.settings.production", MEDIA_S3_BUCKET="karasu-media",
+        "cms.settings.production",
+        MEDIA_S3_BUCKET="karasu-media",
         MEDIA_S3_ENDPOINT_URL="https://account.r2.cloudflarestorage.com",
-        MEDIA_S3_REGION="auto", MEDIA_S3_PUBLIC_URL="https://media.example.com",
+        MEDIA_S3_REGION="auto",
+        MEDIA_S3_PUBLIC_URL="https://media.example.com",
         AWS_SECRET_ACCESS_KEY=SECRET,
     )
     assert s3["default"] == "cms.s3_storage.MediaS3Storage"
@@ -224,9 +244,9 @@ def test_the_test_settings_keep_media_local_unless_a_media_test_opts_in():
     assert settings_in_subprocess("cms.settings.test", **environ)["default"].endswith(
         "FileSystemStorage"
     )
-    assert settings_in_subprocess(
-        "cms.settings.test", KARASU_TEST_MEDIA_S3="1", **environ
-    )["default"].endswith("S3Storage")
+    assert settings_in_subprocess("cms.settings.test", KARASU_TEST_MEDIA_S3="1", **environ)[
+        "default"
+    ].endswith("S3Storage")
 
 
 def test_the_storage_takes_credentials_from_the_environment(aws_env):
@@ -433,8 +453,10 @@ def test_a_lasting_bucket_error_fails_the_job_with_its_reason_after_bounded_retr
     wait_for(lambda: settled(request), 30, message="request settled")
     job = request.jobs.get()
     assert job.status == Job.FAILED
-    assert job.error.startswith("infrastructure error: MediaUnavailable: the media storage "
-                                "does not take writes (NoSuchBucket: ")
+    assert job.error.startswith(
+        "infrastructure error: MediaUnavailable: the media storage "
+        "does not take writes (NoSuchBucket: "
+    )
     assert "The specified bucket does not exist" in job.error and SECRET not in job.error
     assert (job.attempts, job.infra_retries) == (1, 2)  # the retries used no attempts
     assert not Image.objects.filter(generation_job_id=job.pk).exists()
@@ -539,19 +561,38 @@ def test_generate_command_and_worker_file_images_into_the_bucket_from_the_enviro
     at startup as in production; the demo providers (no keys in the environment)."""
     bucket = local_s3.create_bucket()
     environ = {
-        **AWS_ENV, "KARASU_TEST_MEDIA_S3": "1", "MEDIA_S3_BUCKET": bucket,
-        "MEDIA_S3_ENDPOINT_URL": local_s3.url, "MEDIA_S3_REGION": REGION,
-        "MEDIA_S3_PUBLIC_URL": "", "ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": "", "FAL_KEY": "",
-        "KARASU_DEMO_FAILURE_RATE": "0", "KARASU_DEMO_REJECT_RATE": "0",
+        **AWS_ENV,
+        "KARASU_TEST_MEDIA_S3": "1",
+        "MEDIA_S3_BUCKET": bucket,
+        "MEDIA_S3_ENDPOINT_URL": local_s3.url,
+        "MEDIA_S3_REGION": REGION,
+        "MEDIA_S3_PUBLIC_URL": "",
+        "ANTHROPIC_API_KEY": "",
+        "OPENAI_API_KEY": "",
+        "FAL_KEY": "",
+        "KARASU_DEMO_FAILURE_RATE": "0",
+        "KARASU_DEMO_REJECT_RATE": "0",
     }
     HUEY.storage.flush_all()
     worker = start_consumer(tmp_path / "worker.log", workers=4, **environ)
     try:
         result = subprocess.run(
-            [sys.executable, "manage.py", "generate", "Crows over Kyoto", "--count", "2",
-             "--wait", "--timeout", "90"],
-            cwd=settings.BASE_DIR, env=consumer_env(**environ), capture_output=True,
-            text=True, timeout=120,
+            [
+                sys.executable,
+                "manage.py",
+                "generate",
+                "Crows over Kyoto",
+                "--count",
+                "2",
+                "--wait",
+                "--timeout",
+                "90",
+            ],
+            cwd=settings.BASE_DIR,
+            env=consumer_env(**environ),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         stop(worker)
@@ -562,9 +603,7 @@ def test_generate_command_and_worker_file_images_into_the_bucket_from_the_enviro
     request = GenerationRequest.objects.get()
     images = list(Image.objects.filter(generation_request_id=request.pk))
     assert len(images) == 2
-    assert sorted(image.file.name for image in images) == local_s3.keys(
-        bucket, "original_images/"
-    )
+    assert sorted(image.file.name for image in images) == local_s3.keys(bucket, "original_images/")
     for image in images:
         assert f"-job{image.generation_job_id}.jpg" in image.file.name
         assert not (Path(settings.MEDIA_ROOT) / image.file.name).exists()

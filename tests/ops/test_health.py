@@ -56,9 +56,7 @@ def test_database_down(monkeypatch, tmp_path):
         connection.close()
         monkeypatch.undo()
     assert response.status_code == 503
-    assert json.loads(response.content) == {
-        "status": "failed", "database": "failed", "queue": "ok"
-    }
+    assert json.loads(response.content) == {"status": "failed", "database": "failed", "queue": "ok"}
 
 
 def test_a_database_that_froze_fails_the_check_in_seconds(monkeypatch):
@@ -149,9 +147,13 @@ def production_setting(name: str, tmp_path):
     """A setting of cms.settings.production, read in a process of its own."""
     code = f"import json, cms.settings.production as p; print(json.dumps(p.{name}))"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=django_settings.BASE_DIR, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=django_settings.BASE_DIR,
+        capture_output=True,
+        text=True,
         env={**os.environ, "SECRET_KEY": "x" * 50, "KARASU_DATA_DIR": str(tmp_path)},
-        timeout=60, check=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(result.stdout)
 

@@ -28,7 +28,10 @@ def configure_demo(settings, **knobs):
 
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
         **settings.KARASU["IMAGE_MODELS"]["demo"],
-        "LATENCY": 0, "FAILURE_RATE": 0, "REJECT_RATE": 0, "CONCURRENCY": 8,
+        "LATENCY": 0,
+        "FAILURE_RATE": 0,
+        "REJECT_RATE": 0,
+        "CONCURRENCY": 8,
         **{key.upper(): value for key, value in knobs.items()},
     }
     reset_cache()
@@ -87,22 +90,27 @@ def test_metrics_answer_get_only(client, metrics_token):
         assert method("/metrics").status_code == 401
 
 
-def test_prometheus_gets_openmetrics_with_the_durations_as_a_gauge_histogram(
-    client, metrics_token
-):
+def test_prometheus_gets_openmetrics_with_the_durations_as_a_gauge_histogram(client, metrics_token):
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image", task_id="run-1",
-        status=TaskRun.Status.SUCCEEDED, duration=1.5, finished_at=timezone.now(),
+        task_name="huey_tasks.tasks.generate_image",
+        task_id="run-1",
+        status=TaskRun.Status.SUCCEEDED,
+        duration=1.5,
+        finished_at=timezone.now(),
     )
-    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
-              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}",
-                                               "Accept": accept})
+    accept = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    response = client.get(
+        "/metrics", headers={"Authorization": f"Bearer {TOKEN}", "Accept": accept}
+    )
     assert response["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
-    families = {family.name: family for family in
-                text_string_to_metric_families(response.content.decode())}
+    families = {
+        family.name: family for family in text_string_to_metric_families(response.content.decode())
+    }
     durations = families["karasu_task_duration_seconds"]
     assert durations.type == "gaugehistogram"
     assert families["karasu_images_generated"].type == "gauge"
@@ -150,9 +158,7 @@ def test_provider_slots_in_use_and_limit(settings, scrape):
     assert scrape().value("karasu_provider_slots_in_use", model="demo") == 0
 
 
-def test_an_unreachable_queue_storage_leaves_the_database_metrics_and_says_so(
-    scrape, monkeypatch
-):
+def test_an_unreachable_queue_storage_leaves_the_database_metrics_and_says_so(scrape, monkeypatch):
     # A MongoDB that does not answer: the scrape must not wait the client's 30 s for it.
     unreachable = MongoClient("mongodb://127.0.0.1:9/karasu", connect=False)
 
@@ -201,12 +207,18 @@ def test_an_unreachable_database_leaves_the_queue_metrics_and_says_so(
 def test_live_workers_are_those_with_a_recent_heartbeat(scrape):
     now = timezone.now()
     WorkerHeartbeat.objects.create(host="a", pid=1, workers=20, last_seen=now)
-    WorkerHeartbeat.objects.create(host="b", pid=2, workers=4,
-                                   last_seen=now - datetime.timedelta(seconds=5))
-    WorkerHeartbeat.objects.create(host="c", pid=3, workers=8,  # silent for 2 minutes
-                                   last_seen=now - datetime.timedelta(minutes=2))
-    WorkerHeartbeat.objects.create(host="d", pid=4, workers=8, last_seen=now,
-                                   stopped_at=now)  # stopped
+    WorkerHeartbeat.objects.create(
+        host="b", pid=2, workers=4, last_seen=now - datetime.timedelta(seconds=5)
+    )
+    WorkerHeartbeat.objects.create(
+        host="c",
+        pid=3,
+        workers=8,  # silent for 2 minutes
+        last_seen=now - datetime.timedelta(minutes=2),
+    )
+    WorkerHeartbeat.objects.create(
+        host="d", pid=4, workers=8, last_seen=now, stopped_at=now
+    )  # stopped
     samples = scrape()
     assert samples.value("karasu_workers_live") == 2
     assert samples.value("karasu_worker_threads_live") == 24
@@ -227,23 +239,37 @@ def test_task_runs_and_durations_by_task_and_status(scrape):
     recent, old = now - datetime.timedelta(minutes=5), now - datetime.timedelta(hours=3)
 
     def run(i, name, status, duration=None, finished_at=None, args=None):
-        return TaskRun(task_name=name, task_id=f"t{i}", status=status, duration=duration,
-                       finished_at=finished_at, args=args or [i])
+        return TaskRun(
+            task_name=name,
+            task_id=f"t{i}",
+            status=status,
+            duration=duration,
+            finished_at=finished_at,
+            args=args or [i],
+        )
 
     generate = "huey_tasks.tasks.generate_image"
     shim = "huey.contrib.djhuey.djtasks.run"
-    TaskRun.objects.bulk_create([
-        run(1, generate, "succeeded", 0.3, recent),
-        run(2, generate, "succeeded", 4.0, recent),
-        run(3, generate, "succeeded", 400.0, recent),
-        run(4, generate, "succeeded", 1.0, old),  # finished before the last hour
-        run(5, generate, "failed", 0.05, recent),
-        run(6, generate, "running"),
-        run(7, generate, "retrying", 2.0),
-        run(8, "huey_tasks.tasks.expand_prompt", "queued"),
-        run(9, shim, "succeeded", 0.2, recent,
-            args=["wagtail.search.tasks.insert_or_update_object_task", "cms.karasuimage", 1]),
-    ])
+    TaskRun.objects.bulk_create(
+        [
+            run(1, generate, "succeeded", 0.3, recent),
+            run(2, generate, "succeeded", 4.0, recent),
+            run(3, generate, "succeeded", 400.0, recent),
+            run(4, generate, "succeeded", 1.0, old),  # finished before the last hour
+            run(5, generate, "failed", 0.05, recent),
+            run(6, generate, "running"),
+            run(7, generate, "retrying", 2.0),
+            run(8, "huey_tasks.tasks.expand_prompt", "queued"),
+            run(
+                9,
+                shim,
+                "succeeded",
+                0.2,
+                recent,
+                args=["wagtail.search.tasks.insert_or_update_object_task", "cms.karasuimage", 1],
+            ),
+        ]
+    )
     samples = scrape()
     task_runs = "karasu_task_runs"
     assert samples.value(task_runs, task="generate_image", status="succeeded") == 4
@@ -267,8 +293,14 @@ def test_task_runs_and_durations_by_task_and_status(scrape):
     assert samples.value("karasu_task_duration_seconds_gsum", **labels) == pytest.approx(404.3)
     failed = {"task": "generate_image", "status": "failed"}
     assert samples.value(bucket, le="0.1", **failed) == 1
-    assert samples.value("karasu_task_duration_seconds_gcount",
-                         task="insert_or_update_object_task", status="succeeded") == 1
+    assert (
+        samples.value(
+            "karasu_task_duration_seconds_gcount",
+            task="insert_or_update_object_task",
+            status="succeeded",
+        )
+        == 1
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -287,8 +319,11 @@ def test_metrics_follow_a_real_request_through_a_real_worker(settings, thread_co
     def settled():
         samples = scrape()
         done = samples.get_value("karasu_task_runs", task="generate_image", status="succeeded")
-        return samples if done == 3 and samples.value(
-            "karasu_queue_messages", state="leased") == 0 else None
+        return (
+            samples
+            if done == 3 and samples.value("karasu_queue_messages", state="leased") == 0
+            else None
+        )
 
     samples = wait_for(settled, 10, message="the last task to be recorded and acked")
     assert samples.value("karasu_images_generated", model="demo") == 3
@@ -298,8 +333,12 @@ def test_metrics_follow_a_real_request_through_a_real_worker(settings, thread_co
     assert samples.value(errors, type="llm", provider="demo", kind="transient") == 0
     assert samples.value("karasu_task_runs", task="generate_image", status="succeeded") == 3
     assert samples.value("karasu_task_runs", task="expand_prompt", status="succeeded") == 1
-    assert samples.value("karasu_task_duration_seconds_gcount", task="generate_image",
-                         status="succeeded") == 3
+    assert (
+        samples.value(
+            "karasu_task_duration_seconds_gcount", task="generate_image", status="succeeded"
+        )
+        == 3
+    )
     assert samples.value("karasu_spend_usd_total") == pytest.approx(0.03)
     assert samples.value("karasu_spend_today_usd") == pytest.approx(0.03)
     # The consumer running in this test (8 threads) is the one live worker.

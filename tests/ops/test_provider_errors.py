@@ -39,7 +39,9 @@ def fal(settings):
     settings.FAL_KEY = "fal-key-id:SECRETSECRETSECRETfalsecret"
     settings.KARASU["IMAGE_MODELS"]["flux-schnell"] = {
         **settings.KARASU["IMAGE_MODELS"]["flux-schnell"],
-        "POLL_INTERVAL": 0.01, "TIMEOUT": 5, "MAX_ATTEMPTS": 1,  # no retries inside fal-client
+        "POLL_INTERVAL": 0.01,
+        "TIMEOUT": 5,
+        "MAX_ATTEMPTS": 1,  # no retries inside fal-client
     }
     reset_cache()
     with respx.mock(assert_all_called=False) as router:
@@ -53,7 +55,10 @@ def demo(settings):
     def configure(**knobs):
         settings.KARASU["IMAGE_MODELS"]["demo"] = {
             **settings.KARASU["IMAGE_MODELS"]["demo"],
-            "LATENCY": 0, "FAILURE_RATE": 0, "REJECT_RATE": 0, "CONCURRENCY": 8,
+            "LATENCY": 0,
+            "FAILURE_RATE": 0,
+            "REJECT_RATE": 0,
+            "CONCURRENCY": 8,
             **{key.upper(): value for key, value in knobs.items()},
         }
         reset_cache()
@@ -72,13 +77,24 @@ def test_error_for_status_marks_429_as_rate_limited():
 
 def test_fal_429s_are_rate_limited_and_a_503_transient(fal, thread_consumer, scrape):
     # The job's four attempts: a 503, then three 429s; then it fails.
-    submit = fal.post(FAL_SUBMIT).mock(side_effect=[
-        httpx.Response(503, json={"detail": "overloaded"}),
-        *[httpx.Response(429, json={"detail": "Too many requests"})] * 3,
-    ])
+    submit = fal.post(FAL_SUBMIT).mock(
+        side_effect=[
+            httpx.Response(503, json={"detail": "overloaded"}),
+            *[httpx.Response(429, json={"detail": "Too many requests"})] * 3,
+        ]
+    )
     with pytest.raises(CommandError):
-        call_command("generate", "Crows", "--count", "1", "--image-model", "flux-schnell",
-                     "--wait", "--timeout", "60")
+        call_command(
+            "generate",
+            "Crows",
+            "--count",
+            "1",
+            "--image-model",
+            "flux-schnell",
+            "--wait",
+            "--timeout",
+            "60",
+        )
     job = GenerationJob.objects.get()
     assert job.status == GenerationJob.Status.FAILED and "429" in job.error
     assert submit.call_count == 4
@@ -122,17 +138,23 @@ def test_llm_errors_are_counted_under_the_llm(settings, thread_consumer, scrape)
     reset_cache()
     with respx.mock(assert_all_called=False) as router:
         completions = router.post(f"{OPENAI_URL}/chat/completions").mock(
-            side_effect=[httpx.Response(429, json={"error": {"message": "slow down"}}),
-                         httpx.Response(401, json={"error": {"message": "bad key"}})]
+            side_effect=[
+                httpx.Response(429, json={"error": {"message": "slow down"}}),
+                httpx.Response(401, json={"error": {"message": "bad key"}}),
+            ]
         )
         call_command("generate", "Crows", "--count", "2", "--llm", "openai")
-        wait_for(lambda: errors("llm", "openai").get("rate_limited") == 1, 30,
-                 message="the 429 counted")
+        wait_for(
+            lambda: errors("llm", "openai").get("rate_limited") == 1, 30, message="the 429 counted"
+        )
         # A second request: its call is refused (401), a permanent error; the request fails.
         call_command("generate", "Ravens", "--count", "2", "--llm", "openai")
         ravens = GenerationRequest.objects.get(theme="Ravens")
-        wait_for(lambda: GenerationRequest.objects.get(pk=ravens.pk).status == "failed", 30,
-                 message="the refused request to fail")
+        wait_for(
+            lambda: GenerationRequest.objects.get(pk=ravens.pk).status == "failed",
+            30,
+            message="the refused request to fail",
+        )
     assert completions.call_count == 2
     assert errors("llm", "openai") == {"rate_limited": 1, "permanent": 1}
     samples = scrape()
@@ -148,8 +170,9 @@ def test_openai_rate_limit_is_marked_by_the_provider(settings):
     reset_cache()
     with respx.mock() as router:
         router.post(f"{OPENAI_URL}/chat/completions").mock(
-            return_value=httpx.Response(429, json={"error": {"message": "slow down"}},
-                                        headers={"retry-after": "7"})
+            return_value=httpx.Response(
+                429, json={"error": {"message": "slow down"}}, headers={"retry-after": "7"}
+            )
         )
         with pytest.raises(TransientProviderError) as error:
             get_llm("openai").expand("crows", 2)

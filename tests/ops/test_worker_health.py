@@ -20,7 +20,11 @@ pytestmark = pytest.mark.django_db
 def beat(seconds_ago: float = 0, host: str = HOST, stopped: bool = False) -> WorkerHeartbeat:
     seen = timezone.now() - datetime.timedelta(seconds=seconds_ago)
     return WorkerHeartbeat.objects.create(
-        host=host, pid=4242, workers=20, started_at=seen, last_seen=seen,
+        host=host,
+        pid=4242,
+        workers=20,
+        started_at=seen,
+        last_seen=seen,
         stopped_at=seen if stopped else None,
     )
 
@@ -76,8 +80,11 @@ def test_a_real_worker_is_healthy(thread_consumer):
     # The consumer records itself when it starts; a probe right after finds it.
     from tests.support.consumers import wait_for
 
-    wait_for(lambda: WorkerHeartbeat.objects.filter(host=HOST, stopped_at=None).exists(), 10,
-             message="the consumer's heartbeat")
+    wait_for(
+        lambda: WorkerHeartbeat.objects.filter(host=HOST, stopped_at=None).exists(),
+        10,
+        message="the consumer's heartbeat",
+    )
     assert probe("--max-age", "15")[0] == 0
 
 
@@ -86,7 +93,10 @@ def test_exit_codes_of_the_real_command():
     def run(**env):
         return subprocess.run(
             [sys.executable, "manage.py", "worker_health", "--max-age", "60"],
-            cwd=settings.BASE_DIR, env=consumer_env(**env), capture_output=True, text=True,
+            cwd=settings.BASE_DIR,
+            env=consumer_env(**env),
+            capture_output=True,
+            text=True,
             timeout=60,
         )
 
@@ -104,7 +114,10 @@ def test_exit_codes_of_the_real_command():
 def test_database_unreachable_is_one_line_without_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "manage.py", "worker_health"],
-        cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=consumer_env(KARASU_SUITE_DATABASE_URL=f"sqlite:///{tmp_path}/missing/db.sqlite3"),
     )
     assert result.returncode == 2

@@ -31,8 +31,14 @@ def demo(settings, call_log):
         reset_cache()
         limiter_for.cache_clear()
 
-    configure(latency=0, failure_rate=0, reject_rate=0, concurrency=8,
-              call_log=str(call_log), max_failure_streak=2)
+    configure(
+        latency=0,
+        failure_rate=0,
+        reject_rate=0,
+        concurrency=8,
+        call_log=str(call_log),
+        max_failure_streak=2,
+    )
     yield configure
     reset_cache()
     limiter_for.cache_clear()
@@ -50,17 +56,32 @@ def settled(request: GenerationRequest) -> bool:
     return request.status in GenerationRequest.TERMINAL
 
 
-def make_request(count: int = 4, *, status=GenerationRequest.Status.GENERATING,
-                 job_status=GenerationJob.Status.PENDING, **fields) -> GenerationRequest:
+def make_request(
+    count: int = 4,
+    *,
+    status=GenerationRequest.Status.GENERATING,
+    job_status=GenerationJob.Status.PENDING,
+    **fields,
+) -> GenerationRequest:
     """A request with ``count`` prompts written (no LLM call)."""
     request = GenerationRequest.objects.create(
-        theme=fields.pop("theme", "Crows over Kyoto"), count=count, llm="demo",
-        image_model=fields.pop("image_model", "demo"), status=status, jobs_total=count,
-        collection=Collection.objects.get(name="Generated images"), **fields,
+        theme=fields.pop("theme", "Crows over Kyoto"),
+        count=count,
+        llm="demo",
+        image_model=fields.pop("image_model", "demo"),
+        status=status,
+        jobs_total=count,
+        collection=Collection.objects.get(name="Generated images"),
+        **fields,
     )
     GenerationJob.objects.bulk_create(
-        GenerationJob(request=request, index=i, prompt=f"{request.theme}: prompt number {i}",
-                      seed=i, status=job_status)
+        GenerationJob(
+            request=request,
+            index=i,
+            prompt=f"{request.theme}: prompt number {i}",
+            seed=i,
+            status=job_status,
+        )
         for i in range(count)
     )
     HUEY.storage.flush_queue()  # Wagtail's index tasks for the new rows: not under test
@@ -81,9 +102,15 @@ def thread_consumer_factory():
         consumer._set_signal_handlers = lambda: None  # only the main thread may
         runner = threading.Thread(target=consumer.run, daemon=True)
         runner.start()
-        wait_for(lambda: len(consumer.worker_threads) == workers
-                 and all(thread.is_alive() for _, thread in consumer.worker_threads),
-                 10, interval=0.01, message="consumer started")
+        wait_for(
+            lambda: (
+                len(consumer.worker_threads) == workers
+                and all(thread.is_alive() for _, thread in consumer.worker_threads)
+            ),
+            10,
+            interval=0.01,
+            message="consumer started",
+        )
         try:
             yield consumer
         finally:
@@ -109,9 +136,9 @@ def reliability_report(request):
 
     def report(scenario: str, requests, call_log=None, deaths=None) -> dict:
         jobs = GenerationJob.objects.filter(request__in=requests)
-        images = get_image_model().objects.filter(generation_request_id__in=[
-            r.pk for r in requests
-        ])
+        images = get_image_model().objects.filter(
+            generation_request_id__in=[r.pk for r in requests]
+        )
         succeeded = jobs.filter(status=GenerationJob.Status.SUCCEEDED)
         backend = getattr(request.node, "callspec", None)
         backend = backend.params.get("queue_backend") if backend else None
@@ -122,19 +149,24 @@ def reliability_report(request):
             "jobs": jobs.count(),
             "succeeded": succeeded.count(),
             "failed with a reason": jobs.filter(status=GenerationJob.Status.FAILED)
-            .exclude(error="").count(),
+            .exclude(error="")
+            .count(),
             # Final without a result or a reason: the work vanished.
             "lost": succeeded.filter(image=None).count()
             + jobs.filter(status=GenerationJob.Status.FAILED, error="").count(),
             "stuck": jobs.filter(status__in=GenerationJob.OPEN).count()
-            + sum(1 for r in requests
-                  if GenerationRequest.objects.get(pk=r.pk).status
-                  not in GenerationRequest.TERMINAL),
-            "duplicate images": images.count() - images.values("generation_job_id").distinct()
-            .count() + images.filter(generation_job_id=None).count(),
+            + sum(
+                1
+                for r in requests
+                if GenerationRequest.objects.get(pk=r.pk).status not in GenerationRequest.TERMINAL
+            ),
+            "duplicate images": images.count()
+            - images.values("generation_job_id").distinct().count()
+            + images.filter(generation_job_id=None).count(),
             # Two calls for one job in flight at once (a killed worker's call ends at its death).
             "duplicate provider calls": len(overlapping_calls(call_log, deaths=deaths))
-            if call_log else 0,
+            if call_log
+            else 0,
             # A job's image paid for again: its first result was lost (e.g. its worker was
             # killed between the call and filing), so the job called once more.
             "paid twice": calls_paid_twice(call_log) if call_log else 0,

@@ -21,8 +21,11 @@ def test_a_small_request_behind_a_big_batch_runs_at_once(
     small = make_request(SMALL, theme="A small request")
     with thread_consumer_factory(workers=8):
         queue_jobs(list(big.jobs.values_list("pk", flat=True)))
-        wait_for(lambda: big.jobs.filter(status="succeeded").count() >= 12, 30,
-                 message="the batch under way")
+        wait_for(
+            lambda: big.jobs.filter(status="succeeded").count() >= 12,
+            30,
+            message="the batch under way",
+        )
         submitted = time.monotonic()
         queue_jobs(list(small.jobs.values_list("pk", flat=True)))
         wait_for(lambda: settled(small), 30, interval=0.05, message="small request done")

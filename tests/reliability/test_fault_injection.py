@@ -36,22 +36,30 @@ def nothing_buried() -> bool:
 
 def all_final(request) -> bool:
     request.refresh_from_db()
-    return request.status in GenerationRequest.TERMINAL and not request.jobs.filter(
-        status__in=GenerationJob.OPEN
-    ).exists()
+    return (
+        request.status in GenerationRequest.TERMINAL
+        and not request.jobs.filter(status__in=GenerationJob.OPEN).exists()
+    )
 
 
 @pytest.mark.parametrize("faults, seed", [("storage", 1), ("database", 2), ("both", 3)])
 def test_random_faults_leave_nothing_open(
-    faults, seed, queue_backend, demo, call_log, settings, thread_consumer_factory,
+    faults,
+    seed,
+    queue_backend,
+    demo,
+    call_log,
+    settings,
+    thread_consumer_factory,
     reliability_report,
 ):
     demo(latency=0.05, failure_rate=0.1, concurrency=8)
     settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
     original = HUEY.storage
     requests = [make_request(JOBS)]
-    faulty_storage = FaultyStorage(original, seed=seed,
-                                   rate=0.05 if faults in ("storage", "both") else 0)
+    faulty_storage = FaultyStorage(
+        original, seed=seed, rate=0.05 if faults in ("storage", "both") else 0
+    )
     faulty_db = FaultyDatabase(seed=seed, rate=0.03 if faults in ("database", "both") else 0)
     HUEY.storage = faulty_storage
     try:
@@ -83,9 +91,11 @@ def test_random_faults_leave_nothing_open(
         assert sum(faulty_storage.injected.values()) > 0
     if faults != "storage":
         assert faulty_db.injected > 0
-    scenario = {"storage": "queue storage errors, 5% of calls",
-                "database": "database errors, 3% of writes",
-                "both": "storage and database errors"}[faults]
+    scenario = {
+        "storage": "queue storage errors, 5% of calls",
+        "database": "database errors, 3% of writes",
+        "both": "storage and database errors",
+    }[faults]
     figures = reliability_report(f"{scenario} ({queue_backend})", requests, call_log)
     assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
     for request in requests:

@@ -94,8 +94,12 @@ def test_an_exit_notice_from_another_thread_leaves_a_running_task_to_finish(tmp_
     worker = threading.Thread(target=HUEY.execute, args=(task,), name="worker")
     worker.start()
     try:
-        wait_for(lambda: log.exists() and "start busy" in log.read_text(), 5,
-                 interval=0.01, message="the task running in its worker thread")
+        wait_for(
+            lambda: log.exists() and "start busy" in log.read_text(),
+            5,
+            interval=0.01,
+            message="the task running in its worker thread",
+        )
         assert task in HUEY._tasks_in_flight  # the exit notice below is sent for it
         with caplog.at_level(logging.WARNING):
             HUEY.notify_interrupted_tasks()  # here, as the consumer does at exit

@@ -89,8 +89,12 @@ def test_work_queued_elsewhere_is_picked_up_within_the_interval(
             queued_at = time.time()
             # Straight into the storage, as another process's enqueue arrives: no wake-up.
             HUEY.storage.enqueue(HUEY.serialize_task(task), 0)
-            picked_up = wait_for(lambda key=f"pickup-{trial}": HUEY.get(key, peek=True), 10,
-                                 interval=0.005, message="the task ran")
+            picked_up = wait_for(
+                lambda key=f"pickup-{trial}": HUEY.get(key, peek=True),
+                10,
+                interval=0.005,
+                message="the task ran",
+            )
             delays.append(picked_up - queued_at)
     assert sorted(delays)[1] < HUEY.idle.interval + 0.1, delays
 

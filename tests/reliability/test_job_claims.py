@@ -37,8 +37,14 @@ def test_duplicate_messages_make_one_provider_call_per_job(
         for _ in range(2):
             HUEY.enqueue(generate_image.s(job_id, id=f"dup-{job_id}-{uuid.uuid4().hex[:6]}"))
     wait_for(lambda: settled(request), 60, message="request settled")
-    wait_for(lambda: HUEY.storage.queue_size() + HUEY.storage.schedule_size()
-             + HUEY.storage.leased_count() == 0, 30, message="duplicates drained")
+    wait_for(
+        lambda: (
+            HUEY.storage.queue_size() + HUEY.storage.schedule_size() + HUEY.storage.leased_count()
+            == 0
+        ),
+        30,
+        message="duplicates drained",
+    )
     assert request.status == Req.COMPLETED
     calls = calls_per_key(call_log)
     assert len(calls) == 6 and set(calls.values()) == {1}
@@ -202,8 +208,9 @@ def _concurrently(fn, times: int = 2) -> list:
 def test_two_generate_pending_clicks_enqueue_each_job_once(demo):
     HUEY.storage.flush_all()
     request = make_request(20, status=Req.DRAFT)
-    _concurrently(lambda: actions.generate_pending(
-        GenerationRequest.objects.get(pk=request.pk)), times=3)
+    _concurrently(
+        lambda: actions.generate_pending(GenerationRequest.objects.get(pk=request.pk)), times=3
+    )
     tasks = queued_tasks("generate_image")
     assert sorted(task.args[0] for task in tasks) == sorted(
         request.jobs.values_list("pk", flat=True)
@@ -214,10 +221,12 @@ def test_two_generate_pending_clicks_enqueue_each_job_once(demo):
 
 def test_two_retry_failed_clicks_reset_and_count_each_job_once(demo):
     HUEY.storage.flush_all()
-    request = make_request(10, status=Req.COMPLETED_WITH_ERRORS, job_status=Job.FAILED,
-                           jobs_failed=10)
-    results = _concurrently(lambda: services.reset_failed_jobs(
-        GenerationRequest.objects.get(pk=request.pk)))
+    request = make_request(
+        10, status=Req.COMPLETED_WITH_ERRORS, job_status=Job.FAILED, jobs_failed=10
+    )
+    results = _concurrently(
+        lambda: services.reset_failed_jobs(GenerationRequest.objects.get(pk=request.pk))
+    )
     assert sorted(len(ids) for ids in results) == [0, 10]
     request.refresh_from_db()
     assert request.jobs_failed == 0 and request.status == Req.GENERATING
@@ -228,10 +237,10 @@ def test_two_retry_failed_clicks_reset_and_count_each_job_once(demo):
 
 def test_two_generate_clicks_start_one_expansion(demo):
     HUEY.storage.flush_all()
-    request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
-                                               image_model="demo")
-    messages = _concurrently(lambda: actions.generate(
-        GenerationRequest.objects.get(pk=request.pk)))
+    request = GenerationRequest.objects.create(
+        theme="Moths", count=3, llm="demo", image_model="demo"
+    )
+    messages = _concurrently(lambda: actions.generate(GenerationRequest.objects.get(pk=request.pk)))
     assert sorted(bool(m) for m in messages) == [False, True]
     assert len(queued_tasks("expand_prompt")) == 1
     HUEY.storage.flush_all()
@@ -287,8 +296,9 @@ def test_a_fan_out_that_fails_after_its_first_chunk_keeps_what_it_queued(demo, m
 
 
 def test_an_expansion_that_finishes_after_cancel_creates_nothing(demo, settings, monkeypatch):
-    request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
-                                               image_model="demo", status=Req.QUEUED)
+    request = GenerationRequest.objects.create(
+        theme="Moths", count=3, llm="demo", image_model="demo", status=Req.QUEUED
+    )
     from generation.providers.demo import DemoLLM
 
     original = DemoLLM.expand
@@ -311,8 +321,9 @@ def test_concurrent_clicks_end_to_end(
     twice at once: every prompt is generated once, every retry runs once."""
     demo(latency=0.1, reject_rate=0.2)
     request = make_request(20, status=Req.DRAFT)
-    _concurrently(lambda: actions.generate_pending(
-        GenerationRequest.objects.get(pk=request.pk)), times=3)
+    _concurrently(
+        lambda: actions.generate_pending(GenerationRequest.objects.get(pk=request.pk)), times=3
+    )
     wait_for(lambda: settled(request), 60, message="first run settled")
     rejected = request.jobs_failed
     assert rejected > 0

@@ -80,26 +80,29 @@ def test_requeuing_a_dead_letter_is_checked_against_the_budgets(
     from decimal import Decimal
 
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"], "PRICE": "0.5"}
+        **settings.KARASU["IMAGE_MODELS"]["demo"],
+        "PRICE": "0.5",
+    }
     request = make_request(2, cost_estimate=Decimal("1.00"))  # $0.50 an image
     job_ids = queue_jobs(list(request.jobs.values_list("pk", flat=True)))
     die_holding(HUEY.storage)
     die_holding(HUEY.storage)
     assert HUEY.storage.claim() is None and HUEY.storage.dead_letter_count() == 2
     settings.KARASU["MAX_REQUEST_COST"] = Decimal("0.75")  # room for one more image only
-    page = editor.post(reverse("job_monitor:dead_letters_all", args=["requeue"]),
-                       follow=True).content.decode()
+    page = editor.post(
+        reverse("job_monitor:dead_letters_all", args=["requeue"]), follow=True
+    ).content.decode()
     assert "1 dead letters requeued." in page
     assert "1 kept, as they would pay for more" in page and "above the limit of $0.75" in page
     assert HUEY.storage.dead_letter_count() == 1
-    statuses = sorted(GenerationJob.objects.filter(pk__in=job_ids).values_list("status",
-                                                                                flat=True))
+    statuses = sorted(GenerationJob.objects.filter(pk__in=job_ids).values_list("status", flat=True))
     assert statuses == [Job.FAILED, Job.QUEUED]
 
 
 def test_a_buried_expansion_fails_its_request(demo, one_delivery, queue_backend):
-    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                               image_model="demo", status=Req.QUEUED)
+    request = GenerationRequest.objects.create(
+        theme="Moths", count=2, llm="demo", image_model="demo", status=Req.QUEUED
+    )
     HUEY.storage.flush_queue()
     expand_prompt(request.pk)
     die_holding(HUEY.storage)
@@ -144,8 +147,9 @@ def test_maintenance_restarts_lost_expansions_and_pauses_unsent_prompts(
     demo, queue_backend, settings
 ):
     settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
-    lost = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                            image_model="demo", status=Req.EXPANDING)
+    lost = GenerationRequest.objects.create(
+        theme="Moths", count=2, llm="demo", image_model="demo", status=Req.EXPANDING
+    )
     review = make_request(3, auto_generate=False)
     refanned = make_request(2)
     result = maintenance.call_local()
@@ -176,8 +180,11 @@ def test_a_task_past_its_deadline_fails_as_timed_out(demo, call_log, thread_cons
         wait_for(lambda: settled(request), 20, message="timed out")
         job = request.jobs.get()
         assert job.status == Job.FAILED and job.error.startswith("timed out")
-        wait_for(lambda: calls_per_key(call_log) and open(call_log).read().count("end ") == 1,
-                 10, message="the stuck call returns")
+        wait_for(
+            lambda: calls_per_key(call_log) and open(call_log).read().count("end ") == 1,
+            10,
+            message="the stuck call returns",
+        )
         time.sleep(0.5)
     finally:
         HUEY.task_deadline = original
@@ -222,8 +229,10 @@ def commit_raises_once(monkeypatch):
     armed = {"table": None, "wrote": False}
 
     def watch(execute, sql, params, many, context):
-        if armed["table"] and sql.lstrip().upper().startswith(("INSERT", "UPDATE")) and (
-            armed["table"] in sql
+        if (
+            armed["table"]
+            and sql.lstrip().upper().startswith(("INSERT", "UPDATE"))
+            and (armed["table"] in sql)
         ):
             armed["wrote"] = True
         return execute(sql, params, many, context)
@@ -258,12 +267,15 @@ def test_a_commit_that_raised_but_went_through_keeps_the_image_and_its_file(
     assert request.jobs_succeeded == 1
 
 
-def test_prompts_whose_commit_raised_but_went_through_are_written_once(
-    demo, commit_raises_once
-):
-    request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
-                                               image_model="demo", status=Req.QUEUED,
-                                               auto_generate=False)
+def test_prompts_whose_commit_raised_but_went_through_are_written_once(demo, commit_raises_once):
+    request = GenerationRequest.objects.create(
+        theme="Moths",
+        count=3,
+        llm="demo",
+        image_model="demo",
+        status=Req.QUEUED,
+        auto_generate=False,
+    )
     expansion = get_llm("demo").expand("Moths", 3)
     expansion = dataclasses.replace(expansion, usage=TokenUsage(input_tokens=100, output_tokens=40))
     commit_raises_once("generation_generationjob")
@@ -319,11 +331,19 @@ def test_a_database_blip_after_the_llm_answered_is_retried_in_place(
         return request_prompts(self, *args, **kwargs)
 
     monkeypatch.setattr(DemoLLM, "request_prompts", counted)
-    monkeypatch.setattr(GenerationJob.objects, "bulk_create", flaky(
-        GenerationJob.objects.bulk_create, OperationalError("database is locked"), 2))
-    request = GenerationRequest.objects.create(theme="Moths", count=3, llm="demo",
-                                               image_model="demo", status=Req.QUEUED,
-                                               auto_generate=False)
+    monkeypatch.setattr(
+        GenerationJob.objects,
+        "bulk_create",
+        flaky(GenerationJob.objects.bulk_create, OperationalError("database is locked"), 2),
+    )
+    request = GenerationRequest.objects.create(
+        theme="Moths",
+        count=3,
+        llm="demo",
+        image_model="demo",
+        status=Req.QUEUED,
+        auto_generate=False,
+    )
     expand_prompt(request.pk)
     wait_for(lambda: expanded(request), 30, message="prompts written")
     assert request.status == Req.DRAFT and request.jobs.count() == 3 and request.error == ""
@@ -334,10 +354,14 @@ def test_infrastructure_errors_of_an_expansion_use_no_llm_retries(
     queue_backend, demo, thread_consumer, monkeypatch
 ):
     # Three errors in a row: more than the expansion's 2 retries for the LLM.
-    monkeypatch.setattr(services, "expand_request", flaky(
-        services.expand_request, OperationalError("database is locked"), 3))
-    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                               image_model="demo", status=Req.QUEUED)
+    monkeypatch.setattr(
+        services,
+        "expand_request",
+        flaky(services.expand_request, OperationalError("database is locked"), 3),
+    )
+    request = GenerationRequest.objects.create(
+        theme="Moths", count=2, llm="demo", image_model="demo", status=Req.QUEUED
+    )
     expand_prompt(request.pk)
     wait_for(lambda: settled(request), 30, message="request settled")
     assert request.status == Req.COMPLETED and request.jobs_succeeded == 2
@@ -354,8 +378,9 @@ def test_a_lasting_infrastructure_error_fails_the_expansion_with_the_real_reason
         raise OperationalError("could not connect to server")
 
     monkeypatch.setattr(services, "expand_request", broken)
-    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                               image_model="demo", status=Req.QUEUED)
+    request = GenerationRequest.objects.create(
+        theme="Moths", count=2, llm="demo", image_model="demo", status=Req.QUEUED
+    )
     expand_prompt(request.pk)
     wait_for(lambda: expanded(request), 30, message="request failed")
     assert request.status == Req.FAILED
@@ -378,11 +403,15 @@ def test_cancel_stops_the_retries_of_running_jobs(demo, call_log, thread_consume
     demo(latency=0.6, failure_rate=1.0, max_failure_streak=0)
     request = make_request(2)
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
-    wait_for(lambda: request.jobs.filter(status=Job.RUNNING).count() == 2, 10,
-             message="both running")
+    wait_for(
+        lambda: request.jobs.filter(status=Job.RUNNING).count() == 2, 10, message="both running"
+    )
     services.cancel_request(GenerationRequest.objects.get(pk=request.pk))
-    wait_for(lambda: not request.jobs.filter(status__in=GenerationJob.OPEN).exists(), 10,
-             message="jobs final")
+    wait_for(
+        lambda: not request.jobs.filter(status__in=GenerationJob.OPEN).exists(),
+        10,
+        message="jobs final",
+    )
     time.sleep(1.5)  # past any re-schedule: nothing new starts
     assert set(request.jobs.values_list("status", "attempts")) == {(Job.CANCELLED, 1)}
     assert set(calls_per_key(call_log).values()) == {1}
@@ -408,9 +437,14 @@ def test_retrying_an_old_failed_run_of_a_succeeded_job_does_nothing(demo, editor
     HUEY.storage.flush_all()
     request = make_request(1, status=Req.COMPLETED, job_status=Job.SUCCEEDED, jobs_succeeded=1)
     job = request.jobs.get()
-    run = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image", task_id="old",
-                                 status=TaskRun.Status.FAILED, args=[job.pk],
-                                 generation_job=job, generation_request=request)
+    run = TaskRun.objects.create(
+        task_name="huey_tasks.tasks.generate_image",
+        task_id="old",
+        status=TaskRun.Status.FAILED,
+        args=[job.pk],
+        generation_job=job,
+        generation_request=request,
+    )
     editor.post(reverse("job_monitor:run_retry", args=[run.pk]))
     job.refresh_from_db()
     assert job.status == Job.SUCCEEDED and queued_tasks("generate_image") == []
@@ -422,9 +456,14 @@ def test_nothing_of_a_cancelled_request_is_retried_or_regenerated(demo, editor):
     HUEY.storage.flush_all()
     request = make_request(2, status=Req.CANCELLED, job_status=Job.FAILED, jobs_failed=2)
     failed, other = request.jobs.order_by("index")
-    run = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image", task_id="r1",
-                                 status=TaskRun.Status.FAILED, args=[failed.pk],
-                                 generation_job=failed, generation_request=request)
+    run = TaskRun.objects.create(
+        task_name="huey_tasks.tasks.generate_image",
+        task_id="r1",
+        status=TaskRun.Status.FAILED,
+        args=[failed.pk],
+        generation_job=failed,
+        generation_request=request,
+    )
     response = editor.post(reverse("job_monitor:run_retry", args=[run.pk]), follow=True)
     assert "nothing of it runs again" in response.content.decode()
     response = editor.post(
@@ -453,9 +492,14 @@ def test_spending_actions_need_change_permission_on_requests(demo, client, djang
     client.force_login(user)
     request = make_request(1, status=Req.FAILED, job_status=Job.FAILED, jobs_failed=1)
     job = request.jobs.get()
-    run = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image", task_id="r1",
-                                 status=TaskRun.Status.FAILED, args=[job.pk],
-                                 generation_job=job, generation_request=request)
+    run = TaskRun.objects.create(
+        task_name="huey_tasks.tasks.generate_image",
+        task_id="r1",
+        status=TaskRun.Status.FAILED,
+        args=[job.pk],
+        generation_job=job,
+        generation_request=request,
+    )
     urls = [
         reverse("job_monitor:run_retry", args=[run.pk]),
         reverse("job_monitor:request_retry_failed", args=[request.pk]),
@@ -523,9 +567,14 @@ def test_revoking_a_stale_run_leaves_the_current_run_alone(demo, editor):
     HUEY.storage.flush_all()
     request = make_request(1)
     job = request.jobs.get()
-    stale = TaskRun.objects.create(task_name="huey_tasks.tasks.generate_image",
-                                   task_id="generate_image-old", status=TaskRun.Status.QUEUED,
-                                   args=[job.pk], generation_job=job, generation_request=request)
+    stale = TaskRun.objects.create(
+        task_name="huey_tasks.tasks.generate_image",
+        task_id="generate_image-old",
+        status=TaskRun.Status.QUEUED,
+        args=[job.pk],
+        generation_job=job,
+        generation_request=request,
+    )
     queue_jobs([job.pk])  # the job's current run has another task id
     editor.post(reverse("job_monitor:run_revoke", args=[stale.pk]))
     job.refresh_from_db()
@@ -591,8 +640,9 @@ def test_a_buried_message_leaves_a_job_whose_holder_still_renews_its_claim(
     queue_jobs([live_job.pk])
     delivery = HUEY.storage.claim(lease_seconds=0.01)
     # Claimed and renewed just now: a full claim ahead, as the heartbeat keeps it.
-    assert services.claim_job(live_job, "alive", HUEY.storage.lease_seconds * 2,
-                              message_id=delivery.message_id)
+    assert services.claim_job(
+        live_job, "alive", HUEY.storage.lease_seconds * 2, message_id=delivery.message_id
+    )
     time.sleep(0.05)
     assert HUEY.storage.claim() is None  # buried on the next claim
     live_job.refresh_from_db()
@@ -601,8 +651,9 @@ def test_a_buried_message_leaves_a_job_whose_holder_still_renews_its_claim(
     queue_jobs([dead_job.pk])
     delivery = HUEY.storage.claim(lease_seconds=0.01)
     # Its worker died: the claim's last renewal was a lease before the message ran out.
-    assert services.claim_job(dead_job, "dead", HUEY.storage.lease_seconds,
-                              message_id=delivery.message_id)
+    assert services.claim_job(
+        dead_job, "dead", HUEY.storage.lease_seconds, message_id=delivery.message_id
+    )
     time.sleep(0.05)
     assert HUEY.storage.claim() is None
     dead_job.refresh_from_db()
@@ -611,8 +662,9 @@ def test_a_buried_message_leaves_a_job_whose_holder_still_renews_its_claim(
 
 def test_an_expansion_under_way_is_not_reported_revoked(demo, editor):
     HUEY.storage.flush_all()
-    request = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                               image_model="demo", status=Req.QUEUED)
+    request = GenerationRequest.objects.create(
+        theme="Moths", count=2, llm="demo", image_model="demo", status=Req.QUEUED
+    )
     expand_prompt(request.pk)
     run = TaskRun.objects.get(generation_request=request, task_name__endswith="expand_prompt")
     GenerationRequest.objects.filter(pk=request.pk).update(status=Req.EXPANDING)  # started
@@ -626,14 +678,20 @@ def test_an_expansion_under_way_is_not_reported_revoked(demo, editor):
 def test_a_late_llm_error_does_not_overwrite_the_reason_of_an_ended_request(demo):
     """Its deadline failed the request; the LLM call that then failed must not replace
     "timed out" with a "(will retry)" for a retry that will do nothing."""
-    ended = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                             image_model="demo", status=Req.FAILED,
-                                             error="timed out: no result within 300 s")
+    ended = GenerationRequest.objects.create(
+        theme="Moths",
+        count=2,
+        llm="demo",
+        image_model="demo",
+        status=Req.FAILED,
+        error="timed out: no result within 300 s",
+    )
     services.note_request_error(ended.pk, "LLM overloaded (will retry)")
     ended.refresh_from_db()
     assert ended.error == "timed out: no result within 300 s"
-    expanding = GenerationRequest.objects.create(theme="Moths", count=2, llm="demo",
-                                                 image_model="demo", status=Req.EXPANDING)
+    expanding = GenerationRequest.objects.create(
+        theme="Moths", count=2, llm="demo", image_model="demo", status=Req.EXPANDING
+    )
     services.note_request_error(expanding.pk, "LLM overloaded (will retry)")
     expanding.refresh_from_db()
     assert expanding.error == "LLM overloaded (will retry)"

@@ -45,18 +45,24 @@ def demo_env(call_log, **extra) -> dict:
 
 
 @pytest.mark.parametrize("deliveries", [5, 1])
-def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries,
-                                             reliability_report):
+def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries, reliability_report):
     """With the default 5 deliveries the killed worker's jobs are simply run again; with
     one delivery allowed they are dead-lettered, and fail at once with a reason."""
-    env = demo_env(call_log, KARASU_MAX_DELIVERIES=deliveries, KARASU_DEMO_LATENCY=0.5,
-                   KARASU_DEMO_CONCURRENCY=8)
+    env = demo_env(
+        call_log,
+        KARASU_MAX_DELIVERIES=deliveries,
+        KARASU_DEMO_LATENCY=0.5,
+        KARASU_DEMO_CONCURRENCY=8,
+    )
     request = make_request(30)
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
     first = consumers.start_consumer(tmp_path / "first.log", workers=10, **env)
     try:
-        consumers.wait_for(lambda: request.jobs.filter(status=Job.SUCCEEDED).count() >= 8, 60,
-                           message="a third done")
+        consumers.wait_for(
+            lambda: request.jobs.filter(status=Job.SUCCEEDED).count() >= 8,
+            60,
+            message="a third done",
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_at = time.time()
@@ -72,9 +78,10 @@ def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries,
         consumers.stop(second)
     deaths = {first.pid: killed_at}
     figures = reliability_report(
-        "SIGKILL mid-batch" if deliveries > 1
-        else "dead letters: SIGKILL with 1 delivery allowed",
-        [request], call_log, deaths,
+        "SIGKILL mid-batch" if deliveries > 1 else "dead letters: SIGKILL with 1 delivery allowed",
+        [request],
+        call_log,
+        deaths,
     )
     assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
     assert figures["duplicate provider calls"] == 0
@@ -95,9 +102,13 @@ def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries,
     assert succeeded + failed.count() == 30
     # Buried: the failed jobs' messages (and maybe Wagtail's index tasks, or the message of a
     # job that was filed just before the kill, whose burial then changed nothing).
-    buried = {task.args[0] for task in map(HUEY.deserialize_task,
-                                           (letter.data for letter in HUEY.storage.dead_letters()))
-              if task.name.endswith("generate_image")}
+    buried = {
+        task.args[0]
+        for task in map(
+            HUEY.deserialize_task, (letter.data for letter in HUEY.storage.dead_letters())
+        )
+        if task.name.endswith("generate_image")
+    }
     assert set(failed.values_list("pk", flat=True)) <= buried
 
 
@@ -117,8 +128,11 @@ def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, relia
         return [c for c in read_calls(call_log) if c.pid == pid] if call_log.exists() else []
 
     try:
-        consumers.wait_for(lambda: sum(call.open for call in calls_by(frozen.pid)) >= 4, 60,
-                           message="calls in flight")
+        consumers.wait_for(
+            lambda: sum(call.open for call in calls_by(frozen.pid)) >= 4,
+            60,
+            message="calls in flight",
+        )
         frozen.send_signal(signal.SIGSTOP)
         stopped_at = time.time()
         # The calls in flight at the freeze (the log is written only around a call).
@@ -129,23 +143,28 @@ def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, relia
         # message to come back and a claim wait for the other worker to look again.
         consumers.wait_for(
             lambda: {call.key for call in calls_by(other.pid)} & held,
-            claim_seconds + lease + CLAIM_WAIT + 10, message="a held call taken over",
+            claim_seconds + lease + CLAIM_WAIT + 10,
+            message="a held call taken over",
         )
         thawed_at = time.time()
         frozen.send_signal(signal.SIGCONT)
         consumers.wait_for(lambda: settled(request), 90, message="request settled")
         consumers.wait_for(queue_empty, 30, message="queue drained")
-        consumers.wait_for(lambda: all(
-            f"Job {job_of[key]} was taken over" in (tmp_path / "frozen.log").read_text()
-            for key in {c.key for c in calls_by(frozen.pid)} & {c.key for c in calls_by(other.pid)}
-        ), 10, message="the frozen worker's late results refused")
+        consumers.wait_for(
+            lambda: all(
+                f"Job {job_of[key]} was taken over" in (tmp_path / "frozen.log").read_text()
+                for key in {c.key for c in calls_by(frozen.pid)}
+                & {c.key for c in calls_by(other.pid)}
+            ),
+            10,
+            message="the frozen worker's late results refused",
+        )
     finally:
         frozen.send_signal(signal.SIGCONT)
         consumers.stop(frozen)
         if other is not None:
             consumers.stop(other)
-    figures = reliability_report("SIGSTOP past the lease and the job claims", [request],
-                                 call_log)
+    figures = reliability_report("SIGSTOP past the lease and the job claims", [request], call_log)
     assert request.status == Req.COMPLETED
     assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
     succeeded = request.jobs.filter(status=Job.SUCCEEDED)
@@ -184,9 +203,11 @@ def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, relia
     for key in taken_over:
         job_id = job_of[key]
         assert f"Job {job_id} was taken over while it ran; its image was not filed" in frozen_log
-        assert re.search(rf"Lost the lease of task generate_image-{job_id}-\w+ to another worker"
-                         rf"|Lease of generate_image-{job_id}-\w+ was lost before its ack",
-                         frozen_log)
+        assert re.search(
+            rf"Lost the lease of task generate_image-{job_id}-\w+ to another worker"
+            rf"|Lease of generate_image-{job_id}-\w+ was lost before its ack",
+            frozen_log,
+        )
     # ...and its late acks and writes left the new holder's claims alone: the other worker
     # never lost a message lease or an ack, and every result it got was filed.
     assert "was taken over while it ran" not in other_log
@@ -200,20 +221,32 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
     first = consumers.start_consumer(tmp_path / "first.log", workers=1)
     second = None
     try:
-        consumers.wait_for(lambda: "start frozen" in log.read_text() if log.exists() else False,
-                           30, message="first start")
+        consumers.wait_for(
+            lambda: "start frozen" in log.read_text() if log.exists() else False,
+            30,
+            message="first start",
+        )
         first.send_signal(signal.SIGSTOP)
         time.sleep(4.0)  # past the 3 s lease
         second = consumers.start_consumer(tmp_path / "second.log", workers=1)
-        consumers.wait_for(lambda: log.read_text().count("start frozen") == 2, 30,
-                           message="redelivered to the second worker")
+        consumers.wait_for(
+            lambda: log.read_text().count("start frozen") == 2,
+            30,
+            message="redelivered to the second worker",
+        )
         first.send_signal(signal.SIGCONT)
-        consumers.wait_for(lambda: log.read_text().count("done frozen") == 1, 30,
-                           message="the frozen worker finishes late")
+        consumers.wait_for(
+            lambda: log.read_text().count("done frozen") == 1,
+            30,
+            message="the frozen worker finishes late",
+        )
         time.sleep(0.5)  # its ack (refused) and heartbeat have run
         assert HUEY.storage.leased_count() == 1  # the second worker's claim survived
-        consumers.wait_for(lambda: log.read_text().count("done frozen") == 2, 30,
-                           message="the second worker finishes")
+        consumers.wait_for(
+            lambda: log.read_text().count("done frozen") == 2,
+            30,
+            message="the second worker finishes",
+        )
         consumers.wait_for(queue_empty, 10, message="acked by its holder")
     finally:
         first.send_signal(signal.SIGCONT)
@@ -230,11 +263,11 @@ def test_concurrency_holds_across_worker_processes(tmp_path, call_log, latency, 
     longer than the 3 s lease (kept alive by the heartbeat)."""
     env = demo_env(call_log, KARASU_DEMO_LATENCY=latency, KARASU_DEMO_CONCURRENCY=limit)
     request = make_request(count)
-    workers = [consumers.start_consumer(tmp_path / f"w{n}.log", workers=3, **env)
-               for n in range(2)]
+    workers = [consumers.start_consumer(tmp_path / f"w{n}.log", workers=3, **env) for n in range(2)]
     try:
         consumers.wait_for(
-            lambda: WorkerHeartbeat.objects.filter(stopped_at=None).count() == 2, 60,
+            lambda: WorkerHeartbeat.objects.filter(stopped_at=None).count() == 2,
+            60,
             message="both workers up",
         )
         queue_jobs(list(request.jobs.values_list("pk", flat=True)))

@@ -40,9 +40,18 @@ def consumer_env(**extra: str) -> dict[str, str]:
 def start_consumer(log_file: Path, workers: int = 2, **extra_env: str) -> subprocess.Popen:
     return subprocess.Popen(
         # No periodic tasks: maintenance must not add messages the tests count.
-        [sys.executable, "manage.py", "run_huey", "--workers", str(workers), "--no-periodic",
-         "--delay", "0.05",
-         "--max-delay", "0.2"],
+        [
+            sys.executable,
+            "manage.py",
+            "run_huey",
+            "--workers",
+            str(workers),
+            "--no-periodic",
+            "--delay",
+            "0.05",
+            "--max-delay",
+            "0.2",
+        ],
         cwd=ROOT,
         env=consumer_env(**extra_env),
         stdout=open(log_file, "ab"),

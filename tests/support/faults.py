@@ -20,8 +20,19 @@ from django.db.backends.signals import connection_created
 from pymongo.errors import AutoReconnect
 
 STORAGE_CALLS = (
-    "enqueue", "enqueue_many", "claim", "ack", "release", "extend_leases", "add_to_schedule",
-    "promote_due", "put_data", "peek_many", "acquire_slot", "extend_slot", "release_slot",
+    "enqueue",
+    "enqueue_many",
+    "claim",
+    "ack",
+    "release",
+    "extend_leases",
+    "add_to_schedule",
+    "promote_due",
+    "put_data",
+    "peek_many",
+    "acquire_slot",
+    "extend_slot",
+    "release_slot",
 )
 
 

@@ -41,9 +41,7 @@ class Call:
         return self.start < other.end and other.start < self.end
 
 
-def read_calls(
-    path: str | PathLike[str], deaths: Mapping[int, float] | None = None
-) -> list[Call]:
+def read_calls(path: str | PathLike[str], deaths: Mapping[int, float] | None = None) -> list[Call]:
     """Every call in the log, in start order. Malformed lines raise ValueError."""
     deaths = deaths or {}
     starts: dict[str, tuple[str, int, float, str]] = {}  # by call id
@@ -104,21 +102,17 @@ def overlapping_calls(
     found = []
     for key, calls in by_key.items():
         for i, first in enumerate(calls):
-            for second in calls[i + 1:]:
+            for second in calls[i + 1 :]:
                 if first.overlaps(second):
                     found.append((key, first, second))
     return found
 
 
-def max_in_flight(
-    path: str | PathLike[str], deaths: Mapping[int, float] | None = None
-) -> int:
+def max_in_flight(path: str | PathLike[str], deaths: Mapping[int, float] | None = None) -> int:
     """The most calls in flight at once, across all keys and processes."""
     # At equal times ends (-1) sort before starts (+1), matching Call.overlaps.
     events = sorted(
-        event
-        for call in read_calls(path, deaths)
-        for event in ((call.start, 1), (call.end, -1))
+        event for call in read_calls(path, deaths) for event in ((call.start, 1), (call.end, -1))
     )
     peak = current = 0
     for _, delta in events:

@@ -34,7 +34,9 @@ def queue_backend(request, monkeypatch):
     if request.param == "mongodb":
         url = _mongo_url()
         storage = MongoStorage(
-            original.name, url=url, lease_seconds=original.lease_seconds,
+            original.name,
+            url=url,
+            lease_seconds=original.lease_seconds,
             max_deliveries=original.max_deliveries,
         )
         storage.on_dead_letter = original.on_dead_letter

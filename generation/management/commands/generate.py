@@ -31,7 +31,9 @@ class Command(BaseCommand):
         parser.add_argument("--style", default="")
         parser.add_argument("--brief", default="")
         parser.add_argument(
-            "--source-image", type=int, metavar="ID",
+            "--source-image",
+            type=int,
+            metavar="ID",
             help="Make variations of this library image (with an image-editing model)",
         )
         parser.add_argument("--wait", action="store_true", help="Wait for the request to finish")
@@ -42,8 +44,11 @@ class Command(BaseCommand):
         price = costs.unit_price(request.cost_estimate, request.count)
         self.stdout.write(
             f"Request #{request.pk}: {request.count} images of “{request.theme}”"
-            + (f" (variations of image #{request.source_image_id})"
-               if request.source_image_id else "")
+            + (
+                f" (variations of image #{request.source_image_id})"
+                if request.source_image_id
+                else ""
+            )
             + ", "
             f"estimated cost {costs.usd(request.cost_estimate)} "
             f"({request.count} × {costs.usd(price)} per image)"
@@ -100,15 +105,21 @@ class Command(BaseCommand):
 
     def wait(self, request: GenerationRequest, timeout: float) -> GenerationRequest:
         deadline = time.monotonic() + timeout
-        with tqdm(total=request.count, unit="img", desc="generating", dynamic_ncols=True,
-                  file=self.stderr._out) as bar:
+        with tqdm(
+            total=request.count,
+            unit="img",
+            desc="generating",
+            dynamic_ncols=True,
+            file=self.stderr._out,
+        ) as bar:
             while True:
                 request.refresh_from_db()
                 if request.jobs_total and bar.total != request.jobs_total:
                     bar.total = request.jobs_total
                 bar.n = request.jobs_done
-                bar.set_postfix(done=request.jobs_succeeded, failed=request.jobs_failed,
-                                refresh=False)
+                bar.set_postfix(
+                    done=request.jobs_succeeded, failed=request.jobs_failed, refresh=False
+                )
                 bar.refresh()
                 if request.is_terminal:
                     return request

@@ -32,9 +32,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--max-age", type=float, default=DEFAULT_MAX_AGE,
+            "--max-age",
+            type=float,
+            default=DEFAULT_MAX_AGE,
             help=f"Seconds since the last heartbeat (default {DEFAULT_MAX_AGE:.0f}; workers "
-                 "beat every 10 s).",
+            "beat every 10 s).",
         )
 
     def handle(self, *args, max_age: float, **options):
@@ -44,7 +46,8 @@ class Command(BaseCommand):
         try:
             worker = (
                 WorkerHeartbeat.objects.filter(
-                    host=HOST, stopped_at=None,
+                    host=HOST,
+                    stopped_at=None,
                     last_seen__gte=now - datetime.timedelta(seconds=max_age),
                 )
                 .order_by("-last_seen")
@@ -60,8 +63,7 @@ class Command(BaseCommand):
             if not settings.KARASU.get("LEDGER", True):
                 hint = " (KARASU_LEDGER is off: workers record no heartbeats)"
             raise CommandError(
-                f"no running worker on {HOST} has sent a heartbeat in the last {max_age:g} s"
-                f"{hint}",
+                f"no running worker on {HOST} has sent a heartbeat in the last {max_age:g} s{hint}",
                 returncode=EXIT_STALE,
             )
         age = (now - worker.last_seen).total_seconds()
