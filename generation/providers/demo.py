@@ -368,6 +368,27 @@ def _caption_font() -> ImageFont.ImageFont:
     return ImageFont.load_default_imagefont()
 
 
+# Typographic punctuation that the bitmap font lacks, spelled the ASCII way.
+_PLAIN_PUNCTUATION = str.maketrans(
+    {
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2026": "...",
+    }
+)
+
+
+def drawable_caption(text: str, limit: int = 90) -> str:
+    """``text`` as the bitmap font can draw it. The font encodes only Latin-1, so anything
+    else (CJK, Arabic, emoji) is left out rather than failing the image."""
+    text = text.translate(_PLAIN_PUNCTUATION).encode("latin-1", "ignore").decode("latin-1")
+    return " ".join(text.split())[:limit]
+
+
 def render_into(
     out: Writable,
     prompt: str,
@@ -411,7 +432,7 @@ def _caption(draw: ImageDraw.ImageDraw, prompt: str, width: int, height: int, sc
     draw.rectangle((0, height - round(28 * scale), width, height), fill=(0, 0, 0))
     draw.text(
         (round(8 * scale), height - round(22 * scale)),
-        prompt[:90],
+        drawable_caption(prompt),
         fill=(255, 255, 255),
         font=_caption_font(),
     )
