@@ -112,7 +112,7 @@ from django.db.models import Avg
 from wagtail.images import get_image_model
 from generation import services
 from generation.models import GenerationRequest
-from huey_tasks.tasks import expand_prompt
+from generation.tasks import expand_prompt
 
 request = GenerationRequest.objects.create(theme="Crows over Kyoto", count={count},
                                            llm="demo", image_model="demo")

@@ -87,7 +87,7 @@ def populate(total: int, start: int) -> None:
         if i % 10 == 3:  # Wagtail's own tasks, through the shim
             return SHIM, [WAGTAIL_TASK, "cms.karasuimage", i]
         return (
-            "huey_tasks.tasks.generate_image" if i % 50 else "huey_tasks.tasks.expand_prompt"
+            "generation.tasks.generate_image" if i % 50 else "generation.tasks.expand_prompt"
         ), [i]
 
     TaskRun.objects.bulk_create(

@@ -5,9 +5,9 @@ A signed URL carries its signing time, so signing on every render gives every im
 URL each time a page is drawn. The request page redraws its images every 3 seconds while a
 request runs: with fresh URLs, the browser would fetch every thumbnail again each time,
 where with the same URL it keeps the one it has (objects are stored with a long
-Cache-Control). So a signed URL is reused for five minutes. Not longer: a URL signed with
-temporary credentials (an instance or pod role) stops working when they expire, and boto3
-renews them only 10–15 minutes before that.
+Cache-Control). So a signed URL is reused for five minutes, and no longer, because a URL
+signed with temporary credentials (an instance or pod role) stops working when they expire,
+and boto3 renews them only 10–15 minutes before that.
 
 Kept apart from ``cms.storage`` so that the settings (and a local-disk setup) do not load
 boto3.

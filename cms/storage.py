@@ -18,14 +18,15 @@ LOCAL_MEDIA = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 # django-storages' S3Storage, reusing signed URLs for a while (see cms/s3_storage.py).
 S3_BACKEND = "cms.s3_storage.MediaS3Storage"
 
-# An hour: a name is reused only after its image is deleted (an upload of the same name
-# then), so a browser or CDN serves a stale copy for at most that long.
+# An hour. A name is reused only after its image is deleted and another file is uploaded
+# under that name, so a browser or CDN serves a stale copy for at most that long.
 CACHE_CONTROL = "max-age=3600"
 
 
 def public_url_parts(public_url: str) -> tuple[str, str]:
-    """``https://cdn.example.com/media`` -> (``https:``, ``cdn.example.com/media``): the
-    url_protocol and custom_domain django-storages wants (a host[/path], no scheme)."""
+    """Split a public URL into the url_protocol and custom_domain django-storages wants
+    (a host[/path], no scheme): ``https://cdn.example.com/media`` gives (``https:``,
+    ``cdn.example.com/media``)."""
     parts = urlsplit(public_url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ImproperlyConfigured(
@@ -48,13 +49,13 @@ def media_storage(
     read_timeout: float = 60.0,
     max_attempts: int = 3,
 ) -> dict:
-    """``STORAGES["default"]``: the local disk without a bucket, else S3 (or any service
-    speaking its API: MinIO, Cloudflare R2, Ceph RGW…, through ``endpoint_url``).
+    """Build ``STORAGES["default"]``: the local disk without a bucket, else S3, or any
+    service speaking its API (MinIO, Cloudflare R2, Ceph RGW…) through ``endpoint_url``.
 
     - Stored names are never overwritten (``file_overwrite=False``): Wagtail files uploads
       under their own name (``original_images/photo.jpg``), and two uploads of one name
       must both be kept. A taken name gets a random suffix, as on the local disk.
-    - Objects get no ACL (``default_acl=None``): access is the bucket's policy.
+    - Objects get no ACL (``default_acl=None``); the bucket's policy decides access.
     - Without ``public_url`` the bucket is private and every URL is signed (valid for an
       hour, the same URL reused for five minutes); with it, URLs point there unsigned (a
       CDN or a public bucket).
@@ -67,7 +68,7 @@ def media_storage(
         raise ImproperlyConfigured(
             f"MEDIA_S3_ADDRESSING_STYLE must be auto, path or virtual, not {addressing_style!r}"
         )
-    from botocore.config import Config  # only with a bucket: settings load faster without
+    from botocore.config import Config  # only with a bucket, so settings load faster
 
     config = {
         "connect_timeout": connect_timeout,
@@ -77,7 +78,7 @@ def media_storage(
         # legacy V2, which newer AWS regions and R2 refuse).
         "signature_version": "s3v4",
         # MinIO, Ceph RGW and R2 all answer path-style requests (endpoint/bucket/key);
-        # virtual-hosted ones (bucket.endpoint) need DNS set up for it. AWS itself: auto.
+        # virtual-hosted ones (bucket.endpoint) need DNS set up for it. AWS itself gets auto.
         "s3": {"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
     }
     if endpoint_url:

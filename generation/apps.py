@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class GenerationConfig(AppConfig):
     name = "generation"
-    verbose_name = "Image generation"
+    verbose_name = _("Image generation")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
@@ -13,13 +14,17 @@ class GenerationConfig(AppConfig):
         from generation import (
             checks,  # noqa: F401 - registers the price check
             costs,  # noqa: F401 - connects the estimate to every save
+            monitoring,
             services,
         )
+
+        monitoring.register()  # what the job monitor shows and does for the pipeline
 
         def source_image_deleted(sender, instance, **kwargs) -> None:
             services.source_image_deleted(instance.pk)
 
-        # Before the row goes (SET_NULL then hides which requests it was the source of).
+        # Connected to pre_delete because, once the row is gone, SET_NULL hides which
+        # requests it was the source of.
         pre_delete.connect(
             source_image_deleted,
             sender=get_image_model(),

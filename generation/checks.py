@@ -1,5 +1,5 @@
-"""System checks: a malformed price stops ``manage.py check``, runserver and the workers at
-start, instead of failing a page or a Generate click later."""
+"""System checks: a malformed price stops ``manage.py check``, runserver, the workers and the
+WSGI application at start, instead of failing a page or a Generate click later."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from django.conf import settings
 from django.core.checks import Error, register
 from django.core.exceptions import ImproperlyConfigured
 
+from cms.checks import SETTINGS_TAG
 from generation import costs
 
 
-@register()
+@register(SETTINGS_TAG)
 def prices_are_usd_amounts(app_configs, **kwargs) -> list[Error]:
     errors = []
     for name, config in settings.KARASU["IMAGE_MODELS"].items():

@@ -25,10 +25,10 @@ Periods and budgets
     ``KARASU["MAX_REQUEST_COST"]`` refuses a request whose estimate is above it;
     ``KARASU["MAX_MONTHLY_COST"]`` refuses one when this month's spend, plus what this month's
     open requests may still spend (their jobs not yet finished × their price), plus its own
-    estimate would go above it. Unset (None): no limit.
+    estimate would go above it. Unset (None) means no limit.
 
-    Check and start happen under ``budget_lock()``: two editors starting requests at the same
-    moment cannot both fit into the last of a budget.
+    Check and start happen under ``budget_lock()``, so two editors starting requests at the
+    same moment cannot both fit into the last of a budget.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ from django.db import connection, transaction
 from django.db.models import Q, Sum
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext as _
 
 from generation.models import GenerationRequest, Spend
 
-# Any fixed bigint: the key of the PostgreSQL advisory lock that budget checks take in turn.
+# The key of the PostgreSQL advisory lock that budget checks take in turn (any fixed bigint).
 BUDGET_LOCK_KEY = 0x6B61726173750001
 PLACES = Decimal("0.0001")  # the cost fields' decimal_places
 ZERO = Decimal("0")
@@ -72,10 +73,13 @@ def parse_usd(value, what: str) -> Decimal:
 
 
 def usd(amount) -> str:
-    """$1,234.50 / $0.003 / $0.00: two decimals, up to four when the amount needs them."""
-    text = f"{Decimal(amount).quantize(PLACES):,.4f}"
-    whole, fraction = text.split(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+    """$1,234.50 / $0.003 / $0.00: two decimals, up to four when the amount needs them.
+
+    Separators are the active language's (Django's formats); the amount stays exact, as
+    number_format formats a Decimal without going through a float."""
+    value = Decimal(amount).quantize(PLACES)
+    places = max(2, len(f"{value:.4f}".split(".")[1].rstrip("0")))
+    return "$" + formats.number_format(value, decimal_pos=places, force_grouping=True)
 
 
 def price_per_image(model: str) -> Decimal:
@@ -112,7 +116,8 @@ def request_unit_price(request_id: int) -> Decimal:
 
 @receiver(pre_save, sender=GenerationRequest, dispatch_uid="generation.costs.set_estimate")
 def set_estimate(sender, instance: GenerationRequest, update_fields=None, **kwargs) -> None:
-    """count × price on every save of a request without prompts (admin form, CLI, code)."""
+    """Set the estimate (count × price) on every save of a request without prompts, from
+    the admin form, the CLI or code."""
     if instance.jobs_total or (update_fields is not None and "cost_estimate" not in update_fields):
         return
     instance.cost_estimate = estimate(instance.count, instance.image_model)
@@ -121,8 +126,8 @@ def set_estimate(sender, instance: GenerationRequest, update_fields=None, **kwar
 # Periods ----------------------------------------------------------------------------------
 def period_starts(now=None) -> tuple:
     """The start of today and of this month in the site's time zone."""
-    # The site's zone, not the viewing user's (Wagtail activates each editor's own): every
-    # editor, the CLI and the workers see the same day and month.
+    # Use the site's zone, not the viewing user's (Wagtail activates each editor's own), so
+    # that every editor, the CLI and the workers see the same day and month.
     local = timezone.localtime(now, timezone.get_default_timezone())
     today = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return today, today.replace(day=1)
@@ -151,8 +156,9 @@ def open_requests() -> Q:
 
 
 def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
-    """(spent, still open): the images paid for this month, and what the open requests'
-    unfinished jobs may still cost at their own price (whenever they were created)."""
+    """Return (spent, still open): the images paid for this month, and what the open
+    requests' unfinished jobs may still cost at their own price, whenever they were
+    created."""
     _, month = period_starts(now)
     spent = Spend.objects.filter(spent_at__gte=month).aggregate(spent=Sum("amount"))["spent"]
     spent = Decimal(spent or 0).quantize(PLACES)
@@ -167,6 +173,7 @@ def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
         "jobs_succeeded",
         "jobs_failed",
         "jobs_cancelled",
+        "expansion_finished_at",
     ):
         remaining += still_to_spend(request)
     return spent, remaining.quantize(PLACES)
@@ -175,8 +182,11 @@ def month_commitment(exclude_pk=None, now=None) -> tuple[Decimal, Decimal]:
 def still_to_spend(request: GenerationRequest) -> Decimal:
     """What a request's unfinished images may still cost, at its own price per image.
 
-    Once its prompts are written, its jobs count (the LLM may have written fewer)."""
-    planned = request.jobs_total or request.count
+    Once its expansion has ended, its jobs are counted, as the LLM may have written fewer
+    prompts than asked. Until then its count is used, as its prompts are still being
+    written."""
+    expanding = request.expansion_finished_at is None
+    planned = max(request.jobs_total, request.count) if expanding else request.jobs_total
     left = max(planned - request.jobs_succeeded - request.jobs_failed - request.jobs_cancelled, 0)
     return unit_price(request.cost_estimate, request.count) * left
 
@@ -209,34 +219,51 @@ def budget_error(
 ) -> str | None:
     """Why ``count`` more images of ``model`` are over budget; None if they are not.
 
-    With ``request``, they are more images of that request (a retry, a regeneration): its
-    spend and its unfinished images count towards the per-request limit too."""
+    With ``request``, they are more images of that request (a retry, a regeneration), so
+    its spend and its unfinished images count towards the per-request limit too."""
     cost = estimate(count, model)
     per_request = limit("MAX_REQUEST_COST")
     if per_request is not None and request is not None:
         already = request.cost_spent + still_to_spend(request)
         if already + cost > per_request:
-            return (
-                f"{count} more × {usd(price_per_image(model))} would take this request to "
-                f"{usd(already + cost)} ({usd(request.cost_spent)} spent), above the limit of "
-                f"{usd(per_request)} per request (KARASU_MAX_REQUEST_COST)."
-            )
+            return _(
+                "%(count)s more × %(price)s would take this request to %(total)s "
+                "(%(spent)s spent), above the limit of %(limit)s per request "
+                "(KARASU_MAX_REQUEST_COST)."
+            ) % {
+                "count": count,
+                "price": usd(price_per_image(model)),
+                "total": usd(already + cost),
+                "spent": usd(request.cost_spent),
+                "limit": usd(per_request),
+            }
     elif per_request is not None and cost > per_request:
-        return (
-            f"This request would cost {usd(cost)} ({count} × {usd(price_per_image(model))}), "
-            f"above the limit of {usd(per_request)} per request (KARASU_MAX_REQUEST_COST). "
-            "Ask for fewer images or choose a cheaper model."
-        )
+        return _(
+            "This request would cost %(cost)s (%(count)s × %(price)s), above the limit of "
+            "%(limit)s per request (KARASU_MAX_REQUEST_COST). Ask for fewer images or choose "
+            "a cheaper model."
+        ) % {
+            "cost": usd(cost),
+            "count": count,
+            "price": usd(price_per_image(model)),
+            "limit": usd(per_request),
+        }
     monthly = limit("MAX_MONTHLY_COST")
     if monthly is not None:
         spent, remaining = month_commitment(exclude_pk)
         total = spent + remaining + cost
         if total > monthly:
-            return (
-                f"This request would cost {usd(cost)}; with {usd(spent)} spent this month and "
-                f"{usd(remaining)} still to come from open requests that makes {usd(total)}, "
-                f"above the monthly budget of {usd(monthly)} (KARASU_MAX_MONTHLY_COST)."
-            )
+            return _(
+                "This request would cost %(cost)s; with %(spent)s spent this month and "
+                "%(remaining)s still to come from open requests that makes %(total)s, above "
+                "the monthly budget of %(limit)s (KARASU_MAX_MONTHLY_COST)."
+            ) % {
+                "cost": usd(cost),
+                "spent": usd(spent),
+                "remaining": usd(remaining),
+                "total": usd(total),
+                "limit": usd(monthly),
+            }
     return None
 
 
@@ -259,11 +286,14 @@ def request_costs(request: GenerationRequest) -> dict:
 
 def cost_cell(request: GenerationRequest) -> str:
     """The listing's cost column: spent of the estimate."""
-    return f"{usd(request.cost_spent)} of {usd(request.cost_estimate)}"
+    return _("%(spent)s of %(estimate)s") % {
+        "spent": usd(request.cost_spent),
+        "estimate": usd(request.cost_estimate),
+    }
 
 
 def price_label(label: str, price: Decimal) -> str:
-    return f"{label} — {usd(price)}/image"
+    return _("%(model)s — %(price)s/image") % {"model": label, "price": usd(price)}
 
 
 def prices_json() -> str:

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import html
+
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
+from django.db.models import QuerySet
+from django.utils.formats import get_format
 from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from wagtail.admin.forms import WagtailAdminModelForm
 from wagtail.images import get_image_model
+from wagtail.models import Collection
 from wagtail.permissions import policy_registry
 
 from generation import costs
@@ -17,6 +26,7 @@ from generation.providers import (
     image_model_can_edit,
     image_model_can_generate,
 )
+from generation.providers.prompting import MIN_PROMPT_WORDS, word_count
 
 # Once prompts exist these would no longer describe what was generated.
 LOCKED_AFTER_START = ["theme", "brief", "style", "count", "llm", "image_model", "aspect_ratio"]
@@ -41,12 +51,13 @@ class CountWithEstimate(forms.NumberInput):
         except (TypeError, ValueError):
             count = 0
         if count < 1 or self.model not in costs.prices():
-            return "Estimated cost: enter the number of images."
+            return _("Estimated cost: enter the number of images.")
         price = costs.price_per_image(self.model)
-        return (
-            f"Estimated cost: {costs.usd(costs.estimate(count, self.model))} "
-            f"({count} × {costs.usd(price)} per image)"
-        )
+        return _("Estimated cost: %(total)s (%(count)s × %(price)s per image)") % {
+            "total": costs.usd(costs.estimate(count, self.model)),
+            "count": count,
+            "price": costs.usd(price),
+        }
 
     def render(self, name, value, attrs=None, renderer=None):
         attrs = {
@@ -54,14 +65,24 @@ class CountWithEstimate(forms.NumberInput):
             "data-karasu-cost-estimate-target": "count",
             "data-action": "input->karasu-cost-estimate#update",
         }
+        # The script writes the same texts as estimate_text(), in the editor's language: they
+        # come from here, with the active language's number separators.
         return format_html(
             '<div data-controller="karasu-cost-estimate" '
             'data-karasu-cost-estimate-prices-value="{}" '
-            'data-karasu-cost-estimate-model-field-value="{}">{}'
+            'data-karasu-cost-estimate-model-field-value="{}" '
+            'data-karasu-cost-estimate-empty-text-value="{}" '
+            'data-karasu-cost-estimate-text-value="{}" '
+            'data-karasu-cost-estimate-decimal-separator-value="{}" '
+            'data-karasu-cost-estimate-thousand-separator-value="{}">{}'
             '<p class="help" data-karasu-cost-estimate-target="output" aria-live="polite">'
             "{}</p></div>",
             costs.prices_json(),
             self.model_field,
+            _("Estimated cost: enter the number of images."),
+            _("Estimated cost: %(total)s (%(count)s × %(price)s per image)"),
+            get_format("DECIMAL_SEPARATOR"),
+            get_format("THOUSAND_SEPARATOR"),
             super().render(name, value, attrs, renderer),
             self.estimate_text(value),
         )
@@ -76,6 +97,15 @@ def source_images_for(user):
     return policy.instances_user_has_any_permission_for(user, ["choose", "change"])
 
 
+def collections_for(user) -> QuerySet[Collection]:
+    """The collections ``user`` may file a request's images into: those where they may add
+    images (collection permissions). Without a user (the CLI), every collection."""
+    if user is None:
+        return Collection.objects.all()
+    policy = policy_registry.get_by_type(get_image_model())
+    return policy.collections_user_has_permission_for(user, "add")
+
+
 def default_image_model(editing: bool) -> str:
     """The default image model if it fits the request (editing a source image or making
     images from prompts), else the first available one that does."""
@@ -88,20 +118,39 @@ def default_image_model(editing: bool) -> str:
 
 
 class SourceImageInput(forms.HiddenInput):
-    queryset = None  # the images this form's user may use (set by the form)
-
     """The request's source image: a hidden id, shown as a thumbnail and its title.
 
     The add form gets it from "Generate variations" on the image's edit page."""
 
+    queryset = None  # the images this form's user may use (set by the form)
+    kept_pk = None  # a saved request's source the user may not use, kept but never shown
+
     def render(self, name, value, attrs=None, renderer=None):
         hidden = super().render(name, value, attrs, renderer)
         image = None
-        # Only an image the user may use (the field's queryset): a posted id of another
-        # must not show its title or thumbnail; a malformed one shows nothing.
-        if (pk := image_pk(value)) is not None and self.queryset is not None:
+        pk = image_pk(value)
+        # Only an image the user may use (the queryset) is shown. Another image's posted id,
+        # or a saved draft's source they may not choose or change, must not reveal its title
+        # or thumbnail. A malformed id shows nothing.
+        if pk is not None and self.queryset is not None:
             image = self.queryset.filter(pk=pk).first()
         if image is None:
+            if pk is not None and pk == self.kept_pk:
+                # The editor still needs to know the request edits an image (its model must
+                # be an image-editing one), without learning which.
+                return format_html(
+                    '<section class="w-panel karasu-source-image" aria-label="{}">'
+                    '<h2 class="w-label-3">{}</h2><p>{}</p>{}</section>',
+                    _("Source image"),
+                    _("Variations of a library image"),
+                    element_text(
+                        _(
+                            "The source image is in a collection you may not use, so it is not "
+                            "shown. It stays this request's source."
+                        )
+                    ),
+                    hidden,
+                )
             return hidden
         try:
             thumbnail = image.get_rendition("max-165x165")
@@ -111,18 +160,31 @@ class SourceImageInput(forms.HiddenInput):
                 thumbnail.width,
                 thumbnail.height,
             )
-        except Exception:  # a missing file: the title says enough
+        except Exception:  # the file is missing, and the title says enough
             preview = ""
+        description = format_html(
+            _(
+                "Source image: <strong>{title}</strong> (#{pk}). Each image is made by editing "
+                "it with the image model below."
+            ),
+            title=image.title,
+            pk=image.pk,
+        )
         return format_html(
-            '<section class="w-panel karasu-source-image" aria-label="Source image">'
-            '<h2 class="w-label-3">Variations of a library image</h2>'
-            "{}<p>Source image: <strong>{}</strong> (#{}). Each image is made by editing "
-            "it with the image model below.</p>{}</section>",
+            '<section class="w-panel karasu-source-image" aria-label="{}">'
+            '<h2 class="w-label-3">{}</h2>{}<p>{}</p>{}</section>',
+            _("Source image"),
+            _("Variations of a library image"),
             preview,
-            image.title,
-            image.pk,
+            description,
             hidden,
         )
+
+
+def element_text(text: str) -> SafeString:
+    """Text for an element's content, escaped as such: quotes and apostrophes are left as
+    they are (they need escaping only in attributes)."""
+    return mark_safe(html.escape(text, quote=False))
 
 
 def image_pk(value) -> int | None:
@@ -132,15 +194,17 @@ def image_pk(value) -> int | None:
 
 
 class GenerationRequestForm(WagtailAdminModelForm):
-    llm = forms.ChoiceField(label="LLM", choices=[])
-    image_model = forms.ChoiceField(choices=[])
-    # Not a panel of the snippet's edit handler: declared here, rendered with the form's
-    # other unclaimed fields, and set on the instance in clean().
+    llm = forms.ChoiceField(label=gettext_lazy("LLM"), choices=[])
+    image_model = forms.ChoiceField(label=gettext_lazy("Image model"), choices=[])
+    # This is not a panel of the snippet's edit handler. It is declared here, rendered with
+    # the form's other unclaimed fields, and set on the instance in clean().
     source_image = forms.ModelChoiceField(
         queryset=get_image_model().objects.none(),
         required=False,
         widget=SourceImageInput,
-        error_messages={"invalid_choice": "That image does not exist or you may not use it."},
+        error_messages={
+            "invalid_choice": gettext_lazy("That image does not exist or you may not use it.")
+        },
     )
 
     class Meta:
@@ -158,22 +222,41 @@ class GenerationRequestForm(WagtailAdminModelForm):
             "auto_generate",
         ]
         widgets = {"count": CountWithEstimate}
+        error_messages = {
+            "collection": {
+                "invalid_choice": gettext_lazy(
+                    "You may not add images to that collection. Choose one of those listed."
+                )
+            }
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["llm"].choices = available_llms()
-        sources = source_images_for(self.for_user)
-        if self.instance.pk and self.instance.source_image_id:
-            # A saved draft keeps its source, whoever edits it now (not a copy: copying
-            # must not open an image the user may not see).
-            sources = sources | get_image_model().objects.filter(pk=self.instance.source_image_id)
-            self.initial.setdefault("source_image", self.instance.source_image_id)
+        usable = source_images_for(self.for_user)
+        sources = usable
+        source_id = self.instance.source_image_id
+        if source_id:
+            self.initial.setdefault("source_image", source_id)
+        if self.instance.pk and source_id:
+            # A saved draft keeps its source whoever edits it now, but it is shown only to
+            # those who may use it. A copy is a new instance (RequestCopyView), so copying
+            # never opens an image the user may not use.
+            sources = sources | get_image_model().objects.filter(pk=source_id)
+            self.fields["source_image"].widget.kept_pk = source_id
         self.fields["source_image"].queryset = sources
-        self.fields["source_image"].widget.queryset = sources
+        self.fields["source_image"].widget.queryset = usable
+        collections = collections_for(self.for_user)
+        if self.instance.pk and self.instance.collection_id:
+            # Likewise a saved request keeps its collection whoever edits it now. Another
+            # collection may be chosen only among those this user may add images to.
+            collections = collections | Collection.objects.filter(pk=self.instance.collection_id)
+        self.fields["collection"].queryset = collections
         editing = bool(self["source_image"].value())
-        # Each model with its price per image; the count shows the estimate as it changes.
-        # Every available model validates (clean() explains a misfit); the list offers the
-        # ones that fit: editing models for variations of a source image, else the others.
+        # Each model is listed with its price per image, and the count shows the estimate
+        # as it changes. Every available model validates, and clean() explains a misfit. The
+        # list offers the models that fit: editing models for variations of a source image,
+        # the others otherwise.
         self.fields["image_model"].choices = [
             (name, costs.price_label(label, costs.price_per_image(name)))
             for name, label in available_image_models()
@@ -192,15 +275,16 @@ class GenerationRequestForm(WagtailAdminModelForm):
             GenerationRequest.Status.FAILED,
         )
         if self.instance.pk and (self.instance.jobs_total or started):
-            # From the start on: the LLM is asked for this many prompts of this kind.
+            # These are fixed once generation starts, because the LLM is asked for this many
+            # prompts of this kind.
             for name in [*LOCKED_AFTER_START, "source_image"]:
                 self.fields[name].disabled = True
-                self.fields[name].help_text = "Fixed once generation has started."
+                self.fields[name].help_text = _("Fixed once generation has started.")
 
     def clean_theme(self) -> str:
         theme = " ".join(self.cleaned_data["theme"].split())
         if not theme:
-            raise ValidationError("Enter a theme.")
+            raise ValidationError(_("Enter a theme."))
         return theme
 
     def clean(self):
@@ -210,12 +294,16 @@ class GenerationRequestForm(WagtailAdminModelForm):
         if model and not self.fields["image_model"].disabled:
             self.check_model_fits(model, source)
         if "source_image" in self.errors:
-            # A hidden input shows no errors of its own: say it where the form's errors are.
-            self.add_error(None, "Source image: " + " ".join(self.errors["source_image"]))
+            # A hidden input shows no errors of its own, so report them with the form's.
+            self.add_error(
+                None,
+                _("Source image: %(errors)s") % {"errors": " ".join(self.errors["source_image"])},
+            )
         elif not self.fields["source_image"].disabled:
             self.instance.source_image = source
-        # New requests (copies too), and drafts whose count or model changes: once prompts
-        # exist both are fixed, and a draft's other edits do not change what it will cost.
+        # Check the budget for new requests (copies too) and for drafts whose count or model
+        # changes. Once prompts exist both are fixed, and a draft's other edits do not change
+        # what it will cost.
         new = self.instance.pk is None
         if (
             count
@@ -233,17 +321,27 @@ class GenerationRequestForm(WagtailAdminModelForm):
         labels = dict(available_image_models())
         if source is not None and not image_model_can_edit(model):
             editing = ", ".join(label for _, label in available_image_models(editing=True))
+            if editing:
+                message = _(
+                    "%(model)s cannot edit an image, so it cannot make variations of a source "
+                    "image. Choose an image-editing model: %(models)s."
+                )
+            else:
+                message = _(
+                    "%(model)s cannot edit an image, so it cannot make variations of a source "
+                    "image. Choose an image-editing model (none is configured)."
+                )
             self.add_error(
-                "image_model",
-                f"{labels.get(model, model)} cannot edit an image, so it cannot make variations "
-                f"of a source image. Choose an image-editing model"
-                + (f": {editing}." if editing else " (none is configured)."),
+                "image_model", message % {"model": labels.get(model, model), "models": editing}
             )
         elif source is None and not image_model_can_generate(model):
             self.add_error(
                 "image_model",
-                f"{labels.get(model, model)} edits an existing image: start from "
-                "“Generate variations” on the image's page, or choose another model.",
+                _(
+                    "%(model)s edits an existing image: start from “Generate variations” on "
+                    "the image's page, or choose another model."
+                )
+                % {"model": labels.get(model, model)},
             )
 
 
@@ -252,6 +350,74 @@ class PromptForm(forms.Form):
 
     def clean_prompt(self) -> str:
         prompt = " ".join(self.cleaned_data["prompt"].split())
-        if len(prompt.split()) < 3:
-            raise ValidationError("A prompt needs at least three words.")
+        # Counted as the LLM's prompts are, so a Japanese or Chinese prompt (no spaces)
+        # is not taken for one word.
+        if word_count(prompt) < MIN_PROMPT_WORDS:
+            raise ValidationError(_("A prompt needs at least three words."))
         return prompt
+
+
+# The Generate tab of the image chooser asks for a handful of candidates to choose from.
+CHOOSER_MAX_COUNT = 8
+CHOOSER_DEFAULT_COUNT = 4
+
+
+def chooser_collections_for(user) -> QuerySet[Collection]:
+    """Where the chooser files its candidates: collections where ``user`` may add images
+    and choose them, so every candidate can be chosen."""
+    policy = policy_registry.get_by_type(get_image_model())
+    return collections_for(user) & policy.collections_user_has_permission_for(user, "choose")
+
+
+class ChooserGenerationForm(forms.ModelForm):
+    """The Generate tab's form: a prompt (the request's theme) and a few candidates."""
+
+    image_model = forms.ChoiceField(label=gettext_lazy("Image model"), choices=[])
+
+    class Meta:
+        model = GenerationRequest
+        fields = ["theme", "count", "image_model", "aspect_ratio", "collection"]
+        labels = {"theme": gettext_lazy("Prompt")}
+        help_texts = {"theme": gettext_lazy("What the images should show, in any language.")}
+        widgets = {
+            "theme": forms.Textarea(attrs={"rows": 3}),
+            "count": CountWithEstimate,
+        }
+        error_messages = GenerationRequestForm.Meta.error_messages
+
+    # Its fields' ids must not clash with those of the edit form behind the modal.
+    prefix = "karasu-generate"
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["count"].widget.model_field = self.add_prefix("image_model")
+        self.fields["image_model"].choices = [
+            (name, costs.price_label(label, costs.price_per_image(name)))
+            for name, label in available_image_models(editing=False)
+        ]
+        self.fields["count"].validators.append(MaxValueValidator(CHOOSER_MAX_COUNT))
+        self.fields["count"].widget.attrs.update(min=1, max=CHOOSER_MAX_COUNT)
+        collections = chooser_collections_for(user)
+        self.fields["collection"].queryset = collections
+        self.fields["collection"].empty_label = None
+        if not self.is_bound:
+            self.initial["count"] = CHOOSER_DEFAULT_COUNT
+            self.initial["image_model"] = default_image_model(editing=False)
+            # "Generated images" (the model's default) where the user may use it.
+            default = self.get_initial_for_field(self.fields["collection"], "collection")
+            if not collections.filter(pk=default).exists():
+                self.initial["collection"] = getattr(collections.first(), "pk", None)
+        self.fields["count"].widget.model = self["image_model"].value() or ""
+
+    def clean_theme(self) -> str:
+        # Blank input is refused as required; line breaks and runs of spaces are folded.
+        return " ".join(self.cleaned_data["theme"].split())
+
+    def clean(self):
+        cleaned_data = super().clean()
+        count, model = cleaned_data.get("count"), cleaned_data.get("image_model")
+        if count and model:
+            # Checked again under the budget lock as the request starts (the view).
+            if error := costs.budget_error(count, model):
+                self.add_error(None, error)
+        return cleaned_data

@@ -3,10 +3,10 @@
 A job calls the (paid) image model before it files the image. When the media storage does
 not take writes (a bucket that does not exist, wrong credentials, a full disk), every
 retry of every job would pay again for an image it cannot store. So once a write of this
-process fails, each job first proves that the storage takes one (a tiny file written and
-deleted) before its paid call; while it does not, the job is deferred as an
-infrastructure error without calling the provider, and fails with the storage's reason
-once its infrastructure retries are used up.
+process fails, each job first proves that the storage takes a write (a tiny file written
+and deleted) before its paid call. While the storage does not, the job waits without
+calling the provider. Its message is handed back uncounted with a back-off, as in a
+database outage, and the job says why it waits.
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ import uuid
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from generation.providers.errors import redact
+from cms.redaction import redact
 
 logger = logging.getLogger(__name__)
 PROBE_DIRECTORY = "karasu-probes"
 
 
 class MediaUnavailable(OSError):
-    """The media storage refused the last write; no paid call until it takes one again."""
+    """The media storage refused the last write, so no call is paid for until it takes one
+    again."""
 
 
 class MediaWrites:
     def __init__(self) -> None:
-        self.failure = ""  # why the last write failed; "" while writes succeed
+        self.failure = ""  # Why the last write failed, or "" while writes succeed.
 
     def save(self, storage, name: str, content, max_length: int | None = None) -> str:
         """``storage.save()``, noting whether it worked."""
@@ -42,7 +43,7 @@ class MediaWrites:
         return stored
 
     def ensure_writable(self, storage=None) -> None:
-        """Return at once while writes succeed; after a failure, write and delete a probe
+        """Return at once while writes succeed. After a failure, write and delete a probe
         file, and raise MediaUnavailable if that fails too."""
         if not self.failure:
             return
@@ -59,8 +60,9 @@ class MediaWrites:
             ) from None
         try:
             storage.delete(name)
-        except Exception:  # the write worked, which is what the job needs
+        except Exception:  # The write worked, which is what the job needs.
             logger.warning("Could not delete the media probe %s.", name, exc_info=True)
 
 
-MEDIA = MediaWrites()  # one per process: its workers share what the storage last said
+# One per process, so that its worker threads share what the storage last said.
+MEDIA = MediaWrites()

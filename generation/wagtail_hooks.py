@@ -1,6 +1,7 @@
 from django.templatetags.static import static
 from django.urls import path
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 from wagtail import hooks
 from wagtail.admin.panels import FieldPanel, FieldRowPanel, MultiFieldPanel, ObjectList
 from wagtail.admin.ui.tables import Column, UpdatedAtColumn
@@ -11,10 +12,13 @@ from generation.costs import cost_cell
 from generation.forms import GenerationRequestForm
 from generation.models import GenerationRequest
 from generation.views import (
+    ChooserGenerateView,
+    ChooserRecentView,
     JobGenerateView,
     JobPromptView,
     ProgressColumn,
     RequestActionView,
+    RequestCopyView,
     RequestCreateView,
     RequestEditView,
     RequestIndexView,
@@ -27,7 +31,7 @@ from generation.views import (
 class GenerationRequestViewSet(SnippetViewSet):
     model = GenerationRequest
     icon = "image"
-    menu_label = "Generation requests"
+    menu_label = _("Generation requests")
     menu_order = 250
     add_to_admin_menu = True
     index_view_class = RequestIndexView
@@ -36,18 +40,20 @@ class GenerationRequestViewSet(SnippetViewSet):
     inspect_view_class = RequestInspectView
     inspect_view_enabled = True
     copy_view_enabled = True
+    copy_view_class = RequestCopyView
     list_display = [
         "theme",
-        Column("status", label="Status", accessor="get_status_display", sort_key="status"),
-        ProgressColumn("progress", label="Progress"),
-        Column("image_model", label="Image model", sort_key="image_model"),
-        Column("count", label="Images", sort_key="count"),
-        Column("cost", label="Cost (USD)", accessor=cost_cell, sort_key="cost_spent"),
+        Column("status", label=_("Status"), accessor="get_status_display", sort_key="status"),
+        ProgressColumn("progress", label=_("Progress")),
+        Column("image_model", label=_("Image model"), sort_key="image_model"),
+        Column("count", label=_("Images"), sort_key="count"),
+        Column("cost", label=_("Cost (USD)"), accessor=cost_cell, sort_key="cost_spent"),
         UpdatedAtColumn(),
     ]
-    list_filter = ["status", "image_model", "llm"]
+    list_filter = ["status", "image_model", "llm", "from_chooser"]
     list_per_page = 25
-    search_fields = ["theme", "brief"]
+    # No search_fields: the listing searches GenerationRequest's own index, which the search
+    # backend can read (SQLite FTS5 has no "theme" column) and which holds the CJK pieces.
     edit_handler = ObjectList(
         [
             FieldPanel("theme"),
@@ -56,11 +62,11 @@ class GenerationRequestViewSet(SnippetViewSet):
             FieldRowPanel([FieldPanel("count"), FieldPanel("aspect_ratio")]),
             MultiFieldPanel(
                 [FieldRowPanel([FieldPanel("llm"), FieldPanel("image_model")])],
-                heading="Models",
+                heading=_("Models"),
             ),
             MultiFieldPanel(
                 [FieldPanel("collection"), FieldPanel("tags"), FieldPanel("auto_generate")],
-                heading="Image library",
+                heading=_("Image library"),
             ),
         ],
         base_form_class=GenerationRequestForm,
@@ -71,7 +77,7 @@ class GenerationRequestViewSet(SnippetViewSet):
             "permission_policy": self.permission_policy,
             "inspect_url_name": self.get_url_name("inspect"),
         }
-        # The request page's live part: the inspect view's permissions and options.
+        # The request page's live part takes the inspect view's permissions and options.
         live_view = self.construct_view(
             RequestLiveView,
             **self.get_inspect_view_kwargs(template_name=RequestLiveView.template_name),
@@ -89,6 +95,9 @@ class GenerationRequestViewSet(SnippetViewSet):
                 JobGenerateView.as_view(**common),
                 name="job_generate",
             ),
+            # The image chooser's Generate tab (its own permission checks).
+            path("chooser/generate/", ChooserGenerateView.as_view(), name="chooser_generate"),
+            path("chooser/recent/", ChooserRecentView.as_view(), name="chooser_recent"),
         ]
 
 
@@ -97,7 +106,8 @@ register_snippet(GenerationRequestViewSet)
 
 @hooks.register("register_snippet_action_menu_item")
 def save_and_generate_menu_item(model):
-    # Before Save (order 0): the primary action of a new request; Save keeps a draft.
+    # Ordered before Save (order 0), so it is a new request's primary action and Save
+    # keeps a draft.
     if model is GenerationRequest:
         return SaveAndGenerateMenuItem(order=-10)
     return None
@@ -106,3 +116,14 @@ def save_and_generate_menu_item(model):
 @hooks.register("insert_global_admin_css")
 def generation_admin_css():
     return format_html('<link rel="stylesheet" href="{}">', static("generation/admin.css"))
+
+
+@hooks.register("insert_global_admin_js")
+def chooser_generate_js():
+    # Every admin page may open the image chooser, whose Generate tab needs these two; both
+    # are deferred until Wagtail's own scripts have run.
+    return format_html(
+        '<script defer src="{}"></script><script defer src="{}"></script>',
+        static("generation/chooser-generate.js"),
+        static("generation/cost-estimate.js"),
+    )

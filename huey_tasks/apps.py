@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class HueyTasksConfig(AppConfig):
     name = "huey_tasks"
-    verbose_name = "Task queue"
+    verbose_name = _("Task queue")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

@@ -1,7 +1,8 @@
 """Per-minute activity over an hour, as a small server-rendered SVG chart.
 
 Two charts use this: the job monitor's (every task run that succeeded or failed, from the
-TaskRun ledger) and a generation request's (its images, from its jobs). Each is one
+TaskRun ledger) and, through ``per_minute``, any other model's (a generation request's
+images, in ``generation.charts``). Each is one
 aggregate query that counts by minute in the database; the minutes with nothing in them are
 filled in here, so the query returns at most 60 rows whatever the number of runs.
 """
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from django.db.models import Count, Q
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 MINUTES = 60
 UTC = datetime.UTC
@@ -42,8 +46,8 @@ class ActivityChart:
     """Succeeded and failed per minute, oldest minute first."""
 
     minutes: list[Minute]
-    end: datetime.datetime  # the end of the window (exclusive): the minute after the last
-    noun: str = "task runs"  # what is counted, for the text alternative
+    end: datetime.datetime  # the end of the window, exclusive (the minute after the last)
+    noun: str = gettext_lazy("task runs")  # what is counted, for the text alternative
     live: bool = True  # the window ends now ("in the last hour")
 
     @property
@@ -65,18 +69,25 @@ class ActivityChart:
     @property
     def period(self) -> str:
         if self.live:
-            return "in the last hour"
+            return _("in the last hour")
         last = timezone.localtime(self.end - datetime.timedelta(minutes=1))
-        return f"in the hour to {last:%Y-%m-%d %H:%M}"
+        return _("in the hour to %(time)s") % {"time": f"{last:%Y-%m-%d %H:%M}"}
 
     @property
     def label(self) -> str:
         """The chart's accessible name: what it shows and its totals."""
-        return f"{self.succeeded} succeeded and {self.failed} failed {self.period}"
+        return _("%(succeeded)s succeeded and %(failed)s failed %(period)s") % {
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "period": self.period,
+        }
 
     @property
     def title(self) -> str:
-        return f"{self.noun.capitalize()} per minute: {self.label}"
+        return _("%(what)s per minute: %(label)s") % {
+            "what": capfirst(self.noun),
+            "label": self.label,
+        }
 
     def bars(self) -> list[dict]:
         """Geometry of the stacked bars: succeeded at the bottom, failed on top."""
@@ -117,8 +128,8 @@ def bucket(
     end: datetime.datetime,
     minutes: int = MINUTES,
 ) -> list[Minute]:
-    """(minute, succeeded, failed) rows from the database as one Minute per minute of the
-    window up to ``end``, with zeros for minutes without rows; rows outside it are dropped."""
+    """Turn the database's (minute, succeeded, failed) rows into one Minute for each minute
+    of the window up to ``end``. Minutes without rows get zeros; rows outside are dropped."""
     counts = {}
     for start, succeeded, failed in rows:
         key = start.astimezone(UTC).replace(second=0, microsecond=0)
@@ -130,7 +141,7 @@ def bucket(
 def per_minute(
     queryset, field: str, succeeded: Q, failed: Q, end: datetime.datetime, minutes: int = MINUTES
 ) -> list[Minute]:
-    """One query: ``queryset``'s rows with ``field`` in the window, counted by minute.
+    """Count ``queryset``'s rows with ``field`` in the window by minute, in one query.
 
     The caller's queryset should already be narrowed to finished rows (status) so that the
     database can use an index on (status, ``field``) for the time range."""
@@ -154,7 +165,8 @@ def per_minute(
 def task_runs_chart(now: datetime.datetime | None = None) -> ActivityChart:
     """Every task run that succeeded or failed in the last hour, by minute (the monitor).
 
-    A dead letter counts as a failure: its task failed for good, in the queue not the task.
+    A dead letter counts as a failure. Its task failed for good, in the queue rather than
+    in the task itself.
     """
     from huey_tasks.models import TaskRun
 
@@ -162,8 +174,8 @@ def task_runs_chart(now: datetime.datetime | None = None) -> ActivityChart:
     now = now or timezone.now()
     failed = [Status.FAILED, Status.DEAD]
     minutes = per_minute(
-        # status IN (...) AND finished_at in [start, end): the taskrun_finished index
-        # (status, finished_at), one range per status.
+        # status IN (...) AND finished_at in [start, end) uses the taskrun_finished index
+        # (status, finished_at), with one range per status.
         TaskRun.objects.filter(status__in=[Status.SUCCEEDED, *failed]),
         "finished_at",
         succeeded=Q(status=Status.SUCCEEDED),
@@ -171,32 +183,3 @@ def task_runs_chart(now: datetime.datetime | None = None) -> ActivityChart:
         end=now,
     )
     return ActivityChart(minutes, window(now)[-1] + datetime.timedelta(minutes=1))
-
-
-def request_chart(generation_request, now: datetime.datetime | None = None) -> ActivityChart:
-    """A request's images by minute: its jobs that succeeded or failed, by finished_at.
-
-    The hour is the last one while the request is active, else the hour up to its end, so
-    a finished request still shows how its images came in."""
-    from generation.models import GenerationJob, GenerationRequest
-
-    Status = GenerationJob.Status
-    now = now or timezone.now()
-    live = generation_request.status not in GenerationRequest.TERMINAL or not (
-        generation_request.finished_at
-    )
-    end = now if live else min(generation_request.finished_at, now)
-    minutes = per_minute(
-        # request_id = X: the (request, index) unique index; a request has at most
-        # MAX_COUNT jobs.
-        GenerationJob.objects.filter(
-            request_id=generation_request.pk, status__in=[Status.SUCCEEDED, Status.FAILED]
-        ),
-        "finished_at",
-        succeeded=Q(status=Status.SUCCEEDED),
-        failed=Q(status=Status.FAILED),
-        end=end,
-    )
-    return ActivityChart(
-        minutes, window(end)[-1] + datetime.timedelta(minutes=1), noun="images", live=live
-    )

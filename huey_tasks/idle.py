@@ -1,6 +1,6 @@
 """Idle worker threads of one process share one look at the queue.
 
-Huey's workers each poll on their own, backing off to ``max_delay``: 20 idle threads make
+Huey's workers each poll on their own, backing off to ``max_delay``. 20 idle threads make
 10 queries a second between them and still start new work up to 2 s late. Here one idle
 thread at a time (the poller) looks every ``interval`` seconds and the others sleep without
 querying. Whoever finds work wakes the next sleeper (which wakes the next if it finds more),
@@ -28,8 +28,8 @@ class IdleWorkers:
         self._wakeups = 0  # sleepers asked to look now; never more than are asleep
 
     def wait(self, stop_flag: threading.Event) -> None:
-        """Called by a worker thread that found nothing to do; returns when it should look
-        again: after ``interval`` as the poller, or when woken."""
+        """Called by a worker thread that found nothing to do. Returns when the thread
+        should look again: after ``interval`` if it is the poller, or when it is woken."""
         with self._cond:
             self._sleeping += 1
             try:
@@ -58,7 +58,7 @@ class IdleWorkers:
             self._polling = False
 
     def wake(self, count: int = 1) -> None:
-        """There is work (``count`` messages, as far as this process knows): wake sleepers."""
+        """Wake up to ``count`` sleepers, one for each message this process knows is new."""
         with self._cond:
             self._wakeups = min(self._wakeups + count, self._sleeping)
             if self._wakeups:

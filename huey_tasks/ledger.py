@@ -1,6 +1,6 @@
-"""The TaskRun ledger, written from Huey's signals: one cheap UPDATE per state change.
+"""The TaskRun ledger, written from Huey's signals with one cheap UPDATE per state change.
 
-Enqueues happen in the producer; everything else in the consumer. A fan-out records its
+Enqueues are recorded in the producer, and everything else in the consumer. A fan-out records its
 tasks with one bulk INSERT (see ``bulk_enqueue``).
 """
 
@@ -15,16 +15,16 @@ import time
 import traceback as tb
 from collections.abc import Iterator
 
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.db.models import F, Value
 from django.db.models.functions import Concat, Right
 from django.utils import timezone
 from huey import signals as S
 
-from generation.models import GenerationJob
-from generation.providers.errors import redact, redact_traceback
+from cms.redaction import redact, redact_traceback
+from huey_tasks import registry
 from huey_tasks.models import TaskRun, WorkerHeartbeat
-from huey_tasks.queue import SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
+from huey_tasks.queue import HAND_BACK, SIGNAL_DEAD_LETTERED, SIGNAL_DEADLINE
 
 logger = logging.getLogger(__name__)
 Status = TaskRun.Status
@@ -32,11 +32,12 @@ LOG_LIMIT = 4000
 HOST = socket.gethostname()
 _batch = threading.local()
 
-# A promoted, re-scheduled or requeued task is queued again from these; never from a
-# running or finished one (the promotion's signal may arrive after a worker took it).
+# A promoted, re-scheduled or requeued task is queued again from these statuses, and never
+# from a running or finished one, because the promotion's signal may arrive after a worker
+# took the task.
 REQUEUEABLE = [Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED, Status.LOCKED, Status.DEAD]
 
-# Signal -> (status, finished?) for the simple transitions.
+# Signal -> (status, whether the run is finished) for the simple transitions.
 SIMPLE = {
     S.SIGNAL_COMPLETE: (Status.SUCCEEDED, True),
     S.SIGNAL_CANCELED: (Status.CANCELLED, True),
@@ -53,7 +54,8 @@ def short_name(task) -> str:
 
 
 def safe_args(task) -> list:
-    """Arguments as JSON, each value redacted; non-JSON values as their repr."""
+    """The arguments as JSON, each value redacted, and values that are not JSON as their
+    repr."""
     values = list(task.args) + [{k: v} for k, v in sorted(task.kwargs.items())]
     out = []
     for value in values:
@@ -65,24 +67,16 @@ def safe_args(task) -> list:
 
 
 def _links(tasks) -> dict[str, dict]:
-    """Generation request/job ids for the tasks that belong to one (one query per batch)."""
-    links: dict[str, dict] = {}
-    job_ids = {}
+    """The link columns of the tasks whose owner registered them (``huey_tasks.registry``),
+    with one call per kind of task in the batch."""
+    by_kind: dict[str, list] = {}
     for task in tasks:
-        name = short_name(task)
-        if name == "expand_prompt" and task.args:
-            links[task.id] = {"generation_request_id": task.args[0]}
-        elif name == "generate_image" and task.args:
-            job_ids[task.id] = task.args[0]
-    if job_ids:
-        requests = dict(
-            GenerationJob.objects.filter(pk__in=job_ids.values()).values_list("pk", "request_id")
-        )
-        for task_id, job_id in job_ids.items():
-            links[task_id] = {
-                "generation_job_id": job_id,
-                "generation_request_id": requests.get(job_id),
-            }
+        by_kind.setdefault(short_name(task), []).append(task)
+    links: dict[str, dict] = {}
+    for name, batch in by_kind.items():
+        kind = registry.task_kind(name)
+        if kind.links is not None:
+            links.update(kind.links(batch))
     return links
 
 
@@ -121,14 +115,15 @@ def bulk_enqueue() -> Iterator[None]:
         _batch.tasks = None
     try:
         record_enqueued(tasks)
-    except Exception:  # the tasks are queued; a ledger failure must not undo that
+    except Exception:  # The tasks are queued, and a ledger failure must not undo that.
         logger.exception("Could not record %d enqueued tasks", len(tasks))
 
 
 def fresh_connection() -> None:
     """Drop a broken or expired database connection before using it from a worker thread.
 
-    Not inside a transaction (a caller's atomic block, or a test's), which it would end.
+    It does nothing inside a transaction (a caller's atomic block, or a test's), which it
+    would end.
     """
     if not connection.in_atomic_block:
         close_old_connections()
@@ -136,13 +131,18 @@ def fresh_connection() -> None:
 
 @contextlib.contextmanager
 def worker_connection() -> Iterator[None]:
-    """For database work outside a task (heartbeat, dead-letter and deadline handlers):
-    a usable connection before, and none left open after beyond CONN_MAX_AGE."""
+    """Give database work outside a task (the heartbeat, the dead-letter and deadline
+    handlers) a usable connection before, and leave none open after beyond
+    CONN_MAX_AGE."""
     fresh_connection()
     try:
         yield
     finally:
         fresh_connection()
+
+
+# Settlements of a task that returned without its work done (see LeasingHuey._settle).
+HANDED_BACK = {HAND_BACK, "release", "abandon"}
 
 
 def _log_line(text: str):
@@ -160,13 +160,26 @@ def _update(task, status__in=None, **fields) -> int:
 def on_signal(signal: str, task, *args) -> None:
     try:
         handle(signal, task, *args)
-    except Exception:  # the ledger must never break a task
+        if signal not in (S.SIGNAL_ENQUEUED, S.SIGNAL_EXECUTING):
+            # The task's last write ran after Huey closed its connection: close this one
+            # too when it has outlived CONN_MAX_AGE, or it stays open as long as its thread.
+            fresh_connection()
+    except (OperationalError, InterfaceError) as exc:
+        # The database is down. Every task says so once per signal, without a traceback.
+        logger.warning(
+            "Could not record %s for task %s: %s: %s",
+            signal,
+            task.id,
+            exc.__class__.__name__,
+            (str(exc).strip().splitlines() or [""])[0],
+        )
+    except Exception:  # The ledger must never break a task.
         logger.exception("Could not record %s for task %s", signal, task.id)
 
 
 def handle(signal: str, task, *args) -> None:
     if getattr(task, "past_deadline", False) and signal != SIGNAL_DEADLINE:
-        return  # failed as timed out; a late outcome does not change that
+        return  # It failed as timed out, and a late outcome does not change that.
     if signal == S.SIGNAL_ENQUEUED:
         if getattr(_batch, "tasks", None) is not None:
             _batch.tasks.append(task)
@@ -190,7 +203,8 @@ def handle(signal: str, task, *args) -> None:
             deliveries=delivery.deliveries if delivery else F("deliveries"),
         )
         if not _update(task, log=_log_line(f"running on {HOST}:{os.getpid()}"), **fields):
-            # Enqueued where no ledger was listening (e.g. a periodic task): start a row.
+            # It was enqueued where no ledger was listening (a periodic task, say), so a row
+            # is started now.
             record_enqueued([task])
             _update(task, **fields)
         return
@@ -214,7 +228,8 @@ def handle(signal: str, task, *args) -> None:
         )
     elif signal == S.SIGNAL_RETRYING:
         if getattr(task, "_ledger_rate_limited", False):
-            return  # Huey re-schedules a rate-limited task as a retry: it is still waiting
+            # Huey re-schedules a rate-limited task as a retry, but it is still waiting.
+            return
         reason = getattr(task, "retry_reason", "") or "will retry"
         _update(
             task,
@@ -248,6 +263,14 @@ def handle(signal: str, task, *args) -> None:
             )
     elif signal == S.SIGNAL_TIMEOUT:
         _update(task, log=_log_line("timed out"))
+    elif signal == S.SIGNAL_COMPLETE and getattr(task, "settle", None) in HANDED_BACK:
+        # It returned, but only to hand its message back (the database or media did not
+        # answer, or the worker is stopping): it runs again, it did not succeed. Only while
+        # the row is still this worker's run: one frozen past its lease must not write over
+        # the outcome of the worker that took the message since.
+        TaskRun.objects.filter(
+            task_id=task.id, status=Status.RUNNING, worker_host=HOST, worker_pid=os.getpid()
+        ).update(status=Status.QUEUED, duration=duration, log=_log_line("handed back"))
     elif signal in SIMPLE:
         task._ledger_rate_limited = signal == S.SIGNAL_RATE_LIMITED
         status, finished = SIMPLE[signal]
@@ -265,27 +288,31 @@ def redact_exception(exc) -> str:
 
 # Workers -----------------------------------------------------------------------------------
 def worker_event(event: str, consumer) -> None:
-    """Consumer lifecycle: "start", "beat" (periodically) and "stop"."""
+    """Record a consumer's lifecycle: "start", "beat" (periodically) and "stop"."""
     try:
-        close_old_connections()
-        now = timezone.now()
-        key = getattr(consumer, "_ledger_worker_id", None)
-        if event == "start" or key is None:
-            worker = WorkerHeartbeat.objects.create(
-                host=HOST,
-                pid=os.getpid(),
-                workers=consumer.workers,
-                worker_type=consumer.worker_type,
-                started_at=now,
-                last_seen=now,
-            )
-            consumer._ledger_worker_id = worker.pk
-        elif event == "beat":
-            WorkerHeartbeat.objects.filter(pk=key).update(last_seen=now)
-        elif event == "stop":
-            WorkerHeartbeat.objects.filter(pk=key).update(last_seen=now, stopped_at=now)
+        with worker_connection():
+            _record_worker(event, consumer)
     except Exception:
         logger.exception("Could not record worker %s", event)
+
+
+def _record_worker(event: str, consumer) -> None:
+    now = timezone.now()
+    key = getattr(consumer, "_ledger_worker_id", None)
+    if event == "start" or key is None:
+        worker = WorkerHeartbeat.objects.create(
+            host=HOST,
+            pid=os.getpid(),
+            workers=consumer.workers,
+            worker_type=consumer.worker_type,
+            started_at=now,
+            last_seen=now,
+        )
+        consumer._ledger_worker_id = worker.pk
+    elif event == "beat":
+        WorkerHeartbeat.objects.filter(pk=key).update(last_seen=now)
+    elif event == "stop":
+        WorkerHeartbeat.objects.filter(pk=key).update(last_seen=now, stopped_at=now)
 
 
 def mark_dead_letters(huey) -> int:
@@ -294,7 +321,7 @@ def mark_dead_letters(huey) -> int:
     for letter in huey.storage.dead_letters(limit=1000):
         try:
             task_ids.append(huey.deserialize_task(letter.data).id)
-        except Exception:  # an undecodable message has no ledger row to mark
+        except Exception:  # An undecodable message has no ledger row to mark.
             continue
     if not task_ids:
         return 0

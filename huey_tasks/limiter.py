@@ -1,9 +1,9 @@
 """Per-provider limits shared by every worker on every host.
 
-``ConcurrencyLimiter`` is a distributed semaphore kept in the queue storage: a slot is a
-lease as long as a message lease, kept alive by the worker's heartbeat while its task runs,
-so a crashed worker's slot frees itself as soon as its messages do. ``RequestsPerMinute`` is
-a fixed-window counter over the same storage's atomic ``incr``.
+``ConcurrencyLimiter`` is a distributed semaphore kept in the queue storage. A slot is a
+lease as long as a message lease, and the worker's heartbeat keeps it alive while its task
+runs, so a crashed worker's slot frees itself as soon as its messages do.
+``RequestsPerMinute`` is a fixed-window counter over the same storage's atomic ``incr``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ from .queue import SLOTS, LeasingHuey
 
 logger = logging.getLogger(__name__)
 
-SLOT_POLL = 0.05  # seconds between looks for a slot freed by another process
-DEFAULT_SLOT_WAIT = 1.0  # then: seconds before a task that found no slot is tried again
-SLOT_WAIT_JITTER = 0.5  # ... times uniform(1, 1 + this), so waiting tasks come back spread out
-RATE_JITTER = 0.25  # a rate-limited task waits to the window's end + up to this many periods
+# Seconds between looks for a slot that another process freed.
+SLOT_POLL = 0.05
+# Seconds before a task that found no slot is tried again, times uniform(1, 1 +
+# SLOT_WAIT_JITTER), so that the waiting tasks come back spread out.
+DEFAULT_SLOT_WAIT = 1.0
+SLOT_WAIT_JITTER = 0.5
+# A rate-limited task waits until the window's end, plus up to this many periods.
+RATE_JITTER = 0.25
 
 
 def holder_id() -> str:
@@ -36,7 +40,8 @@ def holder_id() -> str:
 
 
 class SlotLost(RateLimitExceeded):
-    """The slot's lease ran out and another worker may hold it: do not call on."""
+    """The slot's lease ran out and another worker may hold it, so the call must not go
+    on."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class Slot:
     name: str
     index: int
     holder: str
-    taken_at: float  # time.monotonic()
+    taken_at: float  # A time.monotonic() value.
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -66,7 +71,8 @@ class ConcurrencyLimiter:
         return self.huey.storage
 
     def try_acquire(self) -> Slot | None:
-        # A cheap read first: waiting threads poll, and most polls find every slot taken.
+        # A cheap read comes first, because waiting threads poll and most polls find every
+        # slot taken.
         if self.storage.slots_in_use(self.name) >= self.limit:
             return None
         holder = holder_id()
@@ -79,10 +85,12 @@ class ConcurrencyLimiter:
         return slot
 
     def ensure_held(self, slot: Slot) -> None:
-        """Raise SlotLost unless ``slot`` is still ours: checked right before a paid call.
+        """Raise SlotLost unless ``slot`` is still ours. It is checked right before a paid
+        call.
 
-        The heartbeat marks slots it lost; a slot older than a heartbeat interval is also
-        checked in the storage, since a frozen process resumes before its heartbeat does.
+        The heartbeat marks the slots it lost. A slot older than a heartbeat interval is
+        also checked in the storage, because a frozen process resumes before its heartbeat
+        does.
         """
         lost = self.huey.is_lost(SLOTS, slot.key)
         if not lost and time.monotonic() - slot.taken_at > self.storage.lease_seconds / 3:
@@ -91,7 +99,8 @@ class ConcurrencyLimiter:
             raise SlotLost(f"{self.name} concurrency (slot lost)", DEFAULT_SLOT_WAIT)
 
     def release(self, slot: Slot) -> None:
-        """Give the slot back. Never raises: an unreleased slot frees itself at its TTL."""
+        """Give the slot back. It never raises, because an unreleased slot frees itself at
+        its TTL."""
         self.huey.drop(SLOTS, slot.key)
         try:
             self.storage.release_slot(*slot.key)
@@ -107,13 +116,14 @@ class ConcurrencyLimiter:
     def slot(self, patience: float = 2.0, wait: float = DEFAULT_SLOT_WAIT) -> Iterator[Slot]:
         """Hold a slot for the block, waiting up to ``patience`` seconds for one to free.
 
-        With none free after that, raise RateLimitExceeded: Huey re-schedules the task in
-        ``wait`` to 1.5 × ``wait`` seconds without using up a retry.
+        With none free after that, raise RateLimitExceeded, and Huey re-schedules the task
+        in ``wait`` to 1.5 × ``wait`` seconds without using up a retry.
         """
         deadline = time.monotonic() + patience
         while (slot := self.try_acquire()) is None:
             if time.monotonic() >= deadline:
-                # Jittered: tasks turned away together must not all come back together.
+                # The wait is jittered, so that tasks turned away together do not all come back
+                # together.
                 delay = wait * random.uniform(1, 1 + SLOT_WAIT_JITTER)
                 raise RateLimitExceeded(f"{self.name} concurrency", delay)
             with self._freed:
@@ -128,9 +138,10 @@ class RequestsPerMinute:
     """At most ``limit`` acquisitions per fixed window of ``period`` seconds, fleet-wide.
 
     Each window has its own counter (``rpm:{name}:{window number}``), so a window starts
-    from zero without a reset: one atomic ``incr`` per acquisition and nothing to race on.
-    Huey's ``RateLimit`` resets one shared counter with read, delete, put; two workers
-    crossing into a new window together can both reset it and let more through.
+    from zero without a reset. That takes one atomic ``incr`` per acquisition and leaves
+    nothing to race on. Huey's ``RateLimit`` resets one shared counter with a read, a delete
+    and a put, so two workers crossing into a new window together can both reset it and
+    let more through.
     """
 
     def __init__(
@@ -150,7 +161,8 @@ class RequestsPerMinute:
         self.limit = limit
         self.period = float(period)
         self.jitter = jitter
-        self._last_window: int | None = None  # this process's, to clean up after a lull
+        # This process's last window, to clean up after a lull.
+        self._last_window: int | None = None
 
     @property
     def storage(self):
@@ -169,9 +181,8 @@ class RequestsPerMinute:
         return remainder + random.uniform(0, self.jitter * self.period)
 
     def acquire(self, now: float | None = None) -> int:
-        """Count one request; raise RateLimitExceeded (wait, not a failure) over the limit.
-
-        Returns the request's number in its window.
+        """Count one request and return its number in its window. Over the limit, raise
+        RateLimitExceeded, which is a wait, not a failure.
         """
         now = time.time() if now is None else now
         window = self.window(now)
@@ -182,18 +193,20 @@ class RequestsPerMinute:
         return count
 
     def _forget_old(self, window: int, first: bool) -> None:
-        """Delete counters no one counts on any more: best effort, never raises.
+        """Delete the counters that no one counts on any more. This is best effort and
+        never raises.
 
-        The window before the current one is kept: a thread that read the clock just
+        The window before the current one is kept. A thread that read the clock just
         before the edge (or a host whose clock lags) may still count on it, and must find
         it full rather than start it again from zero.
         """
         stale = set()
-        if first:  # whoever opens a window clears the one before the last
+        if first:  # Whoever opens a window clears the one before the last.
             stale.add(window - 2)
         last, self._last_window = self._last_window, window
         if last is not None and last < window - 2:
-            stale.add(last)  # left over from before a lull, when no one opened window - 1
+            # It was left over from before a lull, when no one opened window - 1.
+            stale.add(last)
         for old in stale:
             try:
                 self.storage.delete_counter(self.key(old))

@@ -2,23 +2,24 @@ from __future__ import annotations
 
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class TaskRun(models.Model):
     """One row per Huey task id: what happened to it, written from Huey's signals."""
 
     class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        RETRYING = "retrying", "Retrying"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-        REVOKED = "revoked", "Revoked"
-        EXPIRED = "expired", "Expired"
-        RATE_LIMITED = "rate_limited", "Waiting for a slot"
-        LOCKED = "locked", "Locked"
-        DEAD = "dead", "Dead letter"
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        RETRYING = "retrying", _("Retrying")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
+        REVOKED = "revoked", _("Revoked")
+        EXPIRED = "expired", _("Expired")
+        RATE_LIMITED = "rate_limited", _("Waiting for a slot")
+        LOCKED = "locked", _("Locked")
+        DEAD = "dead", _("Dead letter")
 
     FINISHED = {
         Status.SUCCEEDED,
@@ -29,25 +30,32 @@ class TaskRun(models.Model):
         Status.DEAD,
     }
 
-    task_name = models.CharField(max_length=200, db_index=True)
-    task_id = models.CharField(max_length=64, unique=True)
-    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
-    attempts = models.PositiveIntegerField(default=0)
-    deliveries = models.PositiveIntegerField(default=0)
-    args = models.JSONField(default=list, blank=True, help_text="Arguments, secrets redacted.")
-    enqueued_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    duration = models.FloatField(null=True, blank=True, help_text="Seconds, last attempt.")
-    worker_host = models.CharField(max_length=255, blank=True)
-    worker_pid = models.PositiveIntegerField(null=True, blank=True)
-    worker_thread = models.CharField(max_length=100, blank=True)
-    error_class = models.CharField(max_length=200, blank=True)
-    error_message = models.CharField(max_length=500, blank=True)
-    traceback = models.TextField(blank=True)
-    log = models.TextField(blank=True)
+    task_name = models.CharField(_("task name"), max_length=200, db_index=True)
+    task_id = models.CharField(_("task id"), max_length=64, unique=True)
+    status = models.CharField(
+        _("status"), max_length=12, choices=Status.choices, default=Status.QUEUED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    deliveries = models.PositiveIntegerField(_("deliveries"), default=0)
+    args = models.JSONField(
+        _("arguments"), default=list, blank=True, help_text=_("Arguments, secrets redacted.")
+    )
+    enqueued_at = models.DateTimeField(_("enqueued"), default=timezone.now)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    duration = models.FloatField(
+        _("duration"), null=True, blank=True, help_text=_("Seconds, last attempt.")
+    )
+    worker_host = models.CharField(_("worker host"), max_length=255, blank=True)
+    worker_pid = models.PositiveIntegerField(_("worker PID"), null=True, blank=True)
+    worker_thread = models.CharField(_("worker thread"), max_length=100, blank=True)
+    error_class = models.CharField(_("error class"), max_length=200, blank=True)
+    error_message = models.CharField(_("error message"), max_length=500, blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    log = models.TextField(_("log"), blank=True)
     generation_request = models.ForeignKey(
         "generation.GenerationRequest",
+        verbose_name=_("generation request"),
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
@@ -56,6 +64,7 @@ class TaskRun(models.Model):
     )
     generation_job = models.ForeignKey(
         "generation.GenerationJob",
+        verbose_name=_("generation job"),
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
@@ -64,6 +73,8 @@ class TaskRun(models.Model):
     )
 
     class Meta:
+        verbose_name = _("task run")
+        verbose_name_plural = _("task runs")
         ordering = ["-enqueued_at", "-pk"]
         indexes = [
             models.Index(fields=["-enqueued_at", "-id"], name="taskrun_recent"),
@@ -71,7 +82,8 @@ class TaskRun(models.Model):
             models.Index(fields=["task_name", "-enqueued_at"], name="taskrun_task"),
             models.Index(fields=["status", "finished_at"], name="taskrun_finished"),
             models.Index(fields=["generation_request", "status"], name="taskrun_request"),
-            # Covers the metrics' runs by task and status (ops.metrics): an index-only scan.
+            # Lets the metrics count runs by task and status (ops.metrics) with an
+            # index-only scan.
             models.Index(fields=["task_name", "status"], name="taskrun_task_status"),
         ]
 
@@ -80,7 +92,7 @@ class TaskRun(models.Model):
 
     @property
     def short_name(self) -> str:
-        """The task's function name: for Wagtail's own tasks, Wagtail's task, not the shim."""
+        """The task's function name; for Wagtail's own tasks, Wagtail's task, not the shim."""
         # Wagtail's django-tasks all run through Huey's one "djtasks.run" shim, whose first
         # argument is the real task's dotted path.
         if self.task_name.endswith("djtasks.run") and self.args and isinstance(self.args[0], str):

@@ -8,13 +8,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from django.db.models import Case, Count, Q, Value, When
+from django.db.models import Count, Q
 from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 
-from generation import costs
-from generation.models import GenerationRequest
-from huey_tasks import reconcile
+from huey_tasks import maintenance
 from huey_tasks.charts import ActivityChart, task_runs_chart
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 
@@ -37,7 +35,8 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def task_label(task_name: str, first_arg: str | None = None) -> str:
-    """A task's short name for the duration table: Wagtail's own task, not Huey's shim."""
+    """A task's short name for the duration table, naming Wagtail's own task, not Huey's
+    shim."""
     return TaskRun(task_name=task_name, args=[first_arg] if first_arg else []).short_name
 
 
@@ -53,7 +52,8 @@ def headline() -> dict:
     done_hour = TaskRun.objects.filter(status=Status.SUCCEEDED, finished_at__gte=hour_ago).count()
     samples = defaultdict(list)
     names: dict[tuple, str] = {}
-    # Only the first argument: it names a Wagtail task run through Huey's djtasks.run shim.
+    # Only the first argument is read: it names the Wagtail task run through Huey's
+    # djtasks.run shim.
     for name, first_arg, duration in (
         TaskRun.objects.filter(status=Status.SUCCEEDED, finished_at__gte=day_ago)
         .exclude(duration=None)
@@ -86,8 +86,6 @@ def headline() -> dict:
         "durations": durations,
         "workers": workers,
         "maintenance": last_maintenance(),
-        # Image spend today and this month, booked by request (generation/costs.py).
-        "spend": costs.spend_summary(now),
     }
 
 
@@ -98,23 +96,10 @@ def activity() -> ActivityChart:
 
 def last_maintenance() -> dict | None:
     """What the last maintenance run repaired (kept in the queue storage)."""
-    result = reconcile.last_result(HUEY)
+    result = maintenance.last_result(HUEY)
     if result:
         result = {
             **result,
             "finished_at": datetime.datetime.fromtimestamp(result["finished_at"], tz=datetime.UTC),
         }
     return result
-
-
-def recent_requests(limit: int = 10) -> list[GenerationRequest]:
-    """Requests in flight first, then those finished in the last hour (one query)."""
-    hour_ago = timezone.now() - datetime.timedelta(hours=1)
-    in_flight = Q(status__in=GenerationRequest.ACTIVE)
-    return list(
-        GenerationRequest.objects.filter(
-            in_flight | Q(status__in=GenerationRequest.TERMINAL, finished_at__gte=hour_ago)
-        )
-        .annotate(in_flight=Case(When(in_flight, then=Value(0)), default=Value(1)))
-        .order_by("in_flight", "-created_at")[:limit]
-    )

@@ -1,88 +1,96 @@
 """Huey with at-least-once delivery on top of a leasing storage.
 
 The worker claims a message under a lease (``storage.claim``) and gets a fencing token with
-it; a heartbeat thread in each process extends the leases of the tasks it is running, and
-the message is acked only when ``execute`` returns: success, final failure, cancel, revoke,
-expiry, or after the task was re-scheduled for retry. Every ack, release and extension names
-the token, so a worker whose lease ran out (a long pause, a stalled heartbeat) can never
-touch the claim of the worker that took the message over.
+it; the process's heartbeat (``heartbeat.HeartbeatMixin``) extends the leases of the tasks
+it is running, and the message is acked only when ``execute`` returns, whatever the
+outcome: success, final failure, cancel, revoke, expiry or a scheduled retry. Every ack,
+release and extension names the token, so a worker whose lease ran out (a long pause, a
+stalled heartbeat) can never touch the claim of the worker that took the message over.
 
-Tasks also keep other leases alive through the same heartbeat (``hold``): provider slots
-and job claims, even after their message was taken over, for as long as the task runs
-here. Past ``task_deadline`` seconds a task's leases are no longer extended, it is
-announced as timed out (``SIGNAL_DEADLINE``) and its message is acked.
+Tasks also keep other leases alive through the same heartbeat (``hold``), such as provider
+slots and job claims. These are kept for as long as the task runs here, even after its
+message was taken over. Past ``task_deadline`` seconds a task's leases are no longer
+extended, it is announced as timed out (``SIGNAL_DEADLINE``) and its message is acked. A
+task that could not reach the database hands its message back uncounted, after a back-off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import random
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
 
 from huey import Huey
 from huey import signals as S
 from huey.api import TaskLock
 from huey.consumer import Consumer, Worker
 
-from generation.providers.errors import redact, redact_traceback
+from cms.redaction import redact, redact_traceback
 
+from .heartbeat import SIGNAL_DEADLINE, HeartbeatMixin, Running
 from .idle import IdleWorkers
 from .storage import LeasingSqliteStorage, MongoStorage
-from .storage.base import DeadLetter, Delivery
+from .storage.base import DeadLetter, Delivery, positive_seconds
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TTL = 600  # seconds; a crashed worker's lock_task lock frees itself
+DEFAULT_LOCK_TTL = 600  # seconds, so that a crashed worker's lock_task lock frees itself
 DEFAULT_TASK_DEADLINE = 300.0  # seconds; above the providers' own timeouts (fal: 180 s)
 DEFAULT_IDLE_POLL = 0.1  # seconds between an idle process's looks at the queue
+# On SIGTERM, provider waits are handed back this long (at most half the shutdown timeout)
+# before the timeout, leaving time to give the job and its message back.
+HAND_BACK_MARGIN = 5.0
 
-# Karasu's own signals, sent like Huey's: handler(signal, task, *args).
+# SIGNAL_DEADLINE is the heartbeat's; it is importable from here as before.
+__all__ = [
+    "HAND_BACK",
+    "SIGNAL_DEADLINE",
+    "SIGNAL_DEAD_LETTERED",
+    "SLOTS",
+    "LeasingConsumer",
+    "LeasingHuey",
+    "LeasingWorker",
+    "MongoLeasingHuey",
+    "SqliteLeasingHuey",
+]
+
+# Karasu's own signals, sent like Huey's: handler(signal, task, *args). The heartbeat sends
+# SIGNAL_DEADLINE (args: the deadline in seconds).
 SIGNAL_DEAD_LETTERED = "dead-lettered"  # args: the DeadLetter
-SIGNAL_DEADLINE = "deadline-exceeded"  # args: the deadline in seconds
 
-SLOTS = "slot"  # hold() group of limiter slots: (name, index, holder)
+SLOTS = "slot"  # the hold() group of limiter slots, each (name, index, holder)
 
-# Keeper: extend these held items for ``seconds``; return the ones that were lost.
-Keeper = Callable[[list, float], Iterable]
-
-
-@dataclass(eq=False)
-class Running:
-    """A claimed message whose task runs in this process."""
-
-    task: object
-    delivery: Delivery
-    deadline: float  # time.monotonic()
-    thread: int | None = None
-    lost: bool = False
-    holds: set[tuple[str, Hashable]] = field(default_factory=set)
+# The task.settle of a task that could not reach the database (or media). Its message is
+# handed back uncounted and can be delivered again after a back-off (see hand_back_later).
+HAND_BACK = "hand back"
+OUTAGE_BACKOFF_FIRST = 1.0  # seconds; doubles with each hand-back in a row in this process
+DEFAULT_OUTAGE_BACKOFF_MAX = 30.0
 
 
-class LeasingHuey(Huey):
+class LeasingHuey(HeartbeatMixin, Huey):
     def __init__(
         self,
         *args,
         lock_ttl: float = DEFAULT_LOCK_TTL,
         task_deadline: float = DEFAULT_TASK_DEADLINE,
         idle_poll: float = DEFAULT_IDLE_POLL,
+        outage_backoff_max: float = DEFAULT_OUTAGE_BACKOFF_MAX,
         **kwargs,
     ):
         self.lock_ttl = lock_ttl
-        self.task_deadline = float(task_deadline)
-        self.idle = IdleWorkers(idle_poll)
-        self._running: dict[int, Running] = {}  # id(task) -> lease; duplicates share ids
-        self._free_holds: set[tuple[str, Hashable]] = set()  # held outside a consumer task
-        self._lost: set[tuple[str, Hashable]] = set()
-        self._keepers: dict[str, Keeper] = {}
-        self._current = threading.local()
-        self._lock = threading.Lock()
-        self._heartbeat_pid: int | None = None
+        self.outage_backoff_max = positive_seconds("outage_backoff_max", outage_backoff_max)
+        self._outage_streak = 0  # hand-backs in a row, since a task last completed here
+        self.task_deadline = positive_seconds("task_deadline", task_deadline)
+        self.idle = IdleWorkers(positive_seconds("idle_poll", idle_poll))
         self._consumer_listeners: list = []
+        # Set while a consumer of this process stops. Tasks waiting on a provider then hand
+        # the wait back; the request stays with the provider and the next worker resumes it.
+        self.handing_back = threading.Event()
+        self.stopping = threading.Event()  # set as soon as a consumer here starts to stop
         super().__init__(*args, **kwargs)
         self._signal.connect(self._on_interrupted, S.SIGNAL_INTERRUPTED)
+        self._signal.connect(self._on_complete, S.SIGNAL_COMPLETE)
         if self.leasing:
             self.storage.on_dead_letter = self._on_dead_letter
             self.register_keeper(SLOTS, self._extend_slots)
@@ -96,6 +104,10 @@ class LeasingHuey(Huey):
     def dequeue(self):
         if not self.leasing:
             return super().dequeue()
+        if self.heartbeat_down:
+            # Nothing would keep a new claim alive: its lease would run out under the task
+            # and another worker would run it too. Healthy workers take the messages.
+            return None
         delivery = self.storage.claim()
         if delivery is None:
             return None
@@ -106,7 +118,7 @@ class LeasingHuey(Huey):
         with self._lock:
             self._running[id(task)] = running
         self._ensure_heartbeat()
-        self.idle.wake()  # there may be more: the next idle thread looks at once
+        self.idle.wake()  # there may be more, so the next idle thread looks at once
         return task
 
     def execute(self, task, timestamp=None):
@@ -118,7 +130,7 @@ class LeasingHuey(Huey):
         try:
             result = super().execute(task, timestamp)
         except (KeyboardInterrupt, SystemExit):
-            self._settle(task, "release")  # the task really stopped: hand it back now
+            self._settle(task, "release")  # the task really stopped, so hand it back now
             raise
         except BaseException:
             # Not an interruption (e.g. the storage failed while Huey recorded the outcome):
@@ -136,13 +148,13 @@ class LeasingHuey(Huey):
         return result
 
     def _settle(self, task, outcome: str) -> None:
-        """ack, release or abandon the task's message, if this worker still holds it."""
+        """Ack, release or abandon the task's message, if this worker still holds it."""
         with self._lock:
             running = self._running.pop(id(task), None)
             if running is not None:
                 self._lost.difference_update(running.holds)
         if running is None:
-            return  # past its deadline: already settled by the heartbeat
+            return  # the heartbeat already settled it when its deadline passed
         delivery = running.delivery
         if running.lost:
             return  # logged once when the heartbeat found it lost
@@ -152,8 +164,58 @@ class LeasingHuey(Huey):
         elif outcome == "release":
             self.storage.release(delivery.message_id, delivery.token)
             logger.warning("Handed back interrupted task %s for redelivery.", task.id)
+        elif outcome == HAND_BACK:
+            self._hand_back(task, delivery)
         else:
             logger.warning("Task %s left for redelivery when its lease runs out.", task.id)
+
+    # Outages: hand the message back uncounted, with back-off ------------------------------
+    def hand_back_later(self, task) -> float:
+        """Settle the running ``task`` by handing its message back after a back-off.
+
+        The task could not reach the database (or media), which is no fault of the message,
+        so the delivery does not count towards the dead letters. The back-off doubles with
+        each hand-back in a row in this process, up to ``outage_backoff_max``, with jitter so
+        the backlog does not return all at once. Returns the delay."""
+        with self._lock:
+            self._outage_streak += 1
+            streak = self._outage_streak
+        ceiling = min(self.outage_backoff_max, OUTAGE_BACKOFF_FIRST * 2 ** min(streak - 1, 20))
+        delay = ceiling * random.uniform(0.5, 1.0)
+        task.settle = HAND_BACK
+        task.hand_back_delay = delay
+        return delay
+
+    def _hand_back(self, task, delivery: Delivery) -> None:
+        delay = getattr(task, "hand_back_delay", OUTAGE_BACKOFF_FIRST)
+        try:
+            handed = self.storage.release(delivery.message_id, delivery.token, delay=delay)
+        except Exception:
+            # The queue storage is down too, so the lease runs out and the delivery counts.
+            logger.exception(
+                "Could not hand back task %s; it is delivered again when its lease runs out.",
+                task.id,
+            )
+            return
+        if handed:
+            logger.warning(
+                "Handed back task %s for %.1f s: the database or media storage did not answer.",
+                task.id,
+                delay,
+            )
+        else:
+            logger.warning("Lease of %s was lost before its hand-back.", task.id)
+
+    def time_left(self) -> float | None:
+        """Seconds before the running task's deadline (None outside a consumer task)."""
+        running = getattr(self._current, "running", None)
+        return None if running is None else running.deadline - time.monotonic()
+
+    def _on_complete(self, signal, task, *args) -> None:
+        # A task that ran to its end without handing back shows that whatever it needed
+        # answers again, so the back-off starts over.
+        if getattr(task, "settle", None) != HAND_BACK:
+            self._outage_streak = 0
 
     def _on_interrupted(self, signal, task, *args) -> None:
         # Only an interruption raised inside the task's own thread (process workers get
@@ -254,127 +316,8 @@ class LeasingHuey(Huey):
         result["traceback"] = redact_traceback(result["traceback"])
         return result
 
-    # Other leases a task keeps alive --------------------------------------------------
-    def register_keeper(self, group: str, keeper: Keeper) -> None:
-        """``keeper(items, seconds)`` extends held items of ``group``, returns lost ones."""
-        self._keepers[group] = keeper
-
     def _extend_slots(self, slots: list, seconds: float) -> list:
         return [slot for slot in slots if not self.storage.extend_slot(*slot, seconds)]
-
-    def hold(self, group: str, item: Hashable) -> None:
-        """Keep ``item`` alive with the running task's lease (until its deadline)."""
-        running = getattr(self._current, "running", None)
-        with self._lock:
-            (running.holds if running is not None else self._free_holds).add((group, item))
-        self._ensure_heartbeat()
-
-    def drop(self, group: str, item: Hashable) -> None:
-        running = getattr(self._current, "running", None)
-        with self._lock:
-            (running.holds if running is not None else self._free_holds).discard((group, item))
-            self._lost.discard((group, item))
-
-    def is_lost(self, group: str, item: Hashable) -> bool:
-        """Whether the heartbeat found ``item`` taken over (or stopped keeping it)."""
-        return (group, item) in self._lost
-
-    # Heartbeat ----------------------------------------------------------------------
-    def _ensure_heartbeat(self) -> None:
-        if self._heartbeat_pid == os.getpid():
-            return
-        with self._lock:
-            if self._heartbeat_pid == os.getpid():
-                return
-            self._heartbeat_pid = os.getpid()  # a forked child starts its own
-            thread = threading.Thread(
-                target=self._heartbeat, name="huey-lease-heartbeat", daemon=True
-            )
-            thread.start()
-
-    def _heartbeat(self) -> None:
-        interval = self.storage.lease_seconds / 3
-        while True:  # a daemon thread: it ends with the process
-            time.sleep(interval)
-            self.beat()
-
-    def beat(self) -> None:
-        """One heartbeat: extend what is held, enforce deadlines, note what was lost."""
-        now = time.monotonic()
-        with self._lock:
-            overdue = [r for r in self._running.values() if now > r.deadline]
-            for running in overdue:
-                del self._running[id(running.task)]
-                self._lost.update(running.holds)
-            live = [r for r in self._running.values() if not r.lost]
-            # A task whose message was taken over still runs here: its job claim and its
-            # slot stay alive until it ends (or its deadline), so the new holder of the
-            # message finds the job busy instead of making a second call while this one runs.
-            holds = (
-                set(self._free_holds).union(*(r.holds for r in self._running.values())) - self._lost
-            )
-        for running in overdue:
-            if not running.lost:  # a lost one is another worker's now: not ours to fail
-                self._expire(running)
-        self._extend_holds(holds)
-        self._extend_leases(live)
-
-    def _extend_holds(self, holds: set[tuple[str, Hashable]]) -> None:
-        by_group: dict[str, list] = {}
-        for group, item in holds:
-            by_group.setdefault(group, []).append(item)
-        for group, items in by_group.items():
-            keeper = self._keepers.get(group)
-            if keeper is None:
-                continue
-            try:
-                lost = {(group, item) for item in keeper(items, self.storage.lease_seconds)}
-            except Exception:
-                logger.exception("Heartbeat could not extend %s; will retry.", group)
-                continue
-            with self._lock:  # not what was dropped meanwhile (its task finished)
-                held = self._free_holds.union(*(r.holds for r in self._running.values()))
-                lost &= held
-                self._lost.update(lost)
-            if lost:
-                logger.warning("Lost %d %s leases to other workers.", len(lost), group)
-
-    def _extend_leases(self, live: list[Running]) -> None:
-        if not live:
-            return
-        # A message claimed twice here (its lease ran out while the heartbeat stalled, then
-        # another thread claimed it): the later claim holds it, the earlier one lost it.
-        leases = {r.delivery.message_id: r.delivery.token for r in live}
-        try:
-            lost_ids = self.storage.extend_leases(leases)
-        except Exception:
-            logger.exception("Lease heartbeat failed; will retry.")
-            return
-        for running in live:
-            message_id, token = running.delivery.message_id, running.delivery.token
-            if running.lost or (message_id not in lost_ids and leases[message_id] == token):
-                continue
-            with self._lock:
-                if id(running.task) not in self._running:
-                    continue  # settled meanwhile (acked): not lost
-                running.lost = True  # its holds stay kept: see beat()
-                logger.warning(
-                    "Lost the lease of task %s to another worker; it will not be acked here.",
-                    running.task.id,
-                )
-
-    def _expire(self, running: Running) -> None:
-        task, delivery = running.task, running.delivery
-        task.past_deadline = True  # what the task reports later is no longer its outcome
-        logger.error("Task %s passed its %.0f s deadline; failing it.", task.id, self.task_deadline)
-        try:
-            self._emit(SIGNAL_DEADLINE, task, self.task_deadline)
-        except Exception:
-            logger.exception("Could not announce the deadline of %s.", task.id)
-        try:
-            self.storage.ack(delivery.message_id, delivery.token)
-        except Exception:
-            logger.exception("Could not ack %s after its deadline.", task.id)
 
     # Consumer lifecycle ---------------------------------------------------------------
     def on_consumer_event(self, listener):
@@ -410,6 +353,8 @@ class LeasingConsumer(Consumer):
     beat_interval = 10.0
 
     def start(self):
+        self.huey.handing_back.clear()
+        self.huey.stopping.clear()
         super().start()
         self.huey.notify_consumer("start", self)
         threading.Thread(target=self._beat, name="huey-consumer-beat", daemon=True).start()
@@ -417,6 +362,36 @@ class LeasingConsumer(Consumer):
     def _beat(self):
         while not self.stop_flag.wait(self.beat_interval):
             self.huey.notify_consumer("beat", self)
+
+    def stop(self, graceful=False):
+        """Stop as Huey's consumer does, and have tasks waiting on a provider hand their
+        waits back in time.
+
+        A stop that is not graceful hands them back at once. A graceful one hands them back
+        shortly before the shutdown timeout runs out, so calls that end sooner still finish
+        here. Nothing is cancelled at the provider."""
+        self.huey.stopping.set()
+        timeout = self.shutdown_timeout
+        timer = None
+        if not graceful:
+            self.huey.handing_back.set()
+        elif timeout:
+            timer = threading.Timer(
+                timeout - min(timeout / 2, HAND_BACK_MARGIN), self.huey.handing_back.set
+            )
+            timer.daemon = True
+            timer.start()
+        try:
+            return super().stop(graceful)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            # Once every worker thread has ended, nothing of this consumer is left to stop.
+            # A later consumer (or a task run by hand) in this process must not see the
+            # flags still set.
+            if not any(self.environment.is_alive(t) for _, t in self.worker_threads):
+                self.huey.stopping.clear()
+                self.huey.handing_back.clear()
 
     def run(self):
         try:

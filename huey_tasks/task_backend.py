@@ -1,9 +1,9 @@
 """Django's task backend for Wagtail's own background tasks (search index, reference index,
-file deletion, focal points): Huey's, plus follow-ups run in place.
+file deletion, focal points). It is Huey's, plus follow-ups run in place.
 
 A worker filing a generated image would otherwise queue two follow-up messages per image
 (the search and the reference index), each with its own claim, ack, stored result and
-ledger row: more queue work than the image itself. Inside ``follow_ups_in_place()`` those
+ledger row, which is more queue work than the image itself. Inside ``follow_ups_in_place()`` those
 tasks run in the same thread right after the transaction commits. One that fails is queued
 as usual, so it is retried by a worker and shows in the job monitor.
 """
@@ -65,6 +65,7 @@ class FollowUpTaskBackend(HueyBackend):
         try:
             super().enqueue(task, args, kwargs)
         except Exception:
-            # The image is filed; only its index entry is missing (``manage.py update_index``
-            # rebuilds it). Never let that fail the job that filed it.
+            # The image is filed, and only its index entry is missing, which
+            # ``manage.py update_index`` rebuilds. That must never fail the job that filed
+            # the image.
             logger.exception("Could not queue %s%r either.", task.name, tuple(args))

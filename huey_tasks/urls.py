@@ -1,6 +1,6 @@
 from django.urls import path
 
-from huey_tasks import views
+from huey_tasks import registry, views
 
 app_name = "job_monitor"
 urlpatterns = [
@@ -9,11 +9,6 @@ urlpatterns = [
     path("runs/<int:pk>/", views.RunDetailView.as_view(), name="run"),
     path("runs/<int:pk>/retry/", views.RetryRunView.as_view(), name="run_retry"),
     path("runs/<int:pk>/revoke/", views.RevokeRunView.as_view(), name="run_revoke"),
-    path(
-        "requests/<int:pk>/retry-failed/",
-        views.RetryRequestFailedView.as_view(),
-        name="request_retry_failed",
-    ),
     path("dead-letters/", views.DeadLettersView.as_view(), name="dead_letters"),
     path(
         "dead-letters/<slug:action>/",
@@ -26,3 +21,5 @@ urlpatterns = [
         name="dead_letter",
     ),
 ]
+# Views of the applications whose tasks the monitor shows (huey_tasks.registry).
+urlpatterns += registry.urls()

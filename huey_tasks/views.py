@@ -7,36 +7,47 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect
+from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.generic import TemplateView
 from huey.contrib.djhuey import HUEY
 from wagtail.admin.views.generic import WagtailAdminTemplateMixin
 from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.permission_policies import ModelPermissionPolicy
 
-from generation import actions as request_actions
-from generation import costs, services
-from generation.models import GenerationJob, GenerationRequest
+from huey_tasks import registry
 from huey_tasks.filters import TaskRunFilterSet
 from huey_tasks.models import TaskRun
-from huey_tasks.monitor import activity, headline, recent_requests
-from huey_tasks.tasks import queue_jobs
+from huey_tasks.monitor import activity, headline
 
 permission_policy = ModelPermissionPolicy(TaskRun)
-# Actions that may call a paid provider also need to be allowed to change requests.
-spending_policy = ModelPermissionPolicy(GenerationRequest)
-GENERATION_TASKS = {"generate_image", "expand_prompt"}
 Status = TaskRun.Status
 RETRYABLE = {Status.FAILED, Status.DEAD, Status.CANCELLED, Status.REVOKED, Status.EXPIRED}
 REVOCABLE = {Status.QUEUED, Status.RETRYING, Status.RATE_LIMITED}
 RUNS_PER_PAGE = 50
+# Registered sections below this order come before the queue's figures, the rest after.
+SECTIONS_SPLIT = 100
 
 
 def spends_money(run: TaskRun) -> bool:
     """Retrying this run may call a paid provider."""
-    return bool(run.generation_job_id or run.generation_request_id) or (
-        run.short_name in GENERATION_TASKS
-    )
+    return registry.task_kind(run.short_name).spends_money
+
+
+def live_context(request) -> dict:
+    """The self-refreshing part: the queue's figures and the registered sections."""
+    sections = [
+        (section.order, render_to_string(section.template, section.context(), request=request))
+        for section in registry.live_sections(request.user)
+    ]
+    return {
+        "stats": headline(),
+        "activity": activity(),
+        "sections_before": [html for order, html in sections if order < SECTIONS_SPLIT],
+        "sections_after": [html for order, html in sections if order >= SECTIONS_SPLIT],
+    }
 
 
 class MonitorMixin(PermissionCheckedMixin, WagtailAdminTemplateMixin):
@@ -48,20 +59,18 @@ class MonitorMixin(PermissionCheckedMixin, WagtailAdminTemplateMixin):
         return permission_policy.user_has_permission(self.request.user, "change")
 
     def can_spend(self) -> bool:
-        return self.can_change() and spending_policy.user_has_permission(
-            self.request.user, "change"
-        )
+        return self.can_change() and registry.may_spend(self.request.user)
 
     def get_breadcrumbs_items(self):
         items = list(self.breadcrumbs_items)
         if not isinstance(self, MonitorView):
-            items.append({"url": reverse("job_monitor:index"), "label": "Job monitor"})
+            items.append({"url": reverse("job_monitor:index"), "label": _("Job monitor")})
         return items + [{"url": "", "label": self.get_page_title()}]
 
 
 class MonitorView(MonitorMixin, TemplateView):
     template_name = "huey_tasks/monitor.html"
-    page_title = "Job monitor"
+    page_title = gettext_lazy("Job monitor")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -86,12 +95,15 @@ class MonitorView(MonitorMixin, TemplateView):
             ),
             RUNS_PER_PAGE,
         ).get_page(self.request.GET.get("p"))
+        # The subject names what the run is for, so only those who may see content see it.
+        show_subjects = registry.may_see_content(self.request.user)
+        for run in page:
+            subject = registry.task_kind(run.short_name).subject
+            run.subject = subject(run) if subject and show_subjects else None
         query = self.request.GET.copy()
         query.pop("p", None)
         context.update(
-            stats=headline(),
-            activity=activity(),
-            requests=recent_requests(),
+            **live_context(self.request),
             filters=filters,
             page=page,
             query=query.urlencode(),
@@ -108,25 +120,29 @@ class LiveView(MonitorMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context.update(stats=headline(), activity=activity(), requests=recent_requests())
+        context.update(live_context(self.request))
         return context
 
 
 class RunDetailView(MonitorMixin, TemplateView):
     template_name = "huey_tasks/run_detail.html"
-    page_title = "Task run"
+    page_title = gettext_lazy("Task run")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        run = get_object_or_404(
-            TaskRun.objects.select_related("generation_request", "generation_job__image"),
-            pk=kwargs["pk"],
-        )
+        run = get_object_or_404(TaskRun, pk=kwargs["pk"])
+        may_act = registry.task_kind(run.short_name).allows_actions(self.request.user)
         context.update(
             run=run,
+            run_sections=[
+                render_to_string(section.template, section.context(run), request=self.request)
+                for section in registry.run_sections(self.request.user)
+            ],
             can_change=self.can_change(),
-            can_retry=run.status in RETRYABLE and (not spends_money(run) or self.can_spend()),
-            can_revoke=run.status in REVOCABLE,
+            can_retry=run.status in RETRYABLE
+            and may_act
+            and (not spends_money(run) or self.can_spend()),
+            can_revoke=run.status in REVOCABLE and may_act,
         )
         return context
 
@@ -152,21 +168,23 @@ class ActionView(MonitorMixin, TemplateView):
     def back_url(self) -> str:
         return reverse("job_monitor:index")
 
-    spends = False  # True: the action may call a paid provider
+    spends = False  # True when the action may call a paid provider
 
-    def check_spending(self) -> bool:
+    def permitted(self) -> bool:
+        """An action that may spend money also needs the spending permission, on top of
+        the change permission on task runs that permission_required asks for."""
         return not self.spends_money() or self.can_spend()
 
     def spends_money(self) -> bool:
         return self.spends
 
     def get(self, request, *args, **kwargs):
-        if not self.check_spending():
+        if not self.permitted():
             raise PermissionDenied
         return super().get(request, *args, **kwargs)
 
     def post(self, request, *args, **kwargs):
-        if not self.check_spending():
+        if not self.permitted():
             raise PermissionDenied
         message, ok = self.perform()
         (messages.success if ok else messages.error)(request, message)
@@ -184,143 +202,77 @@ class RunActionView(ActionView):
     def back_url(self):
         return reverse("job_monitor:run", args=[self.run.pk])
 
+    def permitted(self) -> bool:
+        # The run's task may also ask more of those who retry or revoke it. The pipeline's
+        # tasks ask for permission to change their request, as the request page's actions do.
+        kind = registry.task_kind(self.run.short_name)
+        return super().permitted() and kind.allows_actions(self.request.user)
+
 
 class RetryRunView(RunActionView):
-    page_title = "Retry task"
+    page_title = gettext_lazy("Retry task")
 
     def spends_money(self):
         return spends_money(self.run)
 
     def get_confirmation(self):
-        return f"Run {self.run.short_name} {self.run.task_id} again?"
+        return _("Run %(task)s %(task_id)s again?") % {
+            "task": self.run.short_name,
+            "task_id": self.run.task_id,
+        }
 
     def perform(self):
         run = self.run
         if run.status not in RETRYABLE:
-            return f"A {run.get_status_display().lower()} run cannot be retried.", False
-        if run.generation_job_id:
-            job = (
-                GenerationJob.objects.select_related("request")
-                .filter(pk=run.generation_job_id)
-                .first()
-            )
-            if job is not None and job.status == GenerationJob.Status.SUCCEEDED:
-                return "Its job has succeeded since; nothing to retry.", False
-            if job is None or job.status not in GenerationJob.TERMINAL:
-                return "Its job is not finished, so there is nothing to retry.", False
-            with costs.budget_lock():
-                job.request.refresh_from_db()  # its spend as it is now, under the lock
-                if error := request_actions.one_more_image_error(job.request):
-                    return error, False
-                if not services.regenerate_job(job):
-                    return "Its job changed meanwhile; nothing was retried.", False
-            queue_jobs([job.pk])
-            return f"Job #{job.index + 1} of request #{job.request_id} queued again.", True
-        if run.short_name == "expand_prompt":
-            generation_request = GenerationRequest.objects.filter(
-                pk=run.generation_request_id
-            ).first()
-            if generation_request is None:
-                return "Its request no longer exists.", False
-            message, error = request_actions.run(
-                request_actions.ACTIONS["generate"], generation_request
-            )
-            if error:
-                return error, False
-            return (message, True) if message else ("The request has prompts already.", False)
+            return _("A run that is “%(status)s” cannot be retried.") % {
+                "status": run.get_status_display()
+            }, False
+        kind = registry.task_kind(run.short_name)
+        if kind.retry is not None:
+            return kind.retry(run)
         # Only scalar arguments are stored verbatim; others were shown as redacted text.
         if not all(isinstance(a, int | float | bool) or a is None for a in run.args):
-            return "Its arguments are not stored verbatim, so it cannot be re-run here.", False
+            return _("Its arguments are not stored verbatim, so it cannot be re-run here."), False
         try:
             task_class = HUEY._registry.string_to_task(run.task_name)
         except Exception:
-            return f"Unknown task {run.task_name}.", False
+            return _("Unknown task %(task)s.") % {"task": run.task_name}, False
         HUEY.enqueue(task_class(tuple(run.args), {}))
-        return f"{run.short_name} queued again.", True
+        return _("%(task)s queued again.") % {"task": run.short_name}, True
 
 
 class RevokeRunView(RunActionView):
-    page_title = "Revoke task"
+    page_title = gettext_lazy("Revoke task")
 
     def get_confirmation(self):
-        return f"Revoke {self.run.short_name} {self.run.task_id}? It will not run."
+        return _("Revoke %(task)s %(task_id)s? It will not run.") % {
+            "task": self.run.short_name,
+            "task_id": self.run.task_id,
+        }
 
     def perform(self):
         run = self.run
         if run.status not in REVOCABLE:
-            return f"A {run.get_status_display().lower()} run cannot be revoked.", False
-        current = (
-            run.generation_job_id
-            and GenerationJob.objects.filter(pk=run.generation_job_id, task_id=run.task_id).exists()
-        )
-        # A run still shown queued or waiting may have started: a worker holding its job's
-        # claim (or writing its request's prompts) is past Huey's revoke check.
-        if current and services.call_in_flight(run.generation_job_id) or self.expanding():
-            return self.in_flight(), False
+            return _("A run that is “%(status)s” cannot be revoked.") % {
+                "status": run.get_status_display()
+            }, False
+        kind = registry.task_kind(run.short_name)
+        if kind.revoke_refusal and (refusal := kind.revoke_refusal(run)):
+            return refusal, False
         HUEY.revoke_by_id(run.task_id)
-        if self.expanding():  # started between the check and the revoke
-            HUEY.restore_by_id(run.task_id)
-            return self.in_flight(), False
-        if current:
-            # Only the job's current run, and not while a worker holds it (its call
-            # finishes, like a cancel's).
-            cancelled = services.finish_job(
-                run.generation_job_id,
-                GenerationJob.Status.CANCELLED,
-                error="revoked from the job monitor",
-                unclaimed_only=True,
-            )
-            if not cancelled and services.call_in_flight(run.generation_job_id):
-                # A worker claimed it between the check and the cancel: Huey clears the
-                # flag after that execution anyway, so the run is not revoked at all.
-                HUEY.restore_by_id(run.task_id)
-                return self.in_flight(), False
+        if kind.revoked and (refusal := kind.revoked(run)):
+            HUEY.restore_by_id(run.task_id)  # it started in the meantime, so undo the revoke
+            return refusal, False
         TaskRun.objects.filter(pk=run.pk).update(status=Status.REVOKED)
-        return f"{run.short_name} {run.task_id} revoked.", True
-
-    def expanding(self) -> bool:
-        return (
-            self.run.short_name == "expand_prompt"
-            and GenerationRequest.objects.filter(
-                pk=self.run.generation_request_id, status=GenerationRequest.Status.EXPANDING
-            ).exists()
-        )
-
-    def in_flight(self) -> str:
-        return (
-            f"{self.run.short_name} {self.run.task_id} cannot be revoked: it is under way "
-            "(its provider call in flight, or its prompts being written). Cancelling its "
-            "request stops any further attempt."
-        )
-
-
-class RetryRequestFailedView(ActionView):
-    page_title = "Retry failed jobs"
-    spends = True
-
-    def setup(self, request, *args, **kwargs):
-        super().setup(request, *args, **kwargs)
-        self.generation_request = get_object_or_404(GenerationRequest, pk=kwargs["pk"])
-
-    def get_confirmation(self):
-        return (
-            f"Retry all {self.generation_request.jobs_failed} failed jobs of "
-            f"“{self.generation_request}”?"
-        )
-
-    def perform(self):
-        # The request page's action, with its checks: budgets, a deleted source, cancelled.
-        message, error = request_actions.run(
-            request_actions.ACTIONS["retry_failed"], self.generation_request
-        )
-        if error:
-            return error, False
-        return (message, True) if message else ("This request has no failed jobs to retry.", False)
+        return _("%(task)s %(task_id)s revoked.") % {
+            "task": run.short_name,
+            "task_id": run.task_id,
+        }, True
 
 
 class DeadLettersView(MonitorMixin, TemplateView):
     template_name = "huey_tasks/dead_letters.html"
-    page_title = "Dead letters"
+    page_title = gettext_lazy("Dead letters")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -330,7 +282,8 @@ class DeadLettersView(MonitorMixin, TemplateView):
                 task = HUEY.deserialize_task(letter.data)
                 name, task_id = task.name.rsplit(".", 1)[-1], task.id
             except Exception as exc:
-                name, task_id = f"(undecodable: {exc.__class__.__name__})", ""
+                name = _("(undecodable: %(error)s)") % {"error": exc.__class__.__name__}
+                task_id = ""
             letters.append({"letter": letter, "name": name, "task_id": task_id})
         context.update(
             letters=letters,
@@ -342,7 +295,7 @@ class DeadLettersView(MonitorMixin, TemplateView):
 
 
 class DeadLetterActionView(ActionView):
-    """requeue/purge one dead letter (``message_id``) or all of them."""
+    """Requeue or purge one dead letter (``message_id``) or all of them."""
 
     def setup(self, request, *args, **kwargs):
         super().setup(request, *args, **kwargs)
@@ -352,7 +305,9 @@ class DeadLetterActionView(ActionView):
         self.message_id = kwargs.get("message_id")
 
     def get_page_title(self):
-        return f"{self.action.capitalize()} dead letters"
+        if self.action == "requeue":
+            return _("Requeue dead letters")
+        return _("Purge dead letters")
 
     def spends_money(self):
         return self.action == "requeue"
@@ -361,10 +316,13 @@ class DeadLetterActionView(ActionView):
         return reverse("job_monitor:dead_letters")
 
     def get_confirmation(self):
-        target = "this dead letter" if self.message_id else "every dead letter"
         if self.action == "requeue":
-            return f"Put {target} back on the queue with a fresh delivery count?"
-        return f"Delete {target} for good?"
+            if self.message_id:
+                return _("Put this dead letter back on the queue with a fresh delivery count?")
+            return _("Put every dead letter back on the queue with a fresh delivery count?")
+        if self.message_id:
+            return _("Delete this dead letter for good?")
+        return _("Delete every dead letter for good?")
 
     def perform(self):
         storage = HUEY.storage
@@ -378,41 +336,30 @@ class DeadLetterActionView(ActionView):
             outcomes = [self.requeue(letter) for letter in letters]
             done = sum(1 for outcome in outcomes if outcome is True)
             refused = [outcome for outcome in outcomes if isinstance(outcome, str)]
-            message = f"{done} dead letters requeued."
+            message = _("%(count)s dead letters requeued.") % {"count": done}
             if refused:
-                message += f" {len(refused)} kept, as they would pay for more: {refused[0]}"
+                message += " " + _("%(count)s kept, as they would pay for more: %(reason)s") % {
+                    "count": len(refused),
+                    "reason": refused[0],
+                }
             return message, bool(done)
         done = storage.purge_dead_letters(ids)
-        return f"{done} dead letters purged.", bool(done)
+        return _("%(count)s dead letters purged.") % {"count": done}, bool(done)
 
     @staticmethod
     def requeue(letter) -> bool | str:
         """Reopen what the dead letter had failed, then put its message back.
 
-        A failed job or expansion reopened is paid work again, checked against the budgets
-        like any retry: over them, the letter stays and the reason is returned."""
+        A reopened job or expansion is paid work again, so it is checked against the
+        budgets like any retry. If it is over a budget, the letter stays and the reason is
+        returned."""
         try:
             task = HUEY.deserialize_task(letter.data)
         except Exception:
             task = None
         if task is None or not task.args or not isinstance(task.args[0], int):
             return HUEY.requeue_dead_letter(letter)
-        name = task.name.rsplit(".", 1)[-1]
-        with costs.budget_lock():
-            if name == "generate_image":
-                job = (
-                    GenerationJob.objects.select_related("request").filter(pk=task.args[0]).first()
-                )
-                if job is not None and job.status == GenerationJob.Status.FAILED:
-                    if error := request_actions.one_more_image_error(job.request):
-                        return error
-                    services.reopen_job(job.pk)
-            elif name == "expand_prompt":
-                request = GenerationRequest.objects.filter(pk=task.args[0]).first()
-                if request is not None and request.status == GenerationRequest.Status.FAILED:
-                    if error := request_actions.cannot_spend(request) or costs.budget_error(
-                        request.count, request.image_model, exclude_pk=request.pk
-                    ):
-                        return error
-                    services.reopen_request(request.pk)
+        kind = registry.task_kind(task.name.rsplit(".", 1)[-1])
+        if kind.requeue is not None and (refusal := kind.requeue(task)):
+            return refusal
         return HUEY.requeue_dead_letter(letter)

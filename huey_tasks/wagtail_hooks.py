@@ -1,6 +1,7 @@
 from django.templatetags.static import static
 from django.urls import include, path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 from wagtail import hooks
 from wagtail.admin.menu import MenuItem
 from wagtail.admin.ui.components import Component
@@ -27,7 +28,7 @@ class JobMonitorMenuItem(MenuItem):
 @hooks.register("register_admin_menu_item")
 def register_job_monitor_menu_item():
     return JobMonitorMenuItem(
-        "Job monitor", reverse("job_monitor:index"), icon_name="tasks", order=260
+        _("Job monitor"), reverse("job_monitor:index"), icon_name="tasks", order=260
     )
 
 

@@ -1,8 +1,9 @@
-"""Provider errors counted for the metrics: one atomic UPDATE per failed provider call.
+"""Provider errors and heartbeat crashes counted for the metrics: one atomic UPDATE each.
 
-Called from the one place each kind of call is made (``huey_tasks.tasks``: the image
-model's call in ``generate_image``, the LLM's in ``expand_prompt``). Counting never changes
-what happens to the call: any error here is logged and swallowed.
+The pipeline reports each failed call with ``generation.signals.provider_error``;
+``on_provider_error`` counts it. The queue reports each crash of a worker's heartbeat with
+``huey_tasks.signals.heartbeat_crashed``; ``on_heartbeat_crash`` counts it. Counting never
+changes what happens to the call or the heartbeat: any error here is logged and swallowed.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from generation.models import GenerationRequest
 from generation.providers.errors import (
     NotCalled,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
 )
-from ops.models import ProviderErrorCount
+from ops.models import HeartbeatCrashCount, ProviderErrorCount
 
 logger = logging.getLogger(__name__)
 Kind = ProviderErrorCount.Kind
@@ -28,8 +28,8 @@ Type = ProviderErrorCount.Type
 
 
 def error_kind(exc: ProviderError) -> str | None:
-    """rate_limited (a transient 429), transient, permanent; None for anything else."""
-    if isinstance(exc, NotCalled):  # refused before any call: not the provider's error
+    """The error's kind: rate_limited (a transient 429), transient or permanent, else None."""
+    if isinstance(exc, NotCalled):  # refused before any call, so not the provider's error
         return None
     if isinstance(exc, TransientProviderError):
         return Kind.RATE_LIMITED if getattr(exc, "rate_limited", False) else Kind.TRANSIENT
@@ -42,21 +42,23 @@ def increment(call_type: str, provider: str, kind: str) -> None:
     """Add one to (call_type, provider, kind), creating the row on first use; safe under
     concurrency.
 
-    UPDATE first (the common case: one statement). A missing row is inserted in a
+    An UPDATE comes first, as the common case needs only that. A missing row is inserted in a
     savepoint; if a concurrent first insert won, the UPDATE is repeated.
     """
-    provider = provider[:100]
+    _count_up(ProviderErrorCount, type=call_type, provider=provider[:100], kind=kind)
+
+
+def _count_up(model, **key) -> None:
+    """Add one to the ``model`` row of ``key``, creating it on first use."""
     now = timezone.now()
-    rows = ProviderErrorCount.objects.filter(type=call_type, provider=provider, kind=kind)
-    # Its own savepoint inside a caller's transaction: a failure here undoes only this.
+    rows = model.objects.filter(**key)
+    # Its own savepoint inside a caller's transaction, so a failure here undoes only this.
     with transaction.atomic():
         if rows.update(count=F("count") + 1, last_at=now):
             return
         try:
             with transaction.atomic():
-                ProviderErrorCount.objects.create(
-                    type=call_type, provider=provider, kind=kind, count=1, last_at=now
-                )
+                model.objects.create(**key, count=1, last_at=now)
         except IntegrityError:  # another worker created it first
             rows.update(count=F("count") + 1, last_at=now)
 
@@ -72,17 +74,18 @@ def count_provider_error(provider: str, exc: BaseException, call_type: str = Typ
         logger.exception("Could not count a %s error of %s", type(exc).__name__, provider)
 
 
-def count_llm_error(request_id: int, exc: BaseException) -> None:
-    """Count a failed LLM call of a request's expansion under the request's LLM name.
+def on_provider_error(
+    sender, call_type: str, provider: str, error: BaseException, **kwargs
+) -> None:
+    """Count a ``generation.signals.provider_error`` (connected in ``OpsConfig.ready``)."""
+    count_provider_error(provider, error, call_type)
 
-    An LLM that is not configured (``UnknownProvider``) made no call: not counted.
-    """
-    if isinstance(exc, NotCalled):
-        return
+
+def on_heartbeat_crash(sender, heartbeat: str, error: BaseException, **kwargs) -> None:
+    """Count a ``huey_tasks.signals.heartbeat_crashed`` (connected in ``OpsConfig.ready``).
+
+    Never raises, as the heartbeat goes on whether it was counted or not."""
     try:
-        name = GenerationRequest.objects.filter(pk=request_id).values_list("llm", flat=True)
-        provider = name.first() or "unknown"
+        _count_up(HeartbeatCrashCount, heartbeat=heartbeat[:20])
     except Exception:
-        logger.exception("Could not count an LLM error of request %s", request_id)
-        return
-    count_provider_error(provider, exc, Type.LLM)
+        logger.exception("Could not count a crash of the %s heartbeat", heartbeat)

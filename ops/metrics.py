@@ -1,7 +1,7 @@
 """The Prometheus metrics, computed at scrape time from the queue storage and the database.
 
 Nothing is counted in the web process: every figure is read from where all workers on all
-hosts write, so one scrape of any web process sees the whole fleet. A scrape is 8 SQL
+hosts write, so one scrape of any web process sees the whole fleet. A scrape is 9 SQL
 queries and a few queue-storage calls (one per image model for its slots); the ledger's
 counts are read from an index, and ``bench/metrics.py`` times a scrape with 100,000 runs.
 
@@ -27,14 +27,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from cms.redaction import redact
 from generation import costs
-from generation.models import GenerationRequest, Spend
+from generation.models import INTERNAL_ERROR, GenerationJob, GenerationRequest, Spend
 from generation.providers import available_image_models, available_llms
-from generation.providers.errors import redact
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 from huey_tasks.monitor import LIVE_WORKER_SECONDS
 from ops.health import QUEUE_TIMEOUT
-from ops.models import ProviderErrorCount
+from ops.models import HeartbeatCrashCount, ProviderErrorCount
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,10 @@ class KarasuCollector:
                 [
                     self.task_runs,
                     self.provider_errors,
+                    self.heartbeat_crashes,
                     self.workers,
                     self.images_generated,
+                    self.failed_jobs,
                     self.spend,
                 ],
             ),
@@ -106,7 +108,7 @@ class KarasuCollector:
                         part.__name__,
                         redact(f"{exc.__class__.__name__}: {exc}"),
                     )
-                    break  # the source does not answer: do not wait on it again
+                    break  # the source does not answer, so do not wait on it again
         source_up = GaugeMetricFamily(
             "karasu_metrics_source_up",
             "1 if this scrape could read the source (queue storage, database), else 0.",
@@ -121,7 +123,7 @@ class KarasuCollector:
     def queue_messages(self, now) -> list:
         storage = self.huey.storage
         if hasattr(storage, "health_check"):
-            # Bounded: an unreachable MongoDB fails this in seconds, not the client's 30 s.
+            # Bounded, so an unreachable MongoDB fails this in seconds, not the client's 30 s.
             storage.health_check(QUEUE_TIMEOUT)
         family = GaugeMetricFamily(
             "karasu_queue_messages",
@@ -143,8 +145,7 @@ class KarasuCollector:
         return [family]
 
     def provider_slots(self, now) -> list:
-        # Imported here: the tasks module registers the tasks (djhuey loads it anyway).
-        from huey_tasks.tasks import limiter_for
+        from generation.limits import limiter_for
 
         in_use = GaugeMetricFamily(
             "karasu_provider_slots_in_use",
@@ -161,7 +162,7 @@ class KarasuCollector:
         for name, _label in available_image_models():
             try:
                 limiter = limiter_for(name)
-            except Exception as exc:  # a broken model configuration: only this model
+            except Exception as exc:  # a broken model configuration skips only this model
                 logger.warning(
                     "Metrics: image model %s: %s", name, redact(f"{exc.__class__.__name__}: {exc}")
                 )
@@ -192,7 +193,7 @@ class KarasuCollector:
                 shims.add(task_name)
             else:
                 runs[label(task_name, None), status] += count
-        # 2. Wagtail's tasks, all run through Huey's one shim: named by their first argument.
+        # 2. Wagtail's tasks all run through Huey's one shim, named by their first argument.
         if shims:
             for task_name, first_arg, status, count in (
                 TaskRun.objects.order_by()
@@ -201,8 +202,8 @@ class KarasuCollector:
                 .annotate(runs=Count("*"))
             ):
                 runs[label(task_name, first_arg), status] += count
-        # 3. Durations of the runs finished in the last hour (taskrun_finished: per status,
-        # a range of finished_at), bucketed in SQL.
+        # 3. Durations of the runs finished in the last hour, bucketed in SQL. The
+        # taskrun_finished index serves them with one range of finished_at per status.
         buckets = {
             _bucket_key(i): Count("pk", filter=Q(duration__lte=bound))
             for i, bound in enumerate(DURATION_BUCKETS)
@@ -286,6 +287,20 @@ class KarasuCollector:
             family.add_metric(list(labels), count)
         return [family]
 
+    def heartbeat_crashes(self, now) -> list:
+        family = CounterMetricFamily(
+            "karasu_heartbeat_crashes",
+            "Crashes of a worker's heartbeat on all hosts, by heartbeat: lease (message "
+            "leases and provider slots) and claims (job claims). A worker whose heartbeat "
+            "crashed claims no new task until it beats again; its log has the traceback.",
+            labels=["heartbeat"],
+        )
+        counts = dict.fromkeys(HeartbeatCrashCount.Heartbeat.values, 0)
+        counts.update(HeartbeatCrashCount.objects.values_list("heartbeat", "count"))
+        for heartbeat, count in sorted(counts.items()):
+            family.add_metric([heartbeat], count)
+        return [family]
+
     def workers(self, now) -> list:
         live = WorkerHeartbeat.objects.filter(
             stopped_at=None,
@@ -322,6 +337,20 @@ class KarasuCollector:
             counts.setdefault(name, 0)
         for name, count in sorted(counts.items()):
             family.add_metric([name], count)
+        return [family]
+
+    def failed_jobs(self, now) -> list:
+        family = GaugeMetricFamily(
+            "karasu_failed_jobs",
+            "Generation jobs that have failed, by cause: karasu (a bug in Karasu's own code, "
+            "whose traceback is in the job monitor) or other (the provider, a deadline, a "
+            "lost worker). A gauge: it goes down when failed jobs are retried.",
+            labels=["cause"],
+        )
+        failed = GenerationJob.objects.filter(status=GenerationJob.Status.FAILED)
+        ours = failed.filter(error__startswith=INTERNAL_ERROR).count()
+        family.add_metric(["karasu"], ours)
+        family.add_metric(["other"], failed.count() - ours)
         return [family]
 
     def spend(self, now) -> list:

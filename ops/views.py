@@ -16,11 +16,13 @@ ALLOWED_METHODS = ["GET", "HEAD"]
 
 @never_cache
 def healthz(request):
-    """200 {"database": "ok", "queue": "ok"} when both answer; 503 naming the one that
-    failed otherwise. No authentication, so nothing beyond ok/failed."""
+    """200 {"database": "ok", "queue": "ok"} when both answer, else 503 naming the one that
+    failed. It needs no authentication, so it says nothing beyond ok or failed. The checks
+    run at most once a second per process (health.CHECK_INTERVAL), and no answer comes from
+    a result more than a few seconds old (health.LatestResults)."""
     if request.method not in ALLOWED_METHODS:
         return HttpResponseNotAllowed(ALLOWED_METHODS)
-    results = health.run_checks()
+    results = health.latest_results.get()
     healthy = all(value == "ok" for value in results.values())
     return JsonResponse(
         {"status": "ok" if healthy else "failed", **results}, status=200 if healthy else 503
@@ -55,7 +57,7 @@ def metrics(request):
     expected = settings.KARASU_METRICS_TOKEN.strip()
     if not expected:
         raise Http404("metrics are not enabled")
-    if not authorized(request, expected):  # first: nothing else is told without the token
+    if not authorized(request, expected):  # first, so nothing is told without the token
         return unauthorized()
     if request.method not in ALLOWED_METHODS:
         return HttpResponseNotAllowed(ALLOWED_METHODS)

@@ -1,6 +1,5 @@
-import copy
-import sys
-import threading
+import itertools
+import os
 
 import pytest
 from django.conf import settings
@@ -19,12 +18,53 @@ def pytest_report_header(config):
     return f"karasu: database tests run on {url}"
 
 
+# Fixtures that give a test the database (pytest-django's, and those built on them).
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "live_server"}
+
+
+def uses_database(item) -> bool:
+    return item.get_closest_marker("django_db") is not None or bool(
+        DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    )
+
+
+# Tests whose figures or timeouts hold only on an otherwise quiet machine: `make test` runs
+# them one at a time, after the rest has run in parallel (pytest-xdist).
+SERIAL_FOLDERS = ("tests/reliability/", "tests/chaos/", "tests/e2e/", "tests/media/")
+SERIAL_MODULES = {
+    "tests/generation/test_expansion_speed.py",  # first image and flow figures
+    "tests/generation/test_expansion_endings.py",  # call deadlines, Retry-After waits
+    "tests/generation/test_pipeline.py",  # a cancel read before it commits
+    "tests/generation/test_costs.py",  # the budget lock's control timing
+    "tests/huey_tasks/test_storage_conformance.py",  # leases and TTLs on the emulator
+    "tests/ops/test_health.py",
+    "tests/ops/test_metrics.py",
+}
+
+
+def is_serial(item) -> bool:
+    path = item.nodeid.split("::", 1)[0]
+    return (
+        path.startswith(SERIAL_FOLDERS)
+        or path in SERIAL_MODULES
+        or any(mark in item.keywords for mark in ("slow", "browser"))
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     on_postgres = connection.vendor == "postgresql"
     skip_sqlite = pytest.mark.skip(reason="SQLite-specific; this run is on PostgreSQL")
     for item in items:
         if on_postgres and "sqlite_only" in item.keywords:
             item.add_marker(skip_sqlite)
+        if is_serial(item):
+            item.add_marker(pytest.mark.serial)
+    # The PostgreSQL pass of `make test` runs only what touches the database: the rest
+    # already ran in the first pass, and running it twice would only make CI longer.
+    if os.environ.get("KARASU_DATABASE_TESTS_ONLY"):
+        keep = [item for item in items if uses_database(item)]
+        config.hook.pytest_deselected(items=[item for item in items if not uses_database(item)])
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)
@@ -40,49 +80,90 @@ def media_writes_work():
 
 @pytest.fixture(autouse=True)
 def restore_karasu_settings():
-    """Put ``settings.KARASU`` back as it was, nested dicts included, after every test.
+    """Put ``settings.KARASU`` back as it was, nested dicts included, after every test
+    (see tests/support/karasu_settings.py)."""
+    from tests.support.karasu_settings import karasu_settings_restored
 
-    pytest-django's ``settings`` fixture restores top-level attributes only, and tests tune
-    providers in place (``settings.KARASU["IMAGE_MODELS"]["demo"] = ...``).
-    """
-    karasu = settings.KARASU
-    saved = copy.deepcopy(karasu)
-    yield
-    # In place: the same dict object stays the setting, whoever holds a reference to it.
-    karasu.clear()
-    karasu.update(saved)
-    from generation.providers import reset_cache
-
-    reset_cache()  # clients are cached by name with the options they were built with
-    # The per-model limiters are cached with their CONCURRENCY too; only clear them if the
-    # tasks module is loaded already (importing it here would register its tasks early).
-    tasks = sys.modules.get("huey_tasks.tasks")
-    if tasks is not None and hasattr(getattr(tasks, "limiter_for", None), "cache_clear"):
-        tasks.limiter_for.cache_clear()
+    with karasu_settings_restored():
+        yield
 
 
 @pytest.fixture
-def admin_client_logged_in(client, django_user_model):
-    user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+def editor(client, django_user_model):
+    """The test client, logged in to the admin as the superuser "editor"."""
+    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
     client.force_login(user)
     return client
 
 
 @pytest.fixture
+def limited_editor(django_user_model):
+    """``limited_editor(*codenames, collection_permissions=None)``: a test client of its own,
+    logged in to the admin as a new user whose only permissions are ``access_admin`` and
+    ``codenames`` (such as "view_taskrun"), and, if given, the Wagtail image permissions
+    ``collection_permissions`` names for each collection (``{collection: ["add_image"]}``).
+    Each call logs in a new user on a new client, so a test can compare permissions side
+    by side."""
+    from django.contrib.auth.models import Group, Permission
+    from django.test import Client
+    from wagtail.models import GroupCollectionPermission
+
+    made = itertools.count(1)
+
+    def login(*codenames: str, collection_permissions: dict | None = None) -> Client:
+        number = next(made)
+        wanted = {"access_admin", *codenames}
+        permissions = list(Permission.objects.filter(codename__in=wanted))
+        assert {p.codename for p in permissions} == wanted, "an unknown permission codename"
+        group = Group.objects.create(name=f"limited-{number}")
+        group.permissions.add(*permissions)
+        for collection, image_codenames in (collection_permissions or {}).items():
+            for codename in image_codenames:
+                GroupCollectionPermission.objects.create(
+                    group=group,
+                    collection=collection,
+                    permission=Permission.objects.get(
+                        content_type__app_label="wagtailimages", codename=codename
+                    ),
+                )
+        user = django_user_model.objects.create_user(f"limited-{number}", password="pw")
+        user.groups.add(group)
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return login
+
+
+@pytest.fixture
+def demo(settings):
+    """The offline demo image model, never failing and without latency; ``demo(**knobs)``
+    tunes its settings for one test (``demo(reject_rate=1.0)``)."""
+    # Imported here, not when the suite starts (see restore_karasu_settings).
+    from generation.limits import limiter_for
+    from generation.providers import reset_cache
+
+    def configure(**knobs):
+        settings.KARASU["IMAGE_MODELS"]["demo"] = {
+            **settings.KARASU["IMAGE_MODELS"]["demo"],
+            **{k.upper(): v for k, v in knobs.items()},
+        }
+        reset_cache()
+        limiter_for.cache_clear()
+
+    configure(latency=0, failure_rate=0, reject_rate=0, concurrency=8)
+    yield configure
+    reset_cache()
+    limiter_for.cache_clear()
+
+
+@pytest.fixture
 def thread_consumer():
     """A real Huey consumer (thread workers + scheduler) running in this process."""
-    from huey.contrib.djhuey import HUEY
+    from tests.support.consumers import thread_consumer_running
 
-    HUEY.storage.flush_all()
-    consumer = HUEY.create_consumer(workers=8, periodic=False)
-    # run() installs signal handlers, which only the main thread may do.
-    consumer._set_signal_handlers = lambda: None
-    runner = threading.Thread(target=consumer.run, daemon=True)
-    runner.start()
-    yield consumer
-    consumer.stop(graceful=True)
-    runner.join(30)
-    HUEY.storage.flush_all()
+    with thread_consumer_running() as consumer:
+        yield consumer
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ if not SECRET_KEY:
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Probes and scrapers (an orchestrator's health check, Prometheus) talk plain HTTP to the
-# process itself, without the proxy's X-Forwarded-Proto: answer them instead of redirecting.
+# process itself, without the proxy's X-Forwarded-Proto, so answer them, not redirect them.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True

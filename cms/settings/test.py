@@ -3,7 +3,7 @@ import tempfile
 from pathlib import Path
 
 from .base import *  # noqa: F403
-from .base import HUEY, database_config, env
+from .base import HUEY, database_config, env, number
 
 DEBUG = False
 SECRET_KEY = "karasu-test-secret-key"
@@ -15,12 +15,21 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_DATA_DIR = Path(
     os.environ.setdefault("KARASU_TEST_DATA_DIR", tempfile.mkdtemp(prefix="karasu-test-"))
 )
+# Under pytest-xdist each worker process gets a folder of its own inside the run's (its
+# queue file, SQLite database and media); its subprocesses inherit the worker's folder.
+if (xdist_worker := os.environ.get("PYTEST_XDIST_WORKER")) and TEST_DATA_DIR.name != xdist_worker:
+    TEST_DATA_DIR = TEST_DATA_DIR / xdist_worker
+    TEST_DATA_DIR.mkdir(exist_ok=True)
+    os.environ["KARASU_TEST_DATA_DIR"] = str(TEST_DATA_DIR)
 MEDIA_ROOT = TEST_DATA_DIR / "media"
 # Test media stays in the scratch folder even when MEDIA_S3_* is set (or in `.env`) for
 # the site: the suite must never write to a real bucket. tests/media opts in for its local
 # S3 endpoint (KARASU_TEST_MEDIA_S3, in the worker processes it starts).
 if not os.environ.get("KARASU_TEST_MEDIA_S3"):
     STORAGES = {**STORAGES, "default": media_storage()}  # noqa: F405
+# No test signs with a certificate from the environment (or `.env`); tests that sign
+# configure a throwaway one (tests/support/c2pa.py).
+KARASU = {**KARASU, "C2PA": {}}  # noqa: F405
 HUEY_QUEUE_FILE = TEST_DATA_DIR / "queue.sqlite3"
 # Tests always use the embedded queue (MongoStorage has its own suite), with short leases so
 # crash tests do not wait long.
@@ -29,7 +38,14 @@ HUEY = {
     "huey_class": "huey_tasks.queue.SqliteLeasingHuey",
     "filename": str(HUEY_QUEUE_FILE),
     "lease_seconds": 3.0,
-    "consumer": {**HUEY["consumer"], "shutdown_timeout": 2.0},
+    # Scaled like the leases, so a task that cannot reach the database returns within 2 s.
+    # Read with the range base.py declares for it, so a bad value is refused here too.
+    "outage_backoff_max": number("KARASU_OUTAGE_BACKOFF_MAX", 2.0),
+    # Short by default; a test of a deploy's grace sets its own (KARASU_SHUTDOWN_TIMEOUT).
+    "consumer": {
+        **HUEY["consumer"],
+        "shutdown_timeout": number("KARASU_SHUTDOWN_TIMEOUT", 2.0),
+    },
 }
 
 # A worker subprocess of a MongoDB-tier test uses that test's database as its queue.

@@ -2,12 +2,12 @@
 
 SQLite lets one connection write at a time. One that finds the database busy sleeps in
 SQLite's busy handler (1, 2, 5, 10 … 100 ms between tries) and usually wakes long after the
-write lock came free: with 20 worker threads filing images, that sleeping, not the writing,
-set the pace (two thirds of their time, profiled). Here a writer first takes its process's
-turn, a Python lock that passes from thread to thread at once, then the file's turn between
-processes, a ``flock`` on ``<database>-turn`` that it looks for every 0.2 ms. SQLite's busy
-handler is left for writers that do not take turns (another program, or a file system
-without ``flock``). Reads never wait (WAL).
+write lock came free. With 20 worker threads filing images, that sleeping, not the writing,
+set the pace; profiling found it took two thirds of their time. Here a writer first takes
+its process's turn, a Python lock that passes from thread to thread at once, then the
+file's turn between processes, a ``flock`` on ``<database>-turn`` that it looks for every
+0.2 ms. SQLite's busy handler is left for writers that do not take turns (another program,
+or a file system without ``flock``). Reads never wait (WAL).
 
 A write transaction (``BEGIN IMMEDIATE``, see ``SQLITE_OPTIONS``) holds the turn until it
 commits, rolls back or its connection closes; a single write outside a transaction holds it
@@ -55,7 +55,7 @@ def process_turn(name: str) -> threading.Lock:
 
 def turn_file(name: str) -> int | None:
     """The descriptor whose ``flock`` is the database file's turn; None for an in-memory
-    database or where the file cannot be used (then SQLite's busy handler arbitrates)."""
+    database or where the file cannot be used; SQLite's busy handler then arbitrates."""
     with _guard:
         if name not in _turn_files:
             _turn_files[name] = _open_turn_file(name)
@@ -68,10 +68,10 @@ def _open_turn_file(name: str) -> int | None:
     path = f"{os.path.abspath(name)}-turn"
     try:
         fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # supported here?
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # does this file system support it?
         fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
-        return fd  # held by another process right now: it works
+        return fd  # held by another process right now, so flock works
     except OSError as exc:
         logger.warning("SQLite write turns between processes are off: %s: %s", path, exc)
         return None
@@ -162,7 +162,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def take_turn(self) -> None:
         if self._has_turn:
             return  # e.g. a write while an INSERT … RETURNING is still being read
-        # Looked up each time: the test runner renames the database after connecting.
+        # Looked up each time, because the test runner renames the database after connecting.
         name = str(self.settings_dict["NAME"])
         timeout = float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
         deadline = time.monotonic() + timeout

@@ -11,25 +11,29 @@ get_image_model("nano-banana-edit").edit(prompt, SourceImage(...), aspect_ratio,
 from __future__ import annotations
 
 import functools
+import logging
 
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .base import (
-    ASPECT_RATIOS,
-    LLM,
+from .base import LLM, Expansion, TokenUsage
+from .errors import (
+    HandedBack,
+    NotCalled,
+    PermanentProviderError,
+    ProviderError,
+    RequestFailed,
+    RequestGone,
+    TransientProviderError,
+)
+from .images import ASPECT_RATIOS, GeneratedImage, ImageModel, ProviderCall, SourceImage
+from .prompting import (
     MAX_ALT_TEXT_CHARS,
     MAX_PROMPT_CHARS,
-    Expansion,
-    GeneratedImage,
-    ImageModel,
     ImagePrompt,
-    SourceImage,
-    TokenUsage,
     alt_text_from_prompt,
     clean_alt_text,
 )
-from .errors import NotCalled, PermanentProviderError, ProviderError, TransientProviderError
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -37,6 +41,10 @@ __all__ = [
     "GeneratedImage",
     "ImageModel",
     "ImagePrompt",
+    "HandedBack",
+    "ProviderCall",
+    "RequestFailed",
+    "RequestGone",
     "LLM",
     "MAX_ALT_TEXT_CHARS",
     "MAX_PROMPT_CHARS",
@@ -53,7 +61,11 @@ __all__ = [
     "get_llm",
     "image_model_can_edit",
     "image_model_can_generate",
+    "import_provider_modules",
 ]
+
+
+logger = logging.getLogger(__name__)
 
 
 class UnknownProvider(NotCalled):
@@ -91,7 +103,8 @@ def _available(kind: str, editing: bool | None = None) -> list[tuple[str, str]]:
             continue
         if editing is False and not cls.can_generate(options):
             continue
-        choices.append((name, options.get("LABEL", name)))
+        # A label may be lazy (the demo's is translated): a str in the active language.
+        choices.append((name, str(options.get("LABEL", name))))
     return choices
 
 
@@ -100,9 +113,9 @@ def available_llms() -> list[tuple[str, str]]:
 
 
 def available_image_models(editing: bool | None = None) -> list[tuple[str, str]]:
-    """The image models that can be used: all of them (``editing`` None), those that can
-    edit an image (True: for variations of a source image), or those that make an image
-    from a prompt alone (False)."""
+    """The image models that can be used. With ``editing`` None these are all of them,
+    with True those that can edit an image (for variations of a source image), and with
+    False those that make an image from a prompt alone."""
     return _available("IMAGE_MODELS", editing)
 
 
@@ -124,6 +137,18 @@ def image_model_can_generate(name: str) -> bool:
 
 
 def reset_cache() -> None:
-    """Forget built clients (after settings change, e.g. in tests)."""
+    """Forget the built clients, after the settings change (in tests, for example)."""
     get_llm.cache_clear()
     get_image_model.cache_clear()
+
+
+def import_provider_modules() -> None:
+    """Import every configured provider's module (anthropic alone takes about 2 s), so
+    that a request's first LLM call does not wait for it. A module that cannot be
+    imported is reported when its provider is used."""
+    for kind in ("LLMS", "IMAGE_MODELS"):
+        for options in settings.KARASU.get(kind, {}).values():
+            try:
+                import_string(options["CLASS"])
+            except Exception:
+                logger.warning("Could not import provider %s.", options.get("CLASS"))

@@ -1,4 +1,5 @@
-"""Fetch a provider's result image safely: https, allow-listed hosts, size and type limits.
+"""Fetch a provider's result image safely, over https from allow-listed hosts, within size
+and type limits.
 
 Each hop resolves its host once, checks every address, and connects to a checked address
 (TLS still verifies the real host name), so a rebinding DNS answer cannot redirect the
@@ -21,26 +22,27 @@ from urllib.parse import urljoin
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from .base import ImageBody
 from .errors import PermanentProviderError, TransientProviderError
+from .images import ImageBody
 
 ALLOWED_CONTENT_TYPES = {"image/png", "image/jpeg", "image/webp"}
 MAX_REDIRECTS = 3
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# IPv6 forms that carry an IPv4 address which is what the packets really reach.
+# IPv6 forms that carry an IPv4 address, which is where the packets really go.
 _IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
-# RFC 8215 local-use NAT64: translates into whatever the operator chose, so never public.
+# RFC 8215 local-use NAT64 translates into whatever the operator chose, so it is never
+# public.
 _NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
 _CONTENT_LENGTH = re.compile(r"[0-9]+")
 
 
 class DownloadedImage(NamedTuple):
-    body: ImageBody  # the caller closes it
+    body: ImageBody  # The caller closes it.
     content_type: str
     width: int
     height: int
@@ -48,14 +50,14 @@ class DownloadedImage(NamedTuple):
 
 @dataclass(frozen=True)
 class PinnedTarget:
-    """One checked hop: where the request really goes and the name TLS must verify."""
+    """One checked hop: where the request really goes, and the name that TLS must verify."""
 
-    url: str  # as the provider gave it (redirects resolve against this)
-    host: str  # ASCII host name (or literal address) from the URL
-    address: str  # the checked address the connection is made to
-    request_url: httpx.URL  # url with the host replaced by ``address``
+    url: str  # As the provider gave it; redirects resolve against it.
+    host: str  # The ASCII host name (or literal address) from the URL.
+    address: str  # The checked address that the connection is made to.
+    request_url: httpx.URL  # The url with its host replaced by ``address``.
     host_header: str
-    sni_hostname: str | None  # None for a literal address: there is no name to send
+    sni_hostname: str | None  # None for a literal address, which has no name to send.
 
 
 def host_allowed(host: str, allowed_hosts: list[str]) -> bool:
@@ -63,7 +65,8 @@ def host_allowed(host: str, allowed_hosts: list[str]) -> bool:
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv4-mapped/translated/compatible, NAT64 or 6to4 address reaches."""
+    """The IPv4 address that an IPv4-mapped, translated or compatible, NAT64 or 6to4
+    address reaches."""
     if address.sixtofour is not None:
         return address.sixtofour
     if any(
@@ -81,7 +84,7 @@ def is_public(address: IPAddress) -> bool:
             return False
         embedded = embedded_ipv4(address)
         if embedded is not None:
-            # Python 3.11 calls 64:ff9b::10.0.0.1 and 2002:a00:1:: "global"; the packets
+            # Python 3.11 calls 64:ff9b::10.0.0.1 and 2002:a00:1:: "global", but the packets
             # would still end up at 10.0.0.1.
             return embedded.is_global
     return address.is_global
@@ -128,7 +131,8 @@ def check_url(url: str, allowed_hosts: list[str]) -> PinnedTarget:
 
 
 def _resolve_checked(host: str, port: int) -> str:
-    """Resolve once; every answer must be public (any private one means a hostile record)."""
+    """Resolve the host once. Every answer must be public, because a private one means a
+    hostile record."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError:
@@ -155,10 +159,11 @@ def _declared_length(value: str | None) -> int | None:
 def _refused_framing_header(exc: httpx.HTTPError) -> str | None:
     """The unsafe-download reason when the HTTP parser refused the response's framing.
 
-    Over the real stack h11 checks Content-Length (digits only, no conflicting values) and
-    Transfer-Encoding before httpx returns the response, and says so in its error, which
-    httpx raises as ``RemoteProtocolError``: the class of a body cut short too, which is
-    transient. A refused header is not: the same bad response would be paid for again.
+    Over the real stack, h11 checks Content-Length (digits only, no conflicting values) and
+    Transfer-Encoding before httpx returns the response, and says so in its error. httpx
+    raises that as ``RemoteProtocolError``, which is also the class of a body cut short,
+    and a body cut short is transient. A refused header is not, because the same bad
+    response would be paid for again.
     """
     if not isinstance(exc, httpx.RemoteProtocolError):
         return None
@@ -169,7 +174,7 @@ def _refused_framing_header(exc: httpx.HTTPError) -> str | None:
     return None
 
 
-# h11's own words for them (h11/_headers.py), matched whole: other errors quote the
+# h11's own words for them (h11/_headers.py), matched whole, because other errors quote the
 # server's bytes, which may say anything.
 REFUSED_CONTENT_LENGTH = {"bad Content-Length", "conflicting Content-Length headers"}
 REFUSED_TRANSFER_ENCODING = {
@@ -187,19 +192,20 @@ def download_image(
     timeout: float = 60,
     client: httpx.Client | None = None,
 ) -> DownloadedImage:
-    """Return (body, content_type, width, height) or raise a provider error.
+    """Return (body, content_type, width, height), or raise a provider error.
 
     ``timeout`` bounds the whole download, redirects included. A ``client`` passed in is
-    used as it is and left open. The body is closed here on any error; on success the
+    used as it is and left open. The body is closed here on any error, and on success the
     caller owns it.
     """
     own_client = client is None
     if client is None:
         client = httpx.Client(
             follow_redirects=False,
-            trust_env=False,  # no proxy or .netrc from the environment
-            # No reuse: a pooled connection to an address could carry a request for a
-            # different host name than the one its TLS session verified.
+            trust_env=False,  # No proxy or .netrc is taken from the environment.
+            # Connections are not reused, because a pooled connection to an address could
+            # carry a request for a different host name than the one its TLS session
+            # verified.
             limits=httpx.Limits(max_keepalive_connections=0),
         )
     try:
@@ -243,7 +249,8 @@ def _fetch(
         except httpx.HTTPError as exc:
             refused = _refused_framing_header(exc)
             if refused is not None:
-                # Permanent: the provider would be paid again for the same bad response.
+                # This is permanent, because the provider would be paid again for the same
+                # bad response.
                 raise PermanentProviderError(refused) from None
             raise TransientProviderError(f"download failed: {exc.__class__.__name__}") from None
     raise PermanentProviderError(f"download redirected more than {MAX_REDIRECTS} times")
@@ -265,10 +272,12 @@ def _read_body(response: httpx.Response, max_bytes: int, deadline: float) -> tup
     try:
         for chunk in response.iter_bytes():
             body.write(chunk)
-            # Checked per chunk: the Content-Length may be absent or a lie.
+            # The size is checked per chunk, because the Content-Length may be absent or a
+            # lie.
             if body.size > max_bytes:
                 raise PermanentProviderError(f"download too large (> {max_bytes} bytes)")
-            # Per-read timeouts never fire on a server that drips a byte at a time.
+            # Per-read timeouts never fire on a server that drips a byte at a time, so the
+            # whole download has a deadline.
             if time.monotonic() > deadline:
                 raise TransientProviderError("download timed out")
     except BaseException:
@@ -280,7 +289,7 @@ def _read_body(response: httpx.Response, max_bytes: int, deadline: float) -> tup
 def verify_image(source: bytes | IO[bytes], max_pixels: int) -> tuple[int, int]:
     """Check the bytes really are an image Pillow can decode, without a decompression bomb.
 
-    ``source`` may be a file: Pillow reads the header and checks the rest (PNG chunk CRCs)
+    ``source`` may be a file. Pillow reads the header and checks the rest (PNG chunk CRCs)
     from it without decoding the pixels, so this needs no memory for the image itself.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source

@@ -7,13 +7,14 @@ import json
 import httpx
 from django.conf import settings
 
-from .base import LLM, PromptBatch, TokenUsage, prompts_schema, system_prompt, user_prompt
+from .base import LLM, PromptBatch, TokenUsage
 from .errors import (
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
     error_for_status,
 )
+from .prompting import configured_languages, prompts_schema, system_prompt, user_prompt
 
 
 class OpenAICompatibleLLM(LLM):
@@ -24,7 +25,7 @@ class OpenAICompatibleLLM(LLM):
         self.model = options.get("MODEL", "gpt-4o-mini")
         self.base_url = (options.get("BASE_URL") or settings.OPENAI_BASE_URL).rstrip("/")
         self.client = httpx.Client(
-            # The transport retries connection failures; status retries are the task's.
+            # The transport retries connection failures, and the task retries error statuses.
             transport=httpx.HTTPTransport(retries=int(options.get("MAX_RETRIES", 2))),
             timeout=float(options.get("TIMEOUT", 120)),
             headers={"Authorization": f"Bearer {settings.OPENAI_API_KEY}"},
@@ -39,19 +40,25 @@ class OpenAICompatibleLLM(LLM):
         style: str,
         avoid: list[str],
         source: str = "",
+        angle: str = "",
     ) -> PromptBatch:
+        languages = configured_languages()
         payload = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": system_prompt()},
+                {"role": "system", "content": system_prompt(languages)},
                 {
                     "role": "user",
-                    "content": user_prompt(theme, count, brief, style, avoid, source),
+                    "content": user_prompt(theme, count, brief, style, avoid, source, angle),
                 },
             ],
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "prompts", "strict": True, "schema": prompts_schema(count)},
+                "json_schema": {
+                    "name": "prompts",
+                    "strict": True,
+                    "schema": prompts_schema(count, languages),
+                },
             },
         }
         try:
@@ -74,7 +81,7 @@ class OpenAICompatibleLLM(LLM):
         try:
             return PromptBatch(self.prompts_of(body), _usage(body))
         except ProviderError as exc:
-            exc.usage = _usage(body)  # answered, so paid for, even if unusable
+            exc.usage = _usage(body)  # It was answered, so it is paid for, even if unusable.
             raise
 
     def prompts_of(self, body) -> list:
@@ -99,7 +106,7 @@ class OpenAICompatibleLLM(LLM):
 
 
 def _usage(body: dict) -> TokenUsage:
-    """OpenAI's usage block; compatible servers may leave it out or fill it partly."""
+    """OpenAI's usage block. Compatible servers may leave it out or fill it in partly."""
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return TokenUsage()

@@ -1,13 +1,15 @@
-"""Huey storage on MongoDB, with at-least-once delivery (see ``base``).
+"""Huey storage on MongoDB, with at-least-once delivery (see ``base``): the messages
+(queued, leased and scheduled) and the dead letters. Results, counters and provider slots
+are in ``mongo_data``, which ``MongoStorage`` mixes in.
 
 Every operation is one atomic MongoDB command where one exists, and only standard
 commands are used (find_one_and_update/delete, update with upsert, createIndexes), so the
 same code runs on a standalone server, a replica set or Atlas. Times are the workers'
-clocks (epoch seconds); keep hosts NTP-synchronised.
+clocks in epoch seconds, so keep the hosts NTP-synchronised.
 
 Scheduled messages live in the messages collection itself, flagged ``scheduled`` and leased
 until their eta, so ``claim`` cannot take them early. Becoming runnable therefore never
-copies a message from one collection to another: nothing can deliver it twice.
+copies a message from one collection to another, and nothing can deliver it twice.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import uuid
 import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
-from huey.constants import EmptyData
 from huey.storage import BaseStorage
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.write_concern import WriteConcern
 
 from .base import (
     DeadLetter,
@@ -36,24 +38,34 @@ from .base import (
     new_token,
     utc_from_timestamp,
 )
+from .mongo_data import MongoDataMixin
 
 logger = logging.getLogger(__name__)
 
-# claim's sort, and the index that serves it: identical, so no in-memory SORT stage.
+# The claim's sort, and the index that serves it. The sort's keys come first, so there is
+# no in-memory SORT stage, and then the lease expiry, which is the claim query's range
+# (Equality-Sort-Range). Messages leased to running tasks are then skipped on the index's
+# keys and never fetched.
 CLAIM_SORT = [("priority", DESCENDING), ("seq", ASCENDING), ("_id", ASCENDING)]
-CLAIM_INDEX = "claim_order"
-LEGACY_CLAIM_INDEX = "priority_-1_seq_1"
-# Order of the schedule: eta (a scheduled message is leased until it), then insertion.
+CLAIM_KEYS = [*CLAIM_SORT, ("lease_until", ASCENDING)]
+CLAIM_INDEX = "claim_order_lease"
+# Superseded claim indexes: one without _id (the claim sorted in memory), then one without
+# lease_until.
+LEGACY_CLAIM_INDEXES = ("priority_-1_seq_1", "claim_order")
+# The order of the schedule is the eta (a scheduled message is leased until it), then the
+# insertion.
 SCHEDULE_SORT = [("lease_until", ASCENDING), ("_id", ASCENDING)]
-NOT_SCHEDULED = {"scheduled": {"$ne": True}}  # also matches messages written before the flag
-STARTUP_TIMEOUT = 5.0  # seconds a new storage waits for MongoDB before it starts without it
+# This also matches the messages written before the flag existed.
+NOT_SCHEDULED = {"scheduled": {"$ne": True}}
+# Seconds that a new storage waits for MongoDB before it starts without it.
+STARTUP_TIMEOUT = 5.0
 
 _clients: dict[tuple[int, str], MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
 def shared_client(url: str) -> MongoClient:
-    """One MongoClient per process and URL; a forked child opens its own."""
+    """One MongoClient per process and URL. A forked child opens its own."""
     key = (os.getpid(), url)
     with _clients_lock:
         client = _clients.get(key)
@@ -69,16 +81,14 @@ def _object_id(message_id: str) -> ObjectId | None:
         return None
 
 
-def _live(now: float) -> dict:
-    return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+class MongoStorage(MongoDataMixin, LeasingStorageMixin, BaseStorage):
+    """Messages (queued, leased, scheduled) and dead letters; results, counters and slots
+    come from ``MongoDataMixin``.
 
-
-class MongoStorage(LeasingStorageMixin, BaseStorage):
-    """Messages (queued, leased, scheduled), results, counters, dead letters and slots.
-
-    A message document: ``data``, ``priority``, ``seq`` (FIFO order), ``lease_until``
-    (epoch seconds; 0 = deliverable now; a scheduled message's eta), ``deliveries``,
-    ``token`` (the current claim's fencing token, or None) and ``scheduled``.
+    A message document has ``data``, ``priority``, ``seq`` (the FIFO order),
+    ``lease_until`` (epoch seconds, where 0 means deliverable now, and a scheduled
+    message's eta), ``deliveries``, ``token`` (the current claim's fencing token, or None)
+    and ``scheduled``.
     """
 
     def __init__(
@@ -100,18 +110,29 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         # The database named in the URL, unless one is given explicitly.
         db = client[database] if database else client.get_default_database(default="huey")
         prefix = f"{collection_prefix}.{name}"
-        self.messages = db[f"{prefix}.messages"]
-        # Where releases before scheduled messages moved into `messages` kept them.
-        self.legacy_schedule = db[f"{prefix}.schedule"]
-        self.kv = db[f"{prefix}.kv"]
-        self.counters = db[f"{prefix}.counters"]
-        self.dead = db[f"{prefix}.dead_letters"]
-        self.slots = db[f"{prefix}.slots"]
+
+        def collection(suffix: str):
+            # This holds whatever the URI says (readPreference=secondary, w=0 or 1). A claim
+            # read from a lagging secondary could hand out a message already claimed, and a
+            # lease, token or slot acknowledged by one node only is lost in a failover.
+            return db[f"{prefix}.{suffix}"].with_options(
+                read_preference=ReadPreference.PRIMARY, write_concern=WriteConcern("majority")
+            )
+
+        self.messages = collection("messages")
+        # The collection where releases from before scheduled messages moved into
+        # `messages` kept them.
+        self.legacy_schedule = collection("schedule")
+        self.kv = collection("kv")
+        self.counters = collection("counters")
+        self.dead = collection("dead_letters")
+        self.slots = collection("slots")
         self._set_up = False
         self._set_up_lock = threading.Lock()
         try:
-            # Bounded: a process starting while MongoDB is unreachable (the web process, a
-            # liveness probe's manage.py) starts anyway, instead of waiting 30 s per call.
+            # The wait is bounded, so that a process starting while MongoDB is unreachable (the
+            # web process, a liveness probe's manage.py) starts anyway, instead of waiting 30 s
+            # per call.
             self.health_check(STARTUP_TIMEOUT)
         except PyMongoError as exc:
             logger.warning(
@@ -122,7 +143,8 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             self.set_up()
 
     def set_up(self) -> None:
-        """Indexes, and the old schedule's entries adopted: once, before the first claim."""
+        """Create the indexes and adopt the old schedule's entries, once, before the first
+        claim."""
         if self._set_up:
             return
         with self._set_up_lock:
@@ -132,8 +154,9 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
                 self._set_up = True
 
     def create_indexes(self) -> None:
-        """Idempotent: createIndexes is a no-op for indexes that exist."""
-        self.messages.create_index(CLAIM_SORT, name=CLAIM_INDEX)
+        """Create the indexes. This is idempotent, because createIndexes does nothing for
+        indexes that exist."""
+        self.messages.create_index(CLAIM_KEYS, name=CLAIM_INDEX)
         self.messages.create_index([("lease_until", ASCENDING)])
         self.messages.create_index([("scheduled", ASCENDING), *SCHEDULE_SORT])
         self._drop_legacy_claim_index()
@@ -141,20 +164,24 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         self.slots.create_index([("name", ASCENDING), ("expires_at", ASCENDING)])
 
     def _drop_legacy_claim_index(self) -> None:
-        # Superseded by CLAIM_INDEX (it lacked _id, so claim sorted in memory).
-        if LEGACY_CLAIM_INDEX in self.messages.index_information():
-            try:
-                self.messages.drop_index(LEGACY_CLAIM_INDEX)
-            except OperationFailure:
-                pass  # another process dropped it first
+        # These are superseded by CLAIM_INDEX, and a planner could still pick one and fetch
+        # leased messages.
+        existing = self.messages.index_information()
+        for name in LEGACY_CLAIM_INDEXES:
+            if name in existing:
+                try:
+                    self.messages.drop_index(name)
+                except OperationFailure:
+                    pass  # Another process dropped it first.
 
     def close(self):
-        # The client is shared by the process; nothing per-storage to release.
+        # The client is shared by the process, so there is nothing per storage to release.
         return False
 
     # Queue --------------------------------------------------------------------------
     def _message(self, data: bytes, priority: float | None) -> dict:
-        # ObjectId order is FIFO within a process; `seq` (time) orders across processes.
+        # ObjectId order is FIFO within a process, and `seq` (the time) orders across
+        # processes.
         return {
             "data": bytes(data),
             "priority": priority or 0,
@@ -182,7 +209,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             )
 
     def claim_query(self, now: float) -> dict:
-        """The filter claim uses (exposed so a test can explain it)."""
+        """The filter that claim uses, exposed so that a test can explain it."""
         return {"lease_until": {"$lte": now}}
 
     def claim(self, lease_seconds: float | None = None) -> Delivery | None:
@@ -191,7 +218,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         while True:
             now = time.time()
             token = new_token()
-            # A due scheduled message is claimable too; the claim ends its scheduled state.
+            # A due scheduled message is claimable too, and the claim ends its scheduled state.
             doc = self.messages.find_one_and_update(
                 self.claim_query(now),
                 {
@@ -208,7 +235,8 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             self._dead_lettered(self._bury(doc, token, now))
 
     def _bury(self, doc: dict, token: str, now: float) -> DeadLetter:
-        # Upsert first, delete second: a crash in between leaves a duplicate, never a loss.
+        # The upsert comes first and the delete second, so that a crash in between leaves a
+        # duplicate, never a loss.
         letter = DeadLetter(
             str(doc["_id"]),
             bytes(doc["data"]),
@@ -237,13 +265,20 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             return False
         return self.messages.delete_one({"_id": oid, "token": token}).deleted_count == 1
 
-    def release(self, message_id: str, token: str) -> bool:
+    def release(self, message_id: str, token: str, delay: float = 0.0) -> bool:
         oid = _object_id(message_id)
         if oid is None or not is_token(token):
             return False
+        # It is held back for ``delay`` as a scheduled message due then, which
+        # schedule_size counts.
+        waiting = (
+            {"lease_until": time.time() + delay, "scheduled": True}
+            if delay > 0
+            else {"lease_until": 0.0}
+        )
         result = self.messages.update_one(
             {"_id": oid, "token": token},
-            {"$set": {"lease_until": 0.0, "token": None}, "$inc": {"deliveries": -1}},
+            {"$set": {**waiting, "token": None}, "$inc": {"deliveries": -1}},
         )
         return result.matched_count == 1
 
@@ -256,7 +291,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         }
         kept: set[str] = set()
         if wanted:
-            # Tokens are unique per claim, so the $in pair matches only claims still held.
+            # Tokens are unique per claim, so the $in pair matches only the claims still held.
             held = {
                 "_id": {"$in": list(wanted)},
                 "token": {"$in": [token for _, token in wanted.values()]},
@@ -273,8 +308,8 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return self.messages.count_documents({"lease_until": {"$gt": time.time()}, **NOT_SCHEDULED})
 
     def health_check(self, timeout: float = 2.0) -> None:
-        # pymongo's timeout bounds server selection too: the client's own default waits
-        # 30 s for an unreachable server.
+        # pymongo's timeout bounds server selection too, where the client's own default
+        # waits 30 s for an unreachable server.
         with pymongo.timeout(timeout):
             self.messages.database.command("ping")
 
@@ -292,7 +327,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return [bytes(doc["data"]) for doc in cursor]
 
     def all_messages(self) -> list[bytes]:
-        # One collection holds queued, leased and scheduled messages; a plain scan visits
+        # One collection holds the queued, leased and scheduled messages. A plain scan visits
         # each document that exists throughout it once, however its lease changes meanwhile.
         data = [bytes(doc["data"]) for doc in self.messages.find({}, {"data": 1})]
         data += [bytes(doc["data"]) for doc in self.legacy_schedule.find({}, {"data": 1})]
@@ -310,8 +345,8 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
 
     def _scheduled_message(self, data: bytes, eta: float, priority: float | None) -> dict:
         message = self._message(data, priority)
-        # Leased until its eta: claim cannot take it before. Once due it queues in the
-        # order it became runnable.
+        # It is leased until its eta, so claim cannot take it before then. Once due, it
+        # queues in the order it became runnable.
         message.update(lease_until=eta, seq=max(eta, message["seq"]), scheduled=True)
         return message
 
@@ -319,7 +354,7 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         return {"scheduled": True, "lease_until": {"$lte": epoch_seconds(ts)}}
 
     def read_schedule(self, ts: datetime.datetime) -> list[bytes]:
-        # Huey's plain API: remove and return what is due. Each removal is one atomic
+        # Huey's plain API removes and returns what is due. Each removal is one atomic
         # command, so concurrent readers (and claims) never share a message.
         due = []
         while doc := self.messages.find_one_and_delete(self._due(ts), sort=SCHEDULE_SORT):
@@ -329,8 +364,8 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
     def promote_due(self, ts: datetime.datetime) -> list[bytes]:
         self.set_up()
         # Clearing the flag only moves the message from the schedule's counts to the
-        # queue's (claim takes a due message either way). The tag tells this caller which
-        # ones it flipped, so each is announced by one scheduler.
+        # queue's, because claim takes a due message either way. The tag tells this caller
+        # which ones it flipped, so that one scheduler announces each.
         tag = uuid.uuid4().hex
         flipped = self.messages.update_many(
             self._due(ts), {"$set": {"scheduled": False, "promoted_by": tag}}
@@ -354,11 +389,13 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         self.legacy_schedule.delete_many({})
 
     def adopt_legacy_schedule(self) -> int:
-        """Move entries of the old schedule collection into ``messages``; returns how many.
+        """Move the entries of the old schedule collection into ``messages``, and return
+        how many moved.
 
-        Each entry is first marked by one adopter (atomic), then inserted under its own _id,
-        then deleted. A crash after the mark leaves the entry marked in the old collection,
-        never inserted twice: it is logged for an operator (at worst it is still there).
+        One adopter first marks each entry (atomically), then inserts it under its own _id,
+        then deletes it. A crash after the mark leaves the entry marked in the old
+        collection and never inserted twice. It is logged for an operator, and at worst it
+        is still there.
         """
         adopted = 0
         stranded = self.legacy_schedule.count_documents({"adopted_at": {"$exists": True}})
@@ -379,87 +416,10 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             try:
                 self.messages.insert_one({**message, "_id": doc["_id"]})
             except DuplicateKeyError:
-                pass  # an old-release promoter already copied it
+                pass  # A promoter of an old release already copied it.
             self.legacy_schedule.delete_one({"_id": doc["_id"]})
             adopted += 1
         return adopted
-
-    # Key/value store ----------------------------------------------------------------
-    def put_data(self, key, value, is_result=False):
-        self.kv.replace_one(
-            {"_id": key},
-            {"value": bytes(value), "expires_at": None, "created_at": time.time()},
-            upsert=True,
-        )
-
-    def peek_data(self, key):
-        doc = self.kv.find_one({"_id": key, **_live(time.time())})
-        return EmptyData if doc is None else bytes(doc["value"])
-
-    def peek_many(self, keys):
-        docs = self.kv.find({"_id": {"$in": list(keys)}, **_live(time.time())})
-        return {doc["_id"]: bytes(doc["value"]) for doc in docs}
-
-    def pop_data(self, key):
-        doc = self.kv.find_one_and_delete({"_id": key, **_live(time.time())})
-        return EmptyData if doc is None else bytes(doc["value"])
-
-    def has_data_for_key(self, key):
-        return self.kv.count_documents({"_id": key, **_live(time.time())}, limit=1) > 0
-
-    def put_if_empty(self, key, value, ttl=None):
-        now = time.time()
-        doc = {
-            "value": bytes(value),
-            "expires_at": None if ttl is None else now + ttl,
-            "created_at": now,
-        }
-        try:
-            self.kv.insert_one({"_id": key, **doc})
-            return True
-        except DuplicateKeyError:
-            # Only an expired key may be taken over; the filter makes that race-free.
-            replaced = self.kv.find_one_and_replace(
-                {"_id": key, "expires_at": {"$ne": None, "$lte": now}}, doc
-            )
-            return replaced is not None
-
-    def result_store_size(self):
-        return self.kv.count_documents(_live(time.time()))
-
-    def result_items(self):
-        return {doc["_id"]: bytes(doc["value"]) for doc in self.kv.find(_live(time.time()))}
-
-    def flush_results(self):
-        self.kv.delete_many({})
-
-    def purge_results(self, older_than: float) -> int:
-        now = time.time()
-        result = self.kv.delete_many(
-            {
-                "$or": [
-                    {"created_at": {"$lt": now - older_than}},
-                    {"expires_at": {"$ne": None, "$lte": now}},
-                ]
-            }
-        )
-        return result.deleted_count
-
-    # Counters -----------------------------------------------------------------------
-    def incr(self, key, amount=1):
-        doc = self.counters.find_one_and_update(
-            {"_id": key},
-            {"$inc": {"value": amount}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        return doc["value"]
-
-    def delete_counter(self, key):
-        self.counters.delete_one({"_id": key})
-
-    def flush_counters(self):
-        self.counters.delete_many({})
 
     # Dead letters -------------------------------------------------------------------
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
@@ -486,14 +446,16 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
         doc = None if oid is None else self.dead.find_one({"_id": oid})
         if doc is None:
             return False
-        # Insert first, delete second: a crash in between leaves the dead letter too, and
-        # requeueing it again collides on _id instead of queueing a second copy.
+        # The insert comes first and the delete second. A crash in between leaves the dead
+        # letter too, and requeueing it again collides on _id instead of queueing a second
+        # copy.
         message = self._message(doc["data"], doc.get("priority", 0))
         try:
             self.messages.insert_one({**message, "_id": oid})
         except DuplicateKeyError:
-            # Queued already by an earlier (or concurrent) requeue; or a burial crashed
-            # before its delete, and that copy needs the fresh count it would have had.
+            # It was queued already by an earlier (or concurrent) requeue, or a burial
+            # crashed before its delete and that copy needs the fresh count it would have
+            # had.
             self.messages.update_one(
                 {"_id": oid, "deliveries": {"$gt": self.max_deliveries}},
                 {"$set": {"deliveries": 0}},
@@ -506,39 +468,3 @@ class MongoStorage(LeasingStorageMixin, BaseStorage):
             return self.dead.delete_many({}).deleted_count
         ids = [oid for oid in map(_object_id, message_ids) if oid is not None]
         return self.dead.delete_many({"_id": {"$in": ids}}).deleted_count
-
-    # Slots --------------------------------------------------------------------------
-    def acquire_slot(self, name, limit, holder, ttl):
-        now = time.time()
-        for index in range(limit):
-            try:
-                # Matches a free (expired) slot, or inserts a missing one; a live slot
-                # makes the upsert collide on _id, which means "taken".
-                self.slots.update_one(
-                    {"_id": f"{name}:{index}", "expires_at": {"$lte": now}},
-                    {"$set": {"name": name, "holder": holder, "expires_at": now + ttl}},
-                    upsert=True,
-                )
-                return index
-            except DuplicateKeyError:
-                continue
-        return None
-
-    def extend_slot(self, name, index, holder, ttl):
-        result = self.slots.update_one(
-            {"_id": f"{name}:{index}", "holder": holder},
-            {"$set": {"expires_at": time.time() + ttl}},
-        )
-        return result.matched_count == 1
-
-    def release_slot(self, name, index, holder):
-        result = self.slots.update_one(
-            {"_id": f"{name}:{index}", "holder": holder}, {"$set": {"expires_at": 0.0}}
-        )
-        return result.matched_count == 1
-
-    def slots_in_use(self, name):
-        return self.slots.count_documents({"name": name, "expires_at": {"$gt": time.time()}})
-
-    def flush_slots(self):
-        self.slots.delete_many({})

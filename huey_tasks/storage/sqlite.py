@@ -1,4 +1,9 @@
-"""The embedded queue: Huey's SqliteStorage with leases, TTL keys, dead letters and slots."""
+"""The embedded queue: Huey's SqliteStorage with leases and dead letters, and the schema.
+
+This module holds the messages (queued, leased and scheduled) and the dead letters, and
+creates every table. TTL keys, results, counters and provider slots are in
+``sqlite_data``, which ``LeasingSqliteStorage`` mixes in.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-from huey.constants import EmptyData
 from huey.storage import SqliteStorage
 
 from .base import (
@@ -19,8 +23,10 @@ from .base import (
     new_token,
     utc_from_timestamp,
 )
+from .sqlite_data import SqliteDataMixin, placeholders
 
-# Own table names, so a file once used by Huey's stock SqliteStorage cannot clash.
+# The tables have their own names, so that a file once used by Huey's stock SqliteStorage
+# cannot clash.
 DDL = [
     "create table if not exists karasu_message ("
     " id integer primary key autoincrement, queue text not null, data blob not null,"
@@ -46,33 +52,29 @@ DDL = [
     " holder text not null, expires_at real not null, primary key (queue, name, idx))",
 ]
 
-# Columns added after the first release: a queue file created by the older DDL gets them
-# in place when it is opened (table, column, declaration).
+# Columns added after the first release, as (table, column, declaration). A queue file
+# created by the older DDL gets them in place when it is opened.
 UPGRADES = [
     ("karasu_message", "token", "text"),
     ("karasu_schedule", "priority", "real not null default 0"),
     ("karasu_dead_letter", "priority", "real not null default 0"),
 ]
 
-# Heartbeat extensions per statement: two bound parameters each, well under SQLite's limit.
+# Heartbeat extensions per statement. Each takes two bound parameters, which keeps a
+# statement well under SQLite's limit.
 EXTEND_CHUNK = 400
-
-LIVE_KEY = "(expires_at is null or expires_at > ?)"
-
-
-def placeholders(values) -> str:
-    return ",".join("?" * len(values))
 
 
 def _int_id(message_id: str) -> int | None:
-    # An id this storage never issued matches nothing (None never equals in SQL).
+    # An id that this storage never issued matches nothing, because None never equals
+    # anything in SQL.
     try:
         return int(message_id)
     except (TypeError, ValueError):
         return None
 
 
-class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
+class LeasingSqliteStorage(SqliteDataMixin, LeasingStorageMixin, SqliteStorage):
     """SQLite queue storage with at-least-once delivery (see ``base``)."""
 
     ddl = DDL
@@ -92,14 +94,15 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
 
     def _create_connection(self):
         conn = super()._create_connection()
-        # WAL's recommended durability: a commit survives the process being killed (the
-        # case leases exist for); only an OS crash may lose the last few commits.
+        # This is WAL's recommended durability. A commit survives the process being killed
+        # (the case that leases exist for), and only an OS crash may lose the last few
+        # commits.
         conn.execute("pragma synchronous=NORMAL")
         return conn
 
     def initialize_schema(self):
-        # One write transaction: two processes opening an old file at once cannot both
-        # add the same column.
+        # One write transaction, so that two processes opening an old file at once cannot
+        # both add the same column.
         with self.db(commit=True, close=True) as curs:
             for sql in self.ddl:
                 curs.execute(sql)
@@ -141,7 +144,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         while True:
             now = time.time()
-            # Quick check without the write lock, as Huey's own dequeue does.
+            # A quick check without the write lock comes first, as in Huey's own dequeue.
             if not self.sql(
                 "select 1 from karasu_message where queue = ? and lease_until <= ? limit 1",
                 (self.name, now),
@@ -149,7 +152,8 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             ):
                 return None
             token = new_token()
-            # One statement picks and leases the next message: atomic without BEGIN.
+            # One statement picks and leases the next message, so it is atomic without
+            # BEGIN.
             rows = self.sql(
                 "update karasu_message set lease_until = ?, deliveries = deliveries + 1,"
                 " token = ? where id = (select id from karasu_message where queue = ?"
@@ -159,7 +163,7 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
                 results=True,
             )
             if not rows:
-                continue  # another worker took it between the check and the update
+                continue  # Another worker took it between the check and the update.
             message_id, data, deliveries = rows[0]
             if deliveries <= self.max_deliveries:
                 return Delivery(str(message_id), bytes(data), deliveries, token)
@@ -200,14 +204,16 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             )
             return curs.rowcount == 1
 
-    def release(self, message_id: str, token: str) -> bool:
+    def release(self, message_id: str, token: str, delay: float = 0.0) -> bool:
         if not is_token(token):
             return False
+        # Without a token, a lease_until in the future only holds the message back.
+        until = time.time() + delay if delay > 0 else 0
         with self.db(commit=True) as curs:
             curs.execute(
-                "update karasu_message set lease_until = 0, token = null,"
+                "update karasu_message set lease_until = ?, token = null,"
                 " deliveries = max(deliveries - 1, 0) where id = ? and token = ?",
-                (_int_id(message_id), token),
+                (until, _int_id(message_id), token),
             )
             return curs.rowcount == 1
 
@@ -236,14 +242,16 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
 
     def leased_count(self) -> int:
         return self.sql(
-            "select count(*) from karasu_message where queue = ? and lease_until > ?",
+            "select count(*) from karasu_message where queue = ? and lease_until > ?"
+            " and token is not null",
             (self.name, time.time()),
             results=True,
         )[0][0]
 
     def health_check(self, timeout: float = 2.0) -> None:
-        # A connection of its own: the storage's wait up to 30 s for a lock. Read-only, so
-        # a missing queue file is an error here instead of being created empty.
+        # The probe has a connection of its own, because the storage's connections wait up
+        # to 30 s for a lock. It is read-only, so that a missing queue file is an error here
+        # instead of being created empty.
         uri = f"{Path(self.filename).resolve().as_uri()}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=timeout)
         try:
@@ -270,8 +278,8 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
         return [bytes(data) for (data,) in self.sql(sql, params, results=True)]
 
     def all_messages(self) -> list[bytes]:
-        # One statement reads both tables in one snapshot: a message promoted meanwhile
-        # is seen exactly once.
+        # One statement reads both tables in one snapshot, so that a message promoted
+        # meanwhile is seen exactly once.
         rows = self.sql(
             "select data from karasu_message where queue = ?"
             " union all select data from karasu_schedule where queue = ?",
@@ -318,8 +326,13 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
             return [bytes(data) for _, _, data, _ in due]
 
     def schedule_size(self) -> int:
+        # Messages handed back with a delay wait in the queue table, without a token.
         return self.sql(
-            "select count(*) from karasu_schedule where queue = ?", (self.name,), results=True
+            "select (select count(*) from karasu_schedule where queue = ?)"
+            " + (select count(*) from karasu_message where queue = ? and token is null"
+            " and lease_until > ?)",
+            (self.name, self.name, time.time()),
+            results=True,
         )[0][0]
 
     def scheduled_items(self, limit: int | None = None) -> list[bytes]:
@@ -332,113 +345,6 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
 
     def flush_schedule(self) -> None:
         self.sql("delete from karasu_schedule where queue = ?", (self.name,), commit=True)
-
-    # Key/value store (results, locks, revocations) -----------------------------------
-    def put_data(self, key, value, is_result=False):
-        self.sql(
-            "insert or replace into karasu_kv (queue, key, value, expires_at, created_at)"
-            " values (?, ?, ?, null, ?)",
-            (self.name, key, self.to_blob(value), time.time()),
-            commit=True,
-        )
-
-    def peek_data(self, key):
-        rows = self.sql(
-            f"select value from karasu_kv where queue = ? and key = ? and {LIVE_KEY}",
-            (self.name, key, time.time()),
-            results=True,
-        )
-        return bytes(rows[0][0]) if rows else EmptyData
-
-    def peek_many(self, keys):
-        if not keys:
-            return {}
-        rows = self.sql(
-            f"select key, value from karasu_kv where queue = ?"
-            f" and key in ({placeholders(keys)}) and {LIVE_KEY}",
-            (self.name, *keys, time.time()),
-            results=True,
-        )
-        return {key: bytes(value) for key, value in rows}
-
-    def pop_data(self, key):
-        with self.db(commit=True) as curs:
-            curs.execute(
-                f"delete from karasu_kv where queue = ? and key = ? and {LIVE_KEY} returning value",
-                (self.name, key, time.time()),
-            )
-            row = curs.fetchone()
-            return bytes(row[0]) if row else EmptyData
-
-    def has_data_for_key(self, key):
-        return bool(
-            self.sql(
-                f"select 1 from karasu_kv where queue = ? and key = ? and {LIVE_KEY}",
-                (self.name, key, time.time()),
-                results=True,
-            )
-        )
-
-    def put_if_empty(self, key, value, ttl=None):
-        now = time.time()
-        expires_at = None if ttl is None else now + ttl
-        with self.db(commit=True) as curs:
-            # Only an expired key may be overwritten; a live one wins.
-            curs.execute(
-                "insert into karasu_kv (queue, key, value, expires_at, created_at)"
-                " values (?, ?, ?, ?, ?) on conflict (queue, key) do update set"
-                " value = excluded.value, expires_at = excluded.expires_at,"
-                " created_at = excluded.created_at"
-                " where karasu_kv.expires_at is not null and karasu_kv.expires_at <= ?",
-                (self.name, key, self.to_blob(value), expires_at, now, now),
-            )
-            return curs.rowcount == 1
-
-    def result_store_size(self):
-        return self.sql(
-            f"select count(*) from karasu_kv where queue = ? and {LIVE_KEY}",
-            (self.name, time.time()),
-            results=True,
-        )[0][0]
-
-    def result_items(self):
-        rows = self.sql(
-            f"select key, value from karasu_kv where queue = ? and {LIVE_KEY}",
-            (self.name, time.time()),
-            results=True,
-        )
-        return {key: bytes(value) for key, value in rows}
-
-    def flush_results(self):
-        self.sql("delete from karasu_kv where queue = ?", (self.name,), commit=True)
-
-    def purge_results(self, older_than: float) -> int:
-        """Delete results and expired keys written more than ``older_than`` seconds ago."""
-        now = time.time()
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "delete from karasu_kv where queue = ? and (created_at < ?"
-                " or (expires_at is not null and expires_at <= ?))",
-                (self.name, now - older_than, now),
-            )
-            return curs.rowcount
-
-    # Counters -----------------------------------------------------------------------
-    def incr(self, key, amount=1):
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "insert into karasu_counter (queue, key, value) values (?, ?, ?)"
-                " on conflict (queue, key) do update set value = value + excluded.value"
-                " returning value",
-                (self.name, key, amount),
-            )
-            return curs.fetchone()[0]
-
-    def delete_counter(self, key):
-        self.sql("delete from karasu_counter where queue = ? and key = ?", (self.name, key), True)
-
-    def flush_counters(self):
-        self.sql("delete from karasu_counter where queue = ?", (self.name,), commit=True)
 
     # Dead letters -------------------------------------------------------------------
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
@@ -493,49 +399,3 @@ class LeasingSqliteStorage(LeasingStorageMixin, SqliteStorage):
                     (self.name, *ids),
                 )
             return curs.rowcount
-
-    # Slots --------------------------------------------------------------------------
-    def acquire_slot(self, name, limit, holder, ttl):
-        now = time.time()
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "select idx from karasu_slot where queue = ? and name = ? and expires_at > ?",
-                (self.name, name, now),
-            )
-            taken = {idx for (idx,) in curs.fetchall()}
-            free = next((i for i in range(limit) if i not in taken), None)
-            if free is None:
-                return None
-            curs.execute(
-                "insert or replace into karasu_slot (queue, name, idx, holder, expires_at)"
-                " values (?, ?, ?, ?, ?)",
-                (self.name, name, free, holder, now + ttl),
-            )
-            return free
-
-    def extend_slot(self, name, index, holder, ttl):
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "update karasu_slot set expires_at = ?"
-                " where queue = ? and name = ? and idx = ? and holder = ?",
-                (time.time() + ttl, self.name, name, index, holder),
-            )
-            return curs.rowcount == 1
-
-    def release_slot(self, name, index, holder):
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "delete from karasu_slot where queue = ? and name = ? and idx = ? and holder = ?",
-                (self.name, name, index, holder),
-            )
-            return curs.rowcount == 1
-
-    def slots_in_use(self, name):
-        return self.sql(
-            "select count(*) from karasu_slot where queue = ? and name = ? and expires_at > ?",
-            (self.name, name, time.time()),
-            results=True,
-        )[0][0]
-
-    def flush_slots(self):
-        self.sql("delete from karasu_slot where queue = ?", (self.name,), commit=True)

@@ -63,6 +63,26 @@ def test_tracebacks_are_redacted_but_kept_whole(console):
     assert "RuntimeError: 401 Unauthorized for [redacted]\nsecond line of the detail" in output
 
 
+def test_the_metrics_token_is_redacted_like_the_provider_keys(console, settings):
+    """KARASU_METRICS_TOKEN is a secret too: a line or a traceback that carries it (say, a
+    scrape's Authorization header echoed in an error) shows it redacted."""
+    token = "prometheus-scrape-0123456789abcdef"  # not key-shaped: only the setting catches it
+    settings.KARASU_METRICS_TOKEN = token
+
+    def scrape():
+        raise PermissionError(f"指标 refused: Authorization: Bearer {token}")
+
+    logging.getLogger("ops.views").warning("スクレイプ with Bearer %s", token)
+    try:
+        scrape()
+    except PermissionError:
+        logging.getLogger("django.request").exception("Internal Server Error: /metrics")
+    output = console.getvalue()
+    assert token not in output and "0123456789abcdef" not in output
+    assert "スクレイプ with Bearer [redacted]" in output
+    assert "PermissionError: 指标 refused: Authorization: Bearer [redacted]" in output
+
+
 def test_key_shaped_strings_are_redacted_even_when_not_configured(console):
     stray = "sk-proj-unconfiguredLEAKED0123456789"
     logging.getLogger("generation.providers").warning("echoed back: %s", stray)
@@ -96,3 +116,39 @@ def test_djangos_own_loggers_redact_too_with_debug_on(settings, capsys):
     assert_no_secrets(output)
     assert output.count("[redacted]") == 3
     assert "django.request Internal Server Error: /?key=[redacted]" in output
+
+
+@pytest.mark.parametrize("given_as", ["inline", "file", "environment form"])
+def test_the_c2pa_private_key_is_redacted_whichever_way_it_is_given(settings, tmp_path, given_as):
+    """The signing key reaches text as it was loaded (real line breaks), as repr() of its
+    bytes, or as the environment spells it (a literal \\n): every shape is blanked."""
+    from cms.provenance.signing import Credentials
+    from cms.redaction import redact, redact_secrets
+    from tests.support.c2pa import throwaway_certificates
+
+    certificates = throwaway_certificates()
+    key = certificates.private_key.decode()
+    body = [line for line in key.splitlines() if not line.startswith("-----")]
+    assert body and all(len(line) >= 8 for line in body[:-1])
+    if given_as == "file":
+        (tmp_path / "签名 key.pem").write_text(key)
+        settings.KARASU["C2PA"] = {"PRIVATE_KEY_FILE": str(tmp_path / "签名 key.pem")}
+    elif given_as == "inline":
+        settings.KARASU["C2PA"] = {"PRIVATE_KEY": key}
+    else:
+        settings.KARASU["C2PA"] = {"PRIVATE_KEY": key.replace("\n", "\\n")}
+    for text in (
+        "error: " + key,
+        f"signing failed «烏»: {certificates.private_key!r}",
+        "env: KARASU_C2PA_PRIVATE_KEY=" + key.replace("\n", "\\n"),
+    ):
+        for redacted in (redact(text), redact_secrets(text)):
+            assert "[redacted]" in redacted
+            for line in body:
+                if len(line) >= 8:
+                    assert line not in redacted
+    assert redact("signing failed: 证书无效 “bad”") == "signing failed: 证书无效 “bad”"
+    credentials = Credentials(certificates.chain, certificates.private_key, "es256")
+    shown = repr(credentials)
+    assert "private_key" not in shown and body[0] not in shown
+    assert "es256" in shown

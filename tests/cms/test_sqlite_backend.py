@@ -54,13 +54,25 @@ def hold_a_write_transaction(row: int, release: threading.Event, rollback: bool 
     return thread, outcome
 
 
+def write_taking_turns(row: int, pid: int):
+    """A write in a thread whose connection has SQLite's busy handler off: stock SQLite
+    answers "database is locked" at once while another connection writes, so a write that
+    succeeds after waiting waited for Karasu's turn, not in SQLite."""
+
+    def write():
+        connection.cursor().execute("PRAGMA busy_timeout=0")
+        return WorkerHeartbeat.objects.filter(pk=row).update(pid=pid)
+
+    return in_thread(write)
+
+
 def test_a_write_waits_for_the_open_write_transaction_and_reads_do_not():
     assert type(connections["default"]).__module__ == "cms.sqlite3.base"
     row = heartbeat().pk
     release = threading.Event()
     holder, held = hold_a_write_transaction(row, release)
 
-    writer, written = in_thread(lambda: WorkerHeartbeat.objects.filter(pk=row).update(pid=5))
+    writer, written = write_taking_turns(row, 5)
     reader, read = in_thread(lambda: WorkerHeartbeat.objects.get(pk=row).workers)
     reader.join(5)
     assert read == [1]  # the reader saw the last commit at once
@@ -77,12 +89,15 @@ def test_a_rolled_back_transaction_passes_the_turn_on():
     row = heartbeat().pk
     release = threading.Event()
     holder, held = hold_a_write_transaction(row, release, rollback=True)
-    writer, written = in_thread(lambda: WorkerHeartbeat.objects.filter(pk=row).update(pid=7))
+    writer, written = write_taking_turns(row, 7)
+    time.sleep(0.3)
+    assert written == []  # waiting for the turn
     release.set()
     holder.join(10)
     writer.join(10)
     assert isinstance(held[0], RuntimeError) and written == [1]
-    assert WorkerHeartbeat.objects.get(pk=row).workers == 1  # the rollback kept nothing
+    beat = WorkerHeartbeat.objects.get(pk=row)
+    assert beat.workers == 1 and beat.pid == 7  # the rollback kept nothing; the write did
 
 
 def test_a_turn_waited_for_past_the_timeout_is_database_is_locked():

@@ -1,19 +1,2 @@
-"""Browser tests: Debian's Chromium driven by Playwright (the ``browser`` fixture is in
-conftest.py)."""
-
-import os
-
-import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-
-# Every browser test's marks: deselected with -m "not browser"; skipped without chromium.
-BROWSER_TEST = [
-    pytest.mark.browser,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("collections"),
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM),
-        reason="Debian's chromium is not installed (apt-get install -y chromium)",
-    ),
-]
+"""Browser tests: Debian's Chromium driven by Playwright (marks in tests/support/browser.py,
+fixtures in conftest.py)."""

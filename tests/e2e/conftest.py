@@ -1,6 +1,6 @@
 import pytest
 
-from tests.e2e import CHROMIUM
+from tests.support.browser import CHROMIUM
 
 
 @pytest.fixture
@@ -27,15 +27,29 @@ def browser(monkeypatch):
 
 
 @pytest.fixture
-def admin_page(browser, live_server, django_user_model):
+def logged_in_page(browser, live_server):
+    """``logged_in_page(username, password)``: a page of a new browser context, signed in to
+    the admin through its login form."""
+    contexts = []
+
+    def log_in(username: str, password: str):
+        context = browser.new_context()
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(f"{live_server.url}/admin/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/admin/")
+        return page
+
+    yield log_in
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def admin_page(logged_in_page, django_user_model):
     """A page of a new browser context, logged in to the admin as a superuser."""
     django_user_model.objects.create_superuser("admin", "a@example.com", "secret-pass")
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "secret-pass")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/admin/")
-    yield page
-    context.close()
+    return logged_in_page("admin", "secret-pass")

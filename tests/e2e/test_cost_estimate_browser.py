@@ -1,7 +1,7 @@
 """In a real browser: the add form's cost estimate follows the count and the model as the
 editor types (the karasu-cost-estimate controller; Debian's Chromium driven by Playwright)."""
 
-from tests.e2e import BROWSER_TEST
+from tests.support.browser import BROWSER_TEST
 
 pytestmark = BROWSER_TEST
 
@@ -29,3 +29,23 @@ def test_the_estimate_follows_the_count_and_the_model(admin_page, live_server, s
     page.fill("#id_count", "")
     assert output.inner_text() == "Estimated cost: enter the number of images."
     assert "FLUX.1 [schnell] — $0.003/image" in page.locator("#id_image_model").inner_text()
+
+
+def test_the_estimate_speaks_the_editors_language(
+    admin_page, live_server, settings, django_user_model
+):
+    # The script writes the server's translated texts (data-karasu-cost-estimate-*-value).
+    from wagtail.users.models import UserProfile
+
+    profile = UserProfile.get_for_user(django_user_model.objects.get(username="admin"))
+    profile.preferred_language = "ja"
+    profile.save()
+    settings.KARASU["IMAGE_MODELS"]["demo"]["PRICE"] = "12.5"
+    page = admin_page
+    page.goto(f"{live_server.url}/admin/snippets/generation/generationrequest/add/")
+    output = page.locator(OUTPUT)
+    page.select_option("#id_image_model", "demo")
+    page.fill("#id_count", "100")
+    assert output.inner_text() == "見積もり費用：$1,250.00（100 × 1 枚あたり $12.50）"
+    page.fill("#id_count", "")
+    assert output.inner_text() == "見積もり費用：画像の枚数を入力してください。"

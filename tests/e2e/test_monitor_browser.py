@@ -1,6 +1,6 @@
 """One end-to-end test in a real browser: Debian's Chromium driven by Playwright."""
 
-from tests.e2e import BROWSER_TEST
+from tests.support.browser import BROWSER_TEST
 
 pytestmark = BROWSER_TEST
 
@@ -8,8 +8,8 @@ pytestmark = BROWSER_TEST
 def test_monitor_shows_a_request_reach_100_percent_without_reloading(
     admin_page, live_server, thread_consumer, settings, tmp_path
 ):
+    from generation.limits import limiter_for
     from generation.providers import reset_cache
-    from huey_tasks.tasks import limiter_for
 
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
         **settings.KARASU["IMAGE_MODELS"]["demo"],

@@ -1,7 +1,7 @@
 """In a real browser: "Save and generate" on the add form, then the request page follows the
 work to the end without a reload (Debian's Chromium driven by Playwright)."""
 
-from tests.e2e import BROWSER_TEST
+from tests.support.browser import BROWSER_TEST
 
 pytestmark = BROWSER_TEST
 
@@ -11,8 +11,8 @@ LIVE = "#karasu-request-live"
 def test_save_and_generate_then_watch_the_request_page_reach_6_done(
     admin_page, live_server, thread_consumer, settings, tmp_path
 ):
+    from generation.limits import limiter_for
     from generation.providers import reset_cache
-    from huey_tasks.tasks import limiter_for
 
     # Slow enough (6 images, 2 at a time) for the page to open while the work goes on.
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
@@ -102,3 +102,47 @@ def test_the_page_of_a_request_deleted_meanwhile_stops_asking(admin_page, live_s
     request.delete()
     page.wait_for_timeout(10_000)  # three more ticks at 3 s
     assert refreshes.count(404) == 1, refreshes
+
+
+def test_the_refresh_waits_while_the_editor_types_in_a_prompt(admin_page, live_server):
+    """The live part is not swapped while the focus is in it (a prompt box being edited),
+    although it is fetched; leaving the box lets the waiting refresh in."""
+    from generation.models import GenerationJob, GenerationRequest
+    from tests.support.factories import make_request
+
+    request = make_request(2, theme="烏の森")  # generating, two pending prompts
+    first, second = request.jobs.order_by("index")
+    refreshes = []
+    page = admin_page
+    page.on("response", lambda response: "/live/" in response.url and refreshes.append(1))
+    page.goto(
+        f"{live_server.url}/admin/snippets/generation/generationrequest/inspect/{request.pk}/"
+    )
+    done = page.locator(f'{LIVE} dd[data-count="succeeded"]')
+    assert done.inner_text() == "0"
+    box = page.locator(f"#job-{first.pk} textarea")
+    box.click()
+    box.press("End")
+    box.type("、雨の中で")
+
+    # Meanwhile a worker files the second prompt's image.
+    GenerationJob.objects.filter(pk=second.pk).update(status=GenerationJob.Status.SUCCEEDED)
+    GenerationRequest.objects.filter(pk=request.pk).update(jobs_succeeded=1)
+    fetched = len(refreshes)
+    deadline = 10_000
+    while len(refreshes) < fetched + 2 and deadline > 0:  # fetched twice since the change
+        page.wait_for_timeout(250)
+        deadline -= 250
+    assert len(refreshes) >= fetched + 2, refreshes
+    # Not swapped in: the box keeps the focus and the words being typed, the count waits.
+    assert box.evaluate("element => element === document.activeElement")
+    assert box.input_value().endswith("、雨の中で")
+    assert done.inner_text() == "0"
+
+    box.blur()  # the editor leaves the box
+    page.wait_for_function(
+        """() => document.querySelector('#karasu-request-live dd[data-count="succeeded"]')
+            .textContent.trim() === '1'""",
+        timeout=10_000,
+    )
+    assert page.locator(f"#job-{second.pk}").get_attribute("data-job-status") == "succeeded"

@@ -1,6 +1,20 @@
 import pytest
+import respx
 
 from generation.providers import reset_cache
+from tests.support.fake_http import FakeHTTPServer
+from tests.support.fal_api import FAL_KEY, route_fal_dns
+from tests.support.llm_answers import CLAUDE_KEY
+
+FAL_MODELS = (
+    "flux-schnell",
+    "flux-ultra",
+    "nano-banana",
+    "flux-pro",
+    "nano-banana-pro",
+    "nano-banana-edit",
+    "flux-kontext",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -11,27 +25,32 @@ def fresh_providers():
 
 
 @pytest.fixture
-def demo(settings):
-    """Tune the demo image provider's knobs for one test."""
-    # Imported here: loading the tasks module registers its tasks (see tests/conftest.py).
-    from huey_tasks.tasks import limiter_for
-
-    def configure(**knobs):
-        settings.KARASU["IMAGE_MODELS"]["demo"] = {
-            **settings.KARASU["IMAGE_MODELS"]["demo"],
-            **{k.upper(): v for k, v in knobs.items()},
-        }
-        reset_cache()
-        limiter_for.cache_clear()
-
-    configure(latency=0, failure_rate=0, reject_rate=0, concurrency=8)
-    yield configure
-    reset_cache()
-    limiter_for.cache_clear()
+def claude(settings, monkeypatch):
+    """A fake Claude API on 127.0.0.1 (queue its answers with ``claude.reply``), asked for
+    25 prompts a call and never retried by the SDK."""
+    server = FakeHTTPServer()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    settings.ANTHROPIC_API_KEY = CLAUDE_KEY
+    settings.KARASU["LLMS"]["claude"] = {
+        **settings.KARASU["LLMS"]["claude"],
+        "BATCH_SIZE": 25,
+        "MAX_RETRIES": 0,
+    }
+    yield server
+    server.close()
 
 
 @pytest.fixture
-def editor(client, django_user_model):
-    user = django_user_model.objects.create_superuser("editor", "e@example.com", "pw")
-    client.force_login(user)
-    return client
+def fal(settings, monkeypatch):
+    """fal.ai's API as a respx router (see tests/support/fal_api.py), with the key set, every
+    fal model polling fast, and fal's CDN resolved without a network."""
+    settings.FAL_KEY = FAL_KEY
+    for name in FAL_MODELS:
+        settings.KARASU["IMAGE_MODELS"][name] = {
+            **settings.KARASU["IMAGE_MODELS"][name],
+            "POLL_INTERVAL": 0.01,
+            "TIMEOUT": 5,
+        }
+    route_fal_dns(monkeypatch)
+    with respx.mock(assert_all_called=False) as router:
+        yield router

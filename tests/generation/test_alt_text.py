@@ -17,52 +17,32 @@ from generation.ingest import ingest
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import (
     MAX_ALT_TEXT_CHARS,
-    Expansion,
     GeneratedImage,
-    ImagePrompt,
     PermanentProviderError,
     TokenUsage,
     get_llm,
 )
+from generation.providers.base import PromptBatch
 from generation.providers.demo import render
-from tests.generation.test_llm_providers import (
-    CLAUDE_KEY,
+from tests.support.consumers import wait_for
+from tests.support.factories import make_request
+from tests.support.llm_answers import (
     OPENAI_KEY,
     claude_message,
     completion,
     numbered,
 )
-from tests.support.consumers import wait_for
-from tests.support.fake_http import FakeHTTPServer
 
 Image = get_image_model()
 Req = GenerationRequest.Status
 HOSTILE = '<img src=x onerror="alert(1)"> A crow & a "fox"'
 
 
-def queued_request(llm: str, count: int = 3, **fields) -> GenerationRequest:
-    return GenerationRequest.objects.create(
-        theme="Crows over Kyoto",
-        count=count,
-        llm=llm,
-        image_model="demo",
-        collection=Collection.objects.get(name="Generated images"),
-        **{"status": Req.QUEUED, **fields},
-    )
-
-
 @pytest.fixture
-def claude(settings, monkeypatch):
-    server = FakeHTTPServer()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-    settings.ANTHROPIC_API_KEY = CLAUDE_KEY
-    settings.KARASU["LLMS"]["claude"] = {
-        **settings.KARASU["LLMS"]["claude"],
-        "BATCH_SIZE": 2,
-        "MAX_RETRIES": 0,
-    }
-    yield server
-    server.close()
+def claude(claude, settings):
+    """The shared fake Claude API, asked for two prompts a call."""
+    settings.KARASU["LLMS"]["claude"]["BATCH_SIZE"] = 2
+    return claude
 
 
 # Expansion: alt texts on the jobs, tokens on the request -----------------------------------
@@ -78,7 +58,7 @@ def test_claude_alt_texts_land_on_the_jobs_and_its_tokens_on_the_request(db, col
     claude.reply(
         body=claude_message([{"prompt": prompts[2], "alt_text": alts[2]}], usage=(845, 150))
     )
-    request = queued_request("claude")
+    request = make_request(3, with_jobs=False, status=Req.QUEUED, llm="claude")
     services.expand_request(request.pk)
     request.refresh_from_db()
     jobs = list(request.jobs.order_by("index"))
@@ -107,7 +87,7 @@ def test_openai_tokens_are_recorded_from_its_usage_block(db, collections, settin
                 usage={"prompt_tokens": 400, "completion_tokens": 90},
             ),
         )
-        request = queued_request("openai", count=2)
+        request = make_request(2, with_jobs=False, status=Req.QUEUED, llm="openai")
         services.expand_request(request.pk)
     request.refresh_from_db()
     assert (request.llm_input_tokens, request.llm_output_tokens) == (400, 90)
@@ -115,7 +95,7 @@ def test_openai_tokens_are_recorded_from_its_usage_block(db, collections, settin
 
 
 def test_demo_expansion_gives_every_job_an_alt_text_and_uses_no_tokens(db, collections):
-    request = queued_request("demo", count=20)
+    request = make_request(20, with_jobs=False, status=Req.QUEUED, llm="demo")
     services.expand_request(request.pk)
     request.refresh_from_db()
     assert (request.llm_input_tokens, request.llm_output_tokens) == (0, 0)
@@ -126,13 +106,13 @@ def test_demo_expansion_gives_every_job_an_alt_text_and_uses_no_tokens(db, colle
 def test_tokens_spent_on_an_expansion_a_cancel_overtook_are_still_counted(
     db, collections, monkeypatch
 ):
-    request = queued_request("demo", count=2)
+    request = make_request(2, with_jobs=False, status=Req.QUEUED, llm="demo")
 
     def cancelled_while_writing(*args, **kwargs):
         services.cancel_request(GenerationRequest.objects.get(pk=request.pk))
-        return Expansion([ImagePrompt(p) for p in numbered(0, 2)], TokenUsage(120, 80))
+        return PromptBatch(numbered(0, 2), TokenUsage(120, 80))
 
-    monkeypatch.setattr(get_llm("demo"), "expand", cancelled_while_writing)
+    monkeypatch.setattr(get_llm("demo"), "request_prompts", cancelled_while_writing)
     assert services.expand_request(request.pk) == []
     request.refresh_from_db()
     assert request.status == Req.CANCELLED and not request.jobs.exists()
@@ -140,14 +120,20 @@ def test_tokens_spent_on_an_expansion_a_cancel_overtook_are_still_counted(
 
 
 def test_tokens_of_an_expansion_that_fails_are_still_counted(db, collections, claude):
-    """A batch answered, then one truncated: both were paid for; the request fails."""
+    """A call answered, then one truncated: both were paid for. The first call's prompts
+    stay (they are written as soon as it returns) and the request says why it has fewer."""
     claude.reply(body=claude_message(numbered(0, 2), usage=(700, 200)))
-    claude.reply(body=claude_message(numbered(2, 1), stop_reason="max_tokens", usage=(710, 4096)))
-    request = queued_request("claude", count=3)
+    # Cut off at max_tokens inside its only prompt: nothing of it is complete (a streamed
+    # call keeps the prompts it completed before the cut).
+    claude.reply(body=claude_message([], stop_reason="max_tokens", usage=(710, 4096)))
+    request = make_request(3, with_jobs=False, status=Req.QUEUED, llm="claude")
     with pytest.raises(PermanentProviderError, match="truncated"):
         services.expand_request(request.pk)
     request.refresh_from_db()
-    assert not request.jobs.exists()
+    assert list(request.jobs.values_list("prompt", flat=True)) == numbered(0, 2)
+    assert request.status == Req.GENERATING and request.jobs_total == 2
+    assert request.error.startswith("wrote 2 of 3 prompts: claude:")
+    assert "truncated" in request.error
     assert (request.llm_input_tokens, request.llm_output_tokens) == (700 + 710, 200 + 4096)
 
 
@@ -164,7 +150,7 @@ def test_tokens_of_an_openai_answer_that_breaks_the_schema_are_counted(db, colle
                 "not json at all", usage={"prompt_tokens": 400, "completion_tokens": 90}
             ),
         )
-        request = queued_request("openai", count=2)
+        request = make_request(2, with_jobs=False, status=Req.QUEUED, llm="openai")
         with pytest.raises(PermanentProviderError, match="malformed output"):
             services.expand_request(request.pk)
     request.refresh_from_db()
@@ -173,7 +159,7 @@ def test_tokens_of_an_openai_answer_that_breaks_the_schema_are_counted(db, colle
 
 # Ingest: the description ------------------------------------------------------------------
 def make_job(prompt: str, alt_text: str = "") -> GenerationJob:
-    request = queued_request("demo", count=1, status=Req.GENERATING)
+    request = make_request(1, with_jobs=False, status=Req.GENERATING, llm="demo")
     return GenerationJob.objects.create(
         request=request, index=0, prompt=prompt, alt_text=alt_text, seed=1
     )
@@ -200,15 +186,15 @@ def test_a_job_without_an_alt_text_still_gets_a_description(db, collections):
     assert image.description == "A fox in the bamboo grove at dusk"
 
 
-def test_the_description_is_editable_and_llm_text_is_escaped(admin_client_logged_in, collections):
+def test_the_description_is_editable_and_llm_text_is_escaped(editor, collections):
     job = make_job("A crow and a fox on a bridge at dusk", HOSTILE)
     image, _ = ingest(job, generated(job.prompt))
     edit_url = reverse("wagtailimages:edit", args=[image.pk])
-    page = admin_client_logged_in.get(edit_url).content.decode()
+    page = editor.get(edit_url).content.decode()
     assert 'name="description"' in page
     assert '<img src=x onerror="alert(1)">' not in page
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; A crow &amp; a &quot;fox&quot;" in page
-    response = admin_client_logged_in.post(
+    response = editor.post(
         edit_url,
         {
             "title": image.title,

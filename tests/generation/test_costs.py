@@ -4,7 +4,6 @@ CLI), and where the figures are shown (form, listing, request page, monitor, CLI
 import datetime
 import subprocess
 import sys
-import time
 from decimal import Decimal
 
 import pytest
@@ -21,13 +20,14 @@ from generation import costs, services
 from generation.forms import CountWithEstimate
 from generation.models import GenerationJob, GenerationRequest, Spend
 from generation.providers import reset_cache
+from tests.support.admin import NS
 from tests.support.consumers import consumer_env, wait_for
+from tests.support.factories import make_request, write_prompts
 from tests.support.forms import request_form_data
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 Req = GenerationRequest.Status
 Job = GenerationJob.Status
-NS = "wagtailsnippets_generation_generationrequest"
 PRICE = "0.0125"  # the demo model's price in these tests (KARASU_DEMO_PRICE)
 
 
@@ -48,23 +48,6 @@ def priced(settings):
 
 
 form_data = request_form_data
-
-
-def make_request(**fields) -> GenerationRequest:
-    return GenerationRequest.objects.create(
-        **{"theme": "Crows", "count": 4, "llm": "demo", "image_model": "demo", **fields}
-    )
-
-
-def with_jobs(request: GenerationRequest) -> list[GenerationJob]:
-    """The request's prompts written (as expand_request does), so its jobs can finish."""
-    GenerationRequest.objects.filter(pk=request.pk).update(
-        status=Req.GENERATING, jobs_total=request.count
-    )
-    return GenerationJob.objects.bulk_create(
-        GenerationJob(request=request, index=i, prompt=f"a crow number {i}", status=Job.QUEUED)
-        for i in range(request.count)
-    )
 
 
 # Prices and estimates -------------------------------------------------------------------
@@ -90,7 +73,8 @@ def test_bad_prices_are_refused(value):
 
 
 def test_the_estimate_is_set_on_every_save_and_fixed_once_prompts_exist(priced):
-    request = make_request(count=7)  # code, not a form: the pre_save receiver sets it
+    # Saved in code, not by a form: the pre_save receiver sets the estimate.
+    request = make_request(with_jobs=False, count=7)
     assert request.cost_estimate == Decimal("0.0875")
     request.refresh_from_db()
     assert request.cost_estimate == Decimal("0.0875")
@@ -101,7 +85,7 @@ def test_the_estimate_is_set_on_every_save_and_fixed_once_prompts_exist(priced):
     assert request.cost_estimate == Decimal("0.1125")
 
     # Once the prompts are written, a new price does not reprice the request.
-    with_jobs(request)
+    write_prompts(request)
     request.refresh_from_db()
     priced["IMAGE_MODELS"]["demo"]["PRICE"] = "0.5"
     request.theme = "Crows at dusk"
@@ -113,8 +97,8 @@ def test_the_estimate_is_set_on_every_save_and_fixed_once_prompts_exist(priced):
 # Spend ------------------------------------------------------------------------------------
 def test_spend_is_exact_as_jobs_finish_at_the_price_the_request_was_saved_with(priced):
     priced["IMAGE_MODELS"]["demo"]["PRICE"] = "0.0333"
-    request = make_request(count=3)
-    jobs = with_jobs(request)
+    request = make_request(with_jobs=False, count=3)
+    jobs = write_prompts(request)
     priced["IMAGE_MODELS"]["demo"]["PRICE"] = "9"  # changed later: not used for this request
 
     assert services.finish_job(jobs[0].pk, Job.SUCCEEDED)
@@ -201,18 +185,18 @@ def test_request_budget_in_the_admin(priced, editor):
 def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
     priced["MAX_MONTHLY_COST"] = Decimal("0.10")
     now = timezone.now()
-    done = make_request(count=4)
+    done = make_request(with_jobs=False, count=4)
     GenerationRequest.objects.filter(pk=done.pk).update(
         status=Req.COMPLETED, jobs_total=4, jobs_succeeded=4, cost_spent=Decimal("0.05")
     )
-    running = make_request(count=4)  # one image done, three may still be paid for
+    running = make_request(with_jobs=False, count=4)  # one image done, three may still be paid for
     GenerationRequest.objects.filter(pk=running.pk).update(
         status=Req.GENERATING, jobs_total=4, jobs_succeeded=1, cost_spent=Decimal("0.0125")
     )
     for request, amount in [(done, Decimal("0.0125"))] * 4 + [(running, Decimal("0.0125"))]:
         Spend.objects.create(request=request, amount=amount, spent_at=now)
-    make_request(count=100)  # a draft never started: not committed
-    last_month = make_request(count=40)  # paid last month: not this month's spend
+    make_request(with_jobs=False, count=100)  # a draft never started: not committed
+    last_month = make_request(with_jobs=False, count=40)  # paid last month: not this month's spend
     GenerationRequest.objects.filter(pk=last_month.pk).update(
         status=Req.COMPLETED,
         cost_spent=Decimal("0.5"),
@@ -234,6 +218,55 @@ def test_monthly_budget_counts_spend_and_open_requests(priced, editor):
     assert "with $0.0625 spent this month and $0.025 still to come from open requests" in message
     assert "makes $0.1125, above the monthly budget of $0.10 (KARASU_MAX_MONTHLY_COST)" in message
     assert GenerationRequest.objects.count() == before
+
+
+def test_a_copy_is_checked_against_the_budgets_like_a_new_request(priced, editor):
+    """The copy view's form (filled in from the original) posts where the add form does, and
+    the copy is a new request: its estimate counts in full, beside the original's."""
+    import re
+
+    original = make_request(with_jobs=False, count=5, theme="烏の朝")
+    GenerationRequest.objects.filter(pk=original.pk).update(status=Req.GENERATING, jobs_total=5)
+    page = editor.get(reverse(f"{NS}:copy", args=[original.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    [action] = re.findall(r'<form\s+id="w-editor-form"\s+action="([^"]+)"', html)
+    assert action == reverse(f"{NS}:add")
+    form = page.context["form"]
+    copied = form_data(
+        **{name: form[name].value() for name in ("theme", "count", "llm", "image_model")}
+    )
+    assert (copied["theme"], copied["count"]) == ("烏の朝", 5)
+
+    def post_copy() -> str:
+        before = GenerationRequest.objects.count()
+        response = editor.post(action, copied)
+        assert response.status_code == 200 and GenerationRequest.objects.count() == before
+        return " ".join(response.context["form"].non_field_errors())
+
+    # Per request: 5 × 0.0125 = 0.0625 is above 0.05.
+    priced["MAX_REQUEST_COST"] = Decimal("0.05")
+    assert "above the limit of $0.05 per request" in post_copy()
+    # Per month: the original may still spend 0.0625, and the copy 0.0625 more.
+    priced["MAX_REQUEST_COST"] = None
+    priced["MAX_MONTHLY_COST"] = Decimal("0.12")
+    assert "makes $0.125, above the monthly budget of $0.12" in post_copy()
+    priced["MAX_MONTHLY_COST"] = Decimal("0.125")
+    assert editor.post(action, copied).status_code == 302
+    copy = GenerationRequest.objects.exclude(pk=original.pk).get()
+    assert (copy.theme, copy.count, copy.status) == ("烏の朝", 5, Req.DRAFT)
+    original.refresh_from_db()
+    assert (original.status, original.jobs_total) == (Req.GENERATING, 5)
+
+    # Posted to the copy view itself, the form would be saved onto the original, past the
+    # budget check (not a new request); it is refused and changes nothing.
+    priced["MAX_MONTHLY_COST"] = Decimal("0.01")
+    forged = editor.post(
+        reverse(f"{NS}:copy", args=[original.pk]), {**copied, "theme": "上書き", "count": 1}
+    )
+    assert forged.status_code == 405
+    original.refresh_from_db()
+    assert (original.theme, original.count) == ("烏の朝", 5)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +309,7 @@ def test_the_form_shows_prices_and_the_estimate(priced, editor):
 
 
 def test_the_request_page_include(priced):
-    request = make_request(count=3)
+    request = make_request(with_jobs=False, count=3)
     GenerationRequest.objects.filter(pk=request.pk).update(
         cost_spent=Decimal("0.025"), llm_input_tokens=1200, llm_output_tokens=345
     )
@@ -287,10 +320,11 @@ def test_the_request_page_include(priced):
     assert "1200 in, 345 out" in html
 
 
-def test_the_monitor_shows_spend_today_and_this_month(priced, admin_client_logged_in):
+def test_the_monitor_shows_spend_today_and_this_month(priced, editor):
     today, month = costs.period_starts()
     now = timezone.now()
-    request = make_request()  # created last month, paid for over time: booked when spent
+    # Created last month and paid for over time: each image is booked when it is spent.
+    request = make_request(with_jobs=False)
     GenerationRequest.objects.filter(pk=request.pk).update(
         created_at=month - datetime.timedelta(days=3)
     )
@@ -308,17 +342,17 @@ def test_the_monitor_shows_spend_today_and_this_month(priced, admin_client_logge
         "today_usd": "$0.0125",
         "month_usd": costs.usd(month_spent),
     }
-    page = admin_client_logged_in.get("/admin/job-monitor/").content.decode()
+    page = editor.get("/admin/job-monitor/").content.decode()
     assert '<dd data-stat="spend-today">$0.0125</dd>' in page
     # In the part the monitor refreshes by itself, so spend grows on screen as images land.
     Spend.objects.create(request=request, amount=Decimal("1"), spent_at=now)
-    live = admin_client_logged_in.get(reverse("job_monitor:live")).content.decode()
+    live = editor.get(reverse("job_monitor:live")).content.decode()
     assert '<dd data-stat="spend-today">$1.0125</dd>' in live
     assert f'<dd data-stat="spend-month">{costs.usd(month_spent)}</dd>' in page
 
 
 def test_generating_a_saved_draft_is_refused_over_budget(priced, editor):
-    draft = make_request(count=5)  # saved before the budget was set
+    draft = make_request(with_jobs=False, count=5)  # saved before the budget was set
     priced["MAX_REQUEST_COST"] = Decimal("0.05")
     url = reverse(f"{NS}:action", args=[draft.pk, "generate"])
     response = editor.post(url, follow=True)
@@ -329,9 +363,9 @@ def test_generating_a_saved_draft_is_refused_over_budget(priced, editor):
 
 
 def test_saving_a_request_never_writes_back_what_workers_moved(priced):
-    request = make_request(count=4)
+    request = make_request(with_jobs=False, count=4)
     stale = GenerationRequest.objects.get(pk=request.pk)  # e.g. the edit form's copy
-    jobs = with_jobs(request)
+    jobs = write_prompts(request)
     services.finish_job(jobs[0].pk, Job.SUCCEEDED, request_id=request.pk)  # meanwhile
     stale.theme = "Crows at dusk"
     stale.save()
@@ -343,8 +377,8 @@ def test_saving_a_request_never_writes_back_what_workers_moved(priced):
 
 def two_paid_two_failed() -> tuple[GenerationRequest, list[GenerationJob]]:
     """A request of 4 images: 2 succeeded ($0.025 spent), 2 failed."""
-    request = make_request(count=4)
-    jobs = with_jobs(request)
+    request = make_request(with_jobs=False, count=4)
+    jobs = write_prompts(request)
     for job in jobs[:2]:
         services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
     for job in jobs[2:]:
@@ -373,9 +407,9 @@ def test_nano_banana_pro_at_4k_is_priced_double(settings):
 def test_the_monitors_retry_of_an_expansion_is_checked_against_the_budget(priced, editor):
     from huey_tasks.models import TaskRun
 
-    request = make_request(count=5, status=Req.FAILED)
+    request = make_request(with_jobs=False, count=5, status=Req.FAILED)
     run = TaskRun.objects.create(
-        task_name="huey_tasks.tasks.expand_prompt",
+        task_name="generation.tasks.expand_prompt",
         task_id="expand-1",
         status=TaskRun.Status.FAILED,
         args=[request.pk],
@@ -398,15 +432,20 @@ def start_two_at_once(monkeypatch, lock) -> list[GenerationRequest]:
     from generation import actions
 
     monkeypatch.setattr(costs, "budget_lock", lock)
-    drafts = [make_request(count=4), make_request(count=4)]
+    drafts = [make_request(with_jobs=False, count=4), make_request(with_jobs=False, count=4)]
     first_checked = threading.Event()
+    second_read = threading.Event()
     real_commitment = costs.month_commitment
 
     def slow_commitment(*args, **kwargs):
         result = real_commitment(*args, **kwargs)
         if threading.current_thread().name == "first":
             first_checked.set()
-            time.sleep(0.5)  # the window in which the other start reads the month
+            # The window in which the other start reads the month: until it has (without
+            # the lock), or for 3 s (with it, the other start waits for this one's commit).
+            second_read.wait(3)
+        else:
+            second_read.set()
         return result
 
     monkeypatch.setattr(costs, "month_commitment", slow_commitment)
@@ -445,8 +484,8 @@ def test_without_the_budget_lock_both_starts_would_fit(priced, monkeypatch):
 
 
 def test_regenerations_cannot_take_a_request_past_the_per_request_limit(priced, editor):
-    request = make_request(count=4)  # $0.05, exactly the limit below
-    jobs = with_jobs(request)
+    request = make_request(with_jobs=False, count=4)  # $0.05, exactly the limit below
+    jobs = write_prompts(request)
     for job in jobs:
         services.finish_job(job.pk, Job.SUCCEEDED, request_id=request.pk)
     priced["MAX_REQUEST_COST"] = Decimal("0.0625")  # one more image fits, not two
@@ -474,7 +513,8 @@ def test_today_and_this_month_are_the_sites_not_the_editors(priced, settings):
 
 
 def test_count_and_model_are_fixed_from_the_start_not_only_once_prompts_exist(priced, editor):
-    request = make_request(count=2, status=Req.EXPANDING)  # the LLM was asked for 2
+    # The LLM was asked for 2 prompts.
+    request = make_request(with_jobs=False, count=2, status=Req.EXPANDING)
     data = form_data(count=400, image_model="demo")
     response = editor.post(reverse(f"{NS}:edit", args=[request.pk]), data)
     assert response.status_code == 302
@@ -489,7 +529,7 @@ def test_a_start_uses_the_count_as_it_is_when_it_starts(priced):
     """An edit that committed after the view read the draft: nothing starts on old values."""
     from generation import actions
 
-    draft = make_request(count=10)
+    draft = make_request(with_jobs=False, count=10)
     stale = GenerationRequest.objects.get(pk=draft.pk)
     GenerationRequest.objects.filter(pk=draft.pk).update(count=40, cost_estimate=Decimal("0.5"))
     assert not services.start_request(stale)  # a caller without the lock: refused
@@ -500,7 +540,7 @@ def test_a_start_uses_the_count_as_it_is_when_it_starts(priced):
 
 
 def test_starting_again_clears_the_last_attempts_expansion_times(priced):
-    draft = make_request(count=2, status=Req.FAILED)
+    draft = make_request(with_jobs=False, count=2, status=Req.FAILED)
     GenerationRequest.objects.filter(pk=draft.pk).update(
         expansion_started_at=timezone.now(), expansion_finished_at=timezone.now()
     )

@@ -5,22 +5,35 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from django.conf import settings
 
 from generation.providers import (
+    HandedBack,
     PermanentProviderError,
+    ProviderCall,
+    RequestFailed,
+    RequestGone,
     TransientProviderError,
     get_image_model,
 )
-from generation.providers.demo import MAX_CONSECUTIVE_FAILURES, DemoImageModel, call_key
+from generation.providers.demo import (
+    EXPIRES_AFTER,
+    MAX_CONSECUTIVE_FAILURES,
+    DemoImageModel,
+    call_key,
+)
 from tests.support.provider_calls import (
     Call,
+    calls_paid_twice,
     calls_per_key,
     max_in_flight,
     overlapping_calls,
+    paid_submissions,
     read_calls,
+    resumed_calls,
 )
 
 # Hand-written: two processes (100, 200), jobs a, b, c, d. b has two calls that overlap in
@@ -210,27 +223,27 @@ def test_call_log_lines_from_several_processes_never_interleave(tmp_path):
     assert set(calls_per_key(path).values()) == {1}
 
 
-# Two tests in order: the first changes nested settings in place, the second sees them back.
-ORIGINAL_DEMO = {}
+def test_nested_karasu_settings_are_restored_for_the_next_test(request, tmp_path):
+    """Every test runs inside karasu_settings_restored (the autouse fixture), which puts
+    nested settings changed in place back, and forgets the clients built with them."""
+    import copy
 
+    from tests.support.karasu_settings import karasu_settings_restored
 
-def test_nested_karasu_settings_changed_in_place(tmp_path):
-    ORIGINAL_DEMO.update(settings.KARASU["IMAGE_MODELS"]["demo"])
-    settings.KARASU["IMAGE_MODELS"]["demo"]["LATENCY"] = 99.0
-    settings.KARASU["IMAGE_MODELS"]["demo"]["CALL_LOG"] = str(tmp_path / "calls.log")
-    settings.KARASU.setdefault("RETRY", {})["MAX_RETRIES"] = 0
-    settings.KARASU["IMAGE_MODELS"]["extra"] = {"CLASS": "x"}
-    assert get_image_model("demo").latency == 99.0  # cached with the changed options
-
-
-def test_nested_karasu_settings_are_restored_for_the_next_test():
-    if not ORIGINAL_DEMO:  # selected alone (-k): there is nothing to see restored
-        pytest.skip("runs after test_nested_karasu_settings_changed_in_place")
-    assert settings.KARASU["IMAGE_MODELS"]["demo"] == ORIGINAL_DEMO
-    assert "extra" not in settings.KARASU["IMAGE_MODELS"]
-    assert "MAX_RETRIES" not in settings.KARASU.get("RETRY", {})
+    assert "restore_karasu_settings" in request.fixturenames
+    karasu = settings.KARASU
+    original = copy.deepcopy(karasu)
+    with karasu_settings_restored():
+        settings.KARASU["IMAGE_MODELS"]["demo"]["LATENCY"] = 99.0
+        settings.KARASU["IMAGE_MODELS"]["demo"]["CALL_LOG"] = str(tmp_path / "calls.log")
+        settings.KARASU.setdefault("RETRY", {})["MAX_RETRIES"] = 0
+        settings.KARASU["IMAGE_MODELS"]["extra"] = {"CLASS": "x"}
+        assert get_image_model("demo").latency == 99.0  # cached with the changed options
+    assert settings.KARASU is karasu and karasu == original
     model = get_image_model("demo")
-    assert model.latency == float(ORIGINAL_DEMO["LATENCY"]) and model.call_log == ""
+    demo = original["IMAGE_MODELS"]["demo"]
+    assert model.latency == float(demo["LATENCY"])
+    assert model.call_log == str(demo.get("CALL_LOG") or "")
 
 
 def test_call_is_a_plain_record():
@@ -240,3 +253,144 @@ def test_call_is_a_plain_record():
         and call.overlaps(Call("k", 2, 1.5))
         and not call.overlaps(Call("k", 2, 2.0, 3.0, "ok"))
     )
+
+
+# The demo queue: submissions, resumes from other processes, and paid counting -----------
+RESUME_LOG = """\
+start a 100 10.0 r1
+start b 100 10.1 r2
+start c 100 10.2 r3
+resume a 200 14.0 r1
+end a 200 15.0 ok r1
+resume a 200 16.0 r1
+end a 200 16.5 ok r1
+start b 200 14.0 r4
+end b 200 15.0 ok r4
+end c 100 11.0 transient r3
+start c 100 11.5 r5
+end c 100 12.0 ok r5
+"""
+
+
+def test_resumed_calls_are_one_paid_submission_and_kills_are_paid(tmp_path):
+    """a: submitted by 100, resumed (twice) by 200 after 100 died: one paid call. b: 100's
+    submission was cut off by its death and 200 submitted again: paid twice. c: the
+    provider failed the first submission (not billed), the second was paid."""
+    path = tmp_path / "calls.log"
+    path.write_text(RESUME_LOG)
+    calls = {call.call_id: call for call in read_calls(path, deaths={100: 13.0})}
+    assert (calls["r1"].pid, calls["r1"].end, calls["r1"].outcome) == (100, 15.0, "ok")
+    assert calls["r1"].resumed_by == (200, 200)
+    assert calls["r2"].open and calls["r2"].end == 13.0 and calls["r2"].paid
+    assert not calls["r3"].paid
+    assert calls_per_key(path) == {"a": 1, "b": 2, "c": 2}
+    assert paid_submissions(path) == {"a": 1, "b": 2, "c": 1}
+    assert calls_paid_twice(path) == 1
+    assert [call.call_id for call in resumed_calls(path)] == ["r1"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "start a 1 2.0 x\nresume b 2 3.0 x\n",  # resumed under another key
+        "resume a 2 3.0 x\n",  # never submitted
+        "start a 1 2.0 x\nend a 2 3.0 ok x\n",  # ended by a process that never resumed it
+    ],
+)
+def test_resume_lines_must_match_their_submission(tmp_path, text):
+    path = tmp_path / "calls.log"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="bad call log line"):
+        read_calls(path)
+
+
+RESUME_SCRIPT = """\
+import os, sys
+import django
+os.environ["DJANGO_SETTINGS_MODULE"] = "cms.settings.test"
+django.setup()
+from generation.providers.demo import DemoImageModel
+model = DemoImageModel("demo", LATENCY=float(sys.argv[3]), CALL_LOG=sys.argv[1],
+                       STATE_DIR=sys.argv[2])
+call = model.submit(sys.argv[4], aspect_ratio="16:9", seed=7)
+print(call.request_id, flush=True)
+model.result(call)  # killed while it waits
+"""
+
+
+def test_another_process_resumes_a_submission_whose_worker_was_killed(tmp_path):
+    """The provider's state outlives the worker: the result is ready at submission time +
+    latency for whoever asks, and asking again is a resume, not a second paid call."""
+    path, state = tmp_path / "calls.log", tmp_path / "state"
+    prompt = "「京都の烏」 at dusk — كروان 🐦"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RESUME_SCRIPT, str(path), str(state), "1.0", prompt],
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    request_id = worker.stdout.readline().strip()
+    worker.kill()
+    worker.wait(10)
+    submitted = read_calls(path)[0].start
+    model = DemoImageModel("demo", LATENCY=1.0, CALL_LOG=str(path), STATE_DIR=str(state))
+    image = model.result(ProviderCall(request_id, "demo"))
+    assert (image.width, image.height, image.seed) == (640, 360, 7)
+    assert image.provider_request_id == request_id
+    assert (
+        image.data
+        == DemoImageModel("demo", STATE_DIR=str(state))
+        .generate(prompt, aspect_ratio="16:9", seed=7)
+        .data
+    )  # the same picture as an uncut call
+    (call,) = [c for c in read_calls(path) if c.call_id == request_id]
+    assert (call.pid, call.resumed_by, call.outcome) == (worker.pid, (os.getpid(),), "ok")
+    assert call.key == call_key(prompt) and call.end >= submitted + 1.0
+    assert calls_paid_twice(path) == 0
+
+
+def test_unknown_and_expired_requests_are_gone(tmp_path, monkeypatch):
+    model = DemoImageModel("demo", STATE_DIR=str(tmp_path))
+    with pytest.raises(RequestGone, match="unknown"):
+        model.result(ProviderCall("demo-" + "0" * 32, "demo"))
+    with pytest.raises(RequestGone):
+        model.result(ProviderCall("../../etc/passwd", "demo"))
+    call = model.submit("a crow on a wire")
+    import generation.providers.demo_images as demo_module
+
+    clock = demo_module.time.time() + EXPIRES_AFTER + 1
+    monkeypatch.setattr(demo_module.time, "time", lambda: clock)
+    with pytest.raises(RequestGone, match="expired"):
+        model.result(call)
+
+
+def test_a_stopping_wait_hands_back_at_once_and_resumes_later(tmp_path):
+    path = tmp_path / "calls.log"
+    model = DemoImageModel("demo", LATENCY=0.6, CALL_LOG=str(path), STATE_DIR=str(tmp_path))
+    call = model.submit("a kingfisher, “mid-dive”")
+    started = time.monotonic()
+    with pytest.raises(HandedBack):
+        model.result(call, stop=lambda: time.monotonic() - started > 0.1)
+    assert time.monotonic() - started < 0.3  # not the whole latency
+    assert model.result(call).data  # resumed: the same request, ready at its time
+    (only,) = read_calls(path)
+    assert only.resumed_by == (os.getpid(),) and only.outcome == "ok"
+
+
+def test_a_failed_request_is_not_paid_and_a_timeout_keeps_it(tmp_path):
+    path = tmp_path / "calls.log"
+    model = DemoImageModel(
+        "demo",
+        LATENCY=0.3,
+        FAILURE_RATE=1.0,
+        MAX_FAILURE_STREAK=1,
+        CALL_LOG=str(path),
+        STATE_DIR=str(tmp_path),
+    )
+    failing = model.submit("a heron in the rain")
+    with pytest.raises(TransientProviderError, match="kept"):
+        model.result(failing, deadline=time.monotonic() + 0.05)
+    with pytest.raises(RequestFailed):
+        model.result(failing)
+    assert model.generate("a heron in the rain").data  # the streak cap lets it through
+    assert paid_submissions(path) == {call_key("a heron in the rain"): 1}

@@ -1,6 +1,5 @@
 """Result downloads under attack: DNS rebinding, sneaky addresses, slow drips, bad headers."""
 
-import io
 import socket
 import ssl
 import struct
@@ -10,20 +9,14 @@ import time
 import httpx
 import pytest
 import respx
-from PIL import Image
 
 from generation.providers import PermanentProviderError, TransientProviderError
 from generation.providers.download import download_image
+from tests.support.images import jpeg
 
 IMAGE_URL = "https://v3.fal.media/files/crow/result.jpg"
 ALLOWED = ["fal.media", "*.fal.media"]
 PUBLIC = "34.120.0.1"
-
-
-def jpeg() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 20, 30)).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 def image_response(**kwargs) -> httpx.Response:

@@ -3,11 +3,9 @@ respx; safe downloads."""
 
 import io
 import json
-import socket
 
 import httpx
 import pytest
-import respx
 from django.core.exceptions import ImproperlyConfigured
 from PIL import Image
 
@@ -16,69 +14,13 @@ from generation.providers import (
     TransientProviderError,
     available_image_models,
     get_image_model,
+    reset_cache,
 )
 from generation.providers.demo import DemoImageModel
+from tests.support.fal_api import FAL_KEY, QUEUE, pinned, queue_routes
+from tests.support.images import jpeg, noise_png, picture, png
 
-FAL_KEY = "fal-key-id:SECRETSECRETSECRETfalsecret"
-QUEUE = "https://queue.fal.run"
 IMAGE_URL = "https://v3.fal.media/files/crow/result.jpg"
-FAL_MEDIA_ADDRESS = "34.120.0.1"
-
-
-def jpeg(size=(64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (10, 20, 30)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def fal(settings, monkeypatch):
-    settings.FAL_KEY = FAL_KEY
-    for name in ("flux-schnell", "flux-ultra", "nano-banana", "flux-pro", "nano-banana-pro"):
-        settings.KARASU["IMAGE_MODELS"][name] = {
-            **settings.KARASU["IMAGE_MODELS"][name],
-            "POLL_INTERVAL": 0.01,
-            "TIMEOUT": 5,
-        }
-    real_getaddrinfo = socket.getaddrinfo
-
-    def fake_dns(host, *args, **kwargs):
-        if host == "evil.fal.media":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 443))]
-        if host.endswith("fal.media"):
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (FAL_MEDIA_ADDRESS, 443))]
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
-    with respx.mock(assert_all_called=False) as router:
-        yield router
-
-
-def queue_routes(router, endpoint, result, status=None, request_id="req-123"):
-    base = f"{QUEUE}/{endpoint}/requests/{request_id}"
-    submit = router.post(f"{QUEUE}/{endpoint}").mock(
-        return_value=httpx.Response(
-            200,
-            json={
-                "request_id": request_id,
-                "response_url": base,
-                "status_url": f"{base}/status",
-                "cancel_url": f"{base}/cancel",
-            },
-        )
-    )
-    router.get(f"{base}/status").mock(
-        return_value=httpx.Response(200, json=status or {"status": "COMPLETED", "logs": None})
-    )
-    router.get(base).mock(return_value=httpx.Response(200, json=result))
-    cancel = router.put(f"{base}/cancel").mock(return_value=httpx.Response(202, json={}))
-    return submit, cancel
-
-
-def pinned(url):
-    """Route for a download: it is sent to the checked address, named by its Host header."""
-    parts = httpx.URL(url)
-    return {"url": str(parts.copy_with(host=FAL_MEDIA_ADDRESS)), "headers": {"host": parts.host}}
 
 
 def image_route(router, url=IMAGE_URL, **response):
@@ -129,12 +71,6 @@ def test_endpoint_specific_arguments(fal):
     assert pro_args["image_size"] == "portrait_4_3" and "seed" not in pro_args
 
 
-def png(size=(64, 64)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (30, 20, 10)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def test_nano_banana_pro_sends_its_endpoint_and_1k_by_default(fal):
     submit, _ = queue_routes(
         fal,
@@ -142,7 +78,7 @@ def test_nano_banana_pro_sends_its_endpoint_and_1k_by_default(fal):
         {"images": [{"url": IMAGE_URL, "content_type": "image/png"}], "description": ""},
         request_id="pro-1",
     )
-    image_route(fal, content=png(), headers={"content-type": "image/png"})
+    image_route(fal, content=png((64, 64), (30, 20, 10)), headers={"content-type": "image/png"})
     image = get_image_model("nano-banana-pro").generate("a crow", aspect_ratio="16:9", seed=7)
     assert submit.calls.last.request.url == f"{QUEUE}/fal-ai/nano-banana-pro"
     assert json.loads(submit.calls.last.request.content) == {
@@ -169,9 +105,60 @@ def test_nano_banana_pro_resolution_comes_from_settings(fal, settings, configure
 
 def test_nano_banana_pro_refuses_an_unknown_resolution(fal, settings):
     settings.KARASU["IMAGE_MODELS"]["nano-banana-pro"]["RESOLUTION"] = "8K"
-    with pytest.raises(ImproperlyConfigured, match="nano-banana-pro: RESOLUTION must be one of"):
+    # Refused as the model loads (not when a job builds its arguments), naming the value.
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"^nano-banana-pro: RESOLUTION must be one of 1K, 2K, 4K, not '8K'$",
+    ):
         get_image_model("nano-banana-pro")
-    assert not fal.calls  # nothing was sent
+    # The refusal was the value's: corrected, the same entry loads and sends it.
+    settings.KARASU["IMAGE_MODELS"]["nano-banana-pro"]["RESOLUTION"] = "2K"
+    submit, _ = queue_routes(fal, "fal-ai/nano-banana-pro", {"images": [{"url": IMAGE_URL}]})
+    image_route(fal)
+    get_image_model("nano-banana-pro").generate("a crow", aspect_ratio="1:1")
+    assert json.loads(submit.calls.last.request.content)["resolution"] == "2K"
+
+
+@pytest.mark.parametrize(
+    "output_format, content_type, content",
+    [("jpeg", "image/jpeg", jpeg()), ("webp", "image/webp", picture("WEBP"))],
+    ids=["jpeg", "webp"],
+)
+def test_nano_banana_pro_output_format_comes_from_settings(
+    fal, settings, output_format, content_type, content
+):
+    settings.KARASU["IMAGE_MODELS"]["nano-banana-pro"]["OUTPUT_FORMAT"] = output_format
+    submit, _ = queue_routes(
+        fal,
+        "fal-ai/nano-banana-pro",
+        {"images": [{"url": IMAGE_URL, "content_type": content_type}]},
+    )
+    image_route(fal, content=content, headers={"content-type": content_type})
+    image = get_image_model("nano-banana-pro").generate("烏", aspect_ratio="1:1")
+    assert json.loads(submit.calls.last.request.content)["output_format"] == output_format
+    assert image.content_type == content_type and image.extension == output_format.replace(
+        "jpeg", "jpg"
+    )
+
+
+def test_each_fal_model_may_set_its_own_download_cap(fal, settings):
+    """MAX_BYTES on a model's entry replaces the shared DOWNLOAD cap for its results, either
+    way: Nano Banana Pro's 64 MB lets a 4K PNG through a shared cap it would pass."""
+    result = noise_png(40)  # about 4.8 kB
+    settings.KARASU["DOWNLOAD"] = {**settings.KARASU["DOWNLOAD"], "MAX_BYTES": 1024}
+    assert settings.KARASU["IMAGE_MODELS"]["nano-banana-pro"]["MAX_BYTES"] == 64 * 1024 * 1024
+    for endpoint in ("fal-ai/nano-banana-pro", "fal-ai/flux/schnell"):
+        queue_routes(fal, endpoint, {"images": [{"url": IMAGE_URL}]})
+    image_route(fal, content=result, headers={"content-type": "image/png"})
+    assert get_image_model("nano-banana-pro").generate("烏").width == 40
+    with pytest.raises(PermanentProviderError, match="too large"):
+        get_image_model("flux-schnell").generate("烏")  # the shared cap
+
+    settings.KARASU["DOWNLOAD"] = {**settings.KARASU["DOWNLOAD"], "MAX_BYTES": 25 * 1024 * 1024}
+    settings.KARASU["IMAGE_MODELS"]["flux-schnell"]["MAX_BYTES"] = 1024
+    reset_cache()
+    with pytest.raises(PermanentProviderError, match="too large"):
+        get_image_model("flux-schnell").generate("烏")  # its own, below the shared one
 
 
 def test_nano_banana_pro_is_offered_only_with_a_fal_key(settings):
@@ -241,14 +228,16 @@ def test_auth_error_is_permanent_and_never_shows_the_key(fal):
     assert "SECRETSECRET" not in str(error.value)
 
 
-def test_timeout_cancels_the_request(fal, settings):
+def test_timeout_keeps_the_request_for_the_next_attempt(fal, settings):
+    """A timeout is not a give-up: fal may still deliver, and the next attempt resumes the
+    same request (tests/generation/test_fal_queue.py), so nothing is cancelled."""
     settings.KARASU["IMAGE_MODELS"]["flux-schnell"]["TIMEOUT"] = 0.05
     _, cancel = queue_routes(
         fal, "fal-ai/flux/schnell", {}, status={"status": "IN_PROGRESS", "logs": []}
     )
-    with pytest.raises(TransientProviderError, match="cancelled"):
+    with pytest.raises(TransientProviderError, match="kept for the next attempt"):
         get_image_model("flux-schnell").generate("a crow")
-    assert cancel.called
+    assert not cancel.called
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ files, and ingest that files them without reading them whole or leaving any file
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import socket
 import stat
@@ -26,6 +25,7 @@ from generation.providers import get_image_model as get_provider
 from generation.providers.base import SPOOL_BYTES, ImageBody
 from generation.providers.demo import DemoImageModel, image_size
 from generation.providers.download import download_image
+from tests.support.images import noise_png
 
 Image = get_image_model()
 IMAGE_URL = "https://v3.fal.media/files/crow/result.png"
@@ -56,14 +56,6 @@ def leftovers(directory) -> list[str]:
         if target.startswith(prefix):
             open_files.append(target)
     return sorted(os.listdir(directory)) + open_files
-
-
-def noise_png(edge: int) -> bytes:
-    buffer = io.BytesIO()
-    PILImage.frombytes("RGB", (edge, edge), os.urandom(edge * edge * 3)).save(
-        buffer, "PNG", compress_level=0
-    )
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -248,25 +240,43 @@ def stored_sha1(image) -> str:
         return hashlib.sha1(file.read()).hexdigest()
 
 
+def stored_size(image) -> int:
+    return image.file.size
+
+
+def provider_bytes(image) -> bytes:
+    """The stored original without the XMP chunk that marks it as generated
+    (cms/provenance puts it right after IHDR): the provider's bytes, byte for byte."""
+    with image.file.open("rb") as file:
+        stored = file.read()
+    length = int.from_bytes(stored[33:37], "big")
+    assert stored[37:58] == b"iTXtXML:com.adobe.xmp"
+    return stored[:33] + stored[33 + 12 + length :]
+
+
 def test_ingest_files_the_streamed_bytes_and_closes_the_file(job, big_png, spool_dir):
     generated = streamed(big_png)
     assert generated.on_disk
     image, created = ingest(job, generated)
     assert created and generated.closed and leftovers(spool_dir) == []
-    expected = hashlib.sha1(big_png).hexdigest()
-    assert image.file_hash == stored_sha1(image) == expected
-    assert (image.file_size, image.width, image.height) == (len(big_png), BIG_EDGE, BIG_EDGE)
+    # Stored: the provider's bytes with their provenance, measured as stored.
+    assert provider_bytes(image) == big_png
+    assert image.file_hash == stored_sha1(image)
+    assert (image.file_size, image.width, image.height) == (stored_size(image), BIG_EDGE, BIG_EDGE)
     assert image.file.name.startswith("original_images/")
     assert image.file.name.endswith(f"-job{job.pk}.png")
     image.refresh_from_db()
-    assert (image.width, image.height, image.file_size) == (BIG_EDGE, BIG_EDGE, len(big_png))
+    assert (image.width, image.height, image.file_size) == (BIG_EDGE, BIG_EDGE, stored_size(image))
 
 
 def test_a_streamed_and_an_in_memory_image_file_the_same_bytes(job, big_png, spool_dir):
     other = GenerationJob.objects.create(request=job.request, index=1, prompt="A crow at dusk")
     from_file, _ = ingest(job, streamed(big_png))
     from_bytes, _ = ingest(other, GeneratedImage(big_png, "image/png", BIG_EDGE, BIG_EDGE))
-    assert from_file.file_hash == from_bytes.file_hash == stored_sha1(from_bytes)
+    # Each is marked with its own document id; under that, the bytes are the same.
+    assert provider_bytes(from_file) == provider_bytes(from_bytes) == big_png
+    assert from_file.file_hash == stored_sha1(from_file)
+    assert from_bytes.file_hash == stored_sha1(from_bytes)
     assert from_file.file_size == from_bytes.file_size
 
 
@@ -275,7 +285,8 @@ def test_a_demo_png_is_filed_from_its_temporary_file(job, spool_dir):
     assert generated.on_disk
     expected = generated.sha1
     image, created = ingest(job, generated)
-    assert created and image.file_hash == stored_sha1(image) == expected
+    assert created and image.file_hash == stored_sha1(image)
+    assert hashlib.sha1(provider_bytes(image)).hexdigest() == expected
     with PILImage.open(image.file.path) as picture:
         assert picture.size == (1024, 1024)
     assert leftovers(spool_dir) == []
@@ -318,4 +329,5 @@ def test_an_in_memory_image_survives_a_superseded_ingest_to_be_filed_again(job):
     generated = GeneratedImage(noise_png(32), "image/png", 32, 32)
     assert ingest(job, generated, confirm=lambda image: False) == (None, False)
     image, created = ingest(job, generated)
-    assert created and image.file_hash == hashlib.sha1(generated.data).hexdigest()
+    assert created and image.file_hash == stored_sha1(image)
+    assert provider_bytes(image) == generated.data

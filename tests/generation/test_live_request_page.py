@@ -8,7 +8,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.core.files.images import ImageFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -18,14 +17,15 @@ from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
 
 from generation.models import GenerationJob, GenerationRequest
-from tests.generation.test_request_page import jpeg, make_request, page_url
+from tests.support.admin import NS, page_url
+from tests.support.factories import make_request_with_results
 from tests.support.forms import request_form_data
+from tests.support.images import jpeg
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("collections")]
 Image = get_image_model()
 Req = GenerationRequest.Status
 Job = GenerationJob.Status
-NS = "wagtailsnippets_generation_generationrequest"
 POLLING = 'data-controller="karasu-poll w-swap"'
 
 
@@ -45,23 +45,11 @@ def live_url(request: GenerationRequest, **query: object) -> str:
     return url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
 
 
-def user_with(django_user_model, client, *codenames: str):
-    """A logged-in admin user with only these generation-request permissions."""
-    user = django_user_model.objects.create_user("limited", "l@example.com", "pw")
-    group = Group.objects.create(name="Limited")
-    group.permissions.add(Permission.objects.get(codename="access_admin"))
-    for codename in codenames:
-        group.permissions.add(Permission.objects.get(codename=codename))
-    user.groups.add(group)
-    client.force_login(user)
-    return client
-
-
 def succeed(job: GenerationJob, when=None) -> None:
     """File an image for ``job`` as the pipeline does, and count it on its request."""
     image = Image.objects.create(
         title=job.prompt,
-        file=ImageFile(io.BytesIO(jpeg()), name=f"job{job.pk}.jpg"),
+        file=ImageFile(io.BytesIO(jpeg((32, 32), (40, 40, 90))), name=f"job{job.pk}.jpg"),
         collection=job.request.collection,
         prompt=job.prompt,
         generation_request_id=job.request_id,
@@ -138,9 +126,9 @@ def test_bad_input_is_shown_on_the_form_and_starts_nothing(
 
 
 def test_save_and_generate_needs_the_change_permission(
-    client, django_user_model, queued, django_capture_on_commit_callbacks
+    limited_editor, queued, django_capture_on_commit_callbacks
 ):
-    adder = user_with(django_user_model, client, "add_generationrequest")
+    adder = limited_editor("add_generationrequest")
     html = adder.get(reverse(f"{NS}:add")).content.decode()
     assert "Save and generate" not in html and "Save" in html  # Save alone: a draft
 
@@ -152,8 +140,8 @@ def test_save_and_generate_needs_the_change_permission(
     assert not callbacks and not queued()
 
 
-def test_save_and_generate_needs_the_add_permission(client, django_user_model, queued):
-    changer = user_with(django_user_model, client, "change_generationrequest")
+def test_save_and_generate_needs_the_add_permission(limited_editor, queued):
+    changer = limited_editor("change_generationrequest")
     response = changer.post(reverse(f"{NS}:add"), form_data(**{"action-generate": "1"}))
     assert response.status_code in (302, 403)
     assert not GenerationRequest.objects.exists() and not queued()
@@ -163,7 +151,7 @@ def test_save_and_generate_needs_the_add_permission(client, django_user_model, q
 
 
 def test_live_fragment_shows_the_current_counts_and_new_images(editor):
-    request = make_request(6)  # 2 succeeded with images, 2 failed, 2 pending
+    request = make_request_with_results(6)  # 2 succeeded with images, 2 failed, 2 pending
     live = editor.get(live_url(request))
     assert live.status_code == 200
     html = live.content.decode()
@@ -181,7 +169,7 @@ def test_live_fragment_shows_the_current_counts_and_new_images(editor):
 
 
 def test_polling_while_active_and_not_once_final(editor):
-    request = make_request(3)
+    request = make_request_with_results(3)
     page = editor.get(page_url(request)).content.decode()
     live = editor.get(live_url(request)).content.decode()
     for html in (page, live):
@@ -204,7 +192,7 @@ def test_polling_while_active_and_not_once_final(editor):
 
 
 def test_live_fragment_refreshes_the_page_being_viewed(editor):
-    request = make_request(120)
+    request = make_request_with_results(120)
     jobs = {job.index: job for job in request.jobs.all()}
     page = editor.get(page_url(request, p=2, theme="kyoto")).content.decode()
     src = re.search(r'data-w-swap-src-value="([^"]+)"', page).group(1).replace("&amp;", "&")
@@ -222,8 +210,8 @@ def test_live_fragment_refreshes_the_page_being_viewed(editor):
 
 
 def test_live_fragment_queries_do_not_grow_with_the_number_of_jobs(editor):
-    small, large = make_request(10), make_request(120)
-    editor.get(live_url(make_request(1)))  # one-off queries of a first admin view
+    small, large = make_request_with_results(10), make_request_with_results(120)
+    editor.get(live_url(make_request_with_results(1)))  # one-off queries of a first admin view
 
     def queries(url: str) -> int:
         with CaptureQueriesContext(connection) as captured:
@@ -241,7 +229,7 @@ def test_live_fragment_queries_do_not_grow_with_the_number_of_jobs(editor):
 
 
 def test_live_fragment_escapes_prompts_and_errors(editor):
-    request = make_request(3, prompt='<script>alert("{i}")</script>')
+    request = make_request_with_results(3, prompt='<script>alert("{i}")</script>')
     GenerationJob.objects.filter(request=request, status=Job.FAILED).update(
         error="<img src=x onerror=alert(1)>"
     )
@@ -254,7 +242,7 @@ def test_live_fragment_escapes_prompts_and_errors(editor):
 
 def test_timeline_shows_expansion_images_and_failures(editor):
     start = timezone.now().replace(microsecond=0) - timedelta(minutes=10)
-    request = make_request(6)
+    request = make_request_with_results(6)
     GenerationRequest.objects.filter(pk=request.pk).update(
         expansion_started_at=start, expansion_finished_at=start + timedelta(seconds=4)
     )
@@ -299,19 +287,17 @@ def test_timeline_shows_expansion_images_and_failures(editor):
     )
 
 
-def test_live_fragment_has_the_page_permissions(client, django_user_model):
-    request = make_request(4)
+def test_live_fragment_has_the_page_permissions(client, limited_editor):
+    request = make_request_with_results(4)
     assert client.get(live_url(request)).status_code == 302  # anonymous: to the login page
     assert client.get(reverse(f"{NS}:live", args=[10**6])).status_code == 302
 
-    viewer = user_with(django_user_model, client)
+    viewer = limited_editor()
     response = viewer.get(live_url(request))
     assert response.status_code in (302, 403)
     assert b"A crow on a torii gate" not in response.content
 
-    group = Group.objects.get(name="Limited")
-    group.permissions.add(Permission.objects.get(codename="view_generationrequest"))
-    viewer.force_login(django_user_model.objects.get(username="limited"))
+    viewer = limited_editor("view_generationrequest")
     html = viewer.get(live_url(request)).content.decode()
     assert "A crow on a torii gate, study 3" in html and POLLING in html
     # Viewing only: no prompt editing and no (re)generate buttons in the live part either.

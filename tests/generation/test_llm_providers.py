@@ -4,6 +4,8 @@ Every prompt comes with its alt text from the same structured call, and the toke
 provider reports are added up over the batches."""
 
 import json
+import runpy
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,68 +22,21 @@ from generation.providers import (
     get_llm,
 )
 from generation.providers.demo import SUBJECTS
-from tests.support.fake_http import FakeHTTPServer
-
-CLAUDE_KEY = "sk-ant-api03-SECRETSECRETSECRET-claudekey"
-OPENAI_KEY = "sk-proj-SECRETSECRETSECRET-openaikey"
-
-
-def alt_for(prompt):
-    return f"Literal alt text for: {prompt}"
-
-
-def with_alt(items):
-    """Strings become the schema's {prompt, alt_text} objects; anything else is sent as is."""
-    return [
-        {"prompt": item, "alt_text": alt_for(item)} if isinstance(item, str) else item
-        for item in items
-    ]
-
-
-def claude_message(prompts=None, stop_reason="tool_use", content=None, usage=(10, 10)):
-    if content is None:
-        content = [
-            {
-                "type": "tool_use",
-                "id": "toolu_1",
-                "name": "submit_prompts",
-                "input": {"prompts": with_alt(prompts)},
-            }
-        ]
-    return {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-sonnet-4-6",
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": None,
-        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-    }
-
-
-def numbered(start, count, theme="crows"):
-    return [f"{theme} scene number {i} with distinct lighting" for i in range(start, start + count)]
+from generation.providers.demo_words import WORDS
+from generation.providers.prompting import clean_prompts, language_name, system_prompt
+from tests.support.llm_answers import (
+    CLAUDE_KEY,
+    OPENAI_KEY,
+    alt_for,
+    claude_message,
+    completion,
+    numbered,
+    with_alt,
+)
 
 
 def prompts_of(expansion):
     return [item.prompt for item in expansion]
-
-
-@pytest.fixture
-def claude(settings, monkeypatch):
-    server = FakeHTTPServer()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-    settings.ANTHROPIC_API_KEY = CLAUDE_KEY
-    settings.KARASU = {
-        **settings.KARASU,
-        "LLMS": {
-            **settings.KARASU["LLMS"],
-            "claude": {**settings.KARASU["LLMS"]["claude"], "BATCH_SIZE": 25, "MAX_RETRIES": 0},
-        },
-    }
-    yield server
-    server.close()
 
 
 def test_claude_happy_path_batches_and_uses_a_strict_forced_tool(claude):
@@ -250,14 +205,6 @@ def openai_api(settings):
         yield router.post("/chat/completions")
 
 
-def completion(content=None, refusal=None, finish_reason="stop", usage=None):
-    message = {"role": "assistant", "content": content, "refusal": refusal}
-    body = {"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]}
-    if usage is not None:
-        body["usage"] = usage
-    return body
-
-
 def test_openai_happy_path_uses_json_schema(openai_api):
     openai_api.return_value = httpx.Response(
         200,
@@ -361,3 +308,131 @@ def test_an_alt_text_is_never_empty_and_never_too_long():
     assert 0 < len(derived) <= MAX_ALT_TEXT_CHARS and derived.endswith("…")
     written = ImagePrompt("a crow at dawn on a gate", alt_text="x" * 600).alt_text
     assert len(written) == MAX_ALT_TEXT_CHARS
+
+
+# Languages: prompts for the image model, alt texts for the site's readers ---------------
+JAPANESE_ITEMS = [
+    {
+        "prompt": "A lone crow on a Kyoto temple roof at dusk, ink wash, low angle",
+        "alt_text": "夕暮れの京都の寺の屋根にとまる一羽のカラス",
+    },
+    {
+        "prompt": "Crows circling a pagoda against an orange sky, woodblock print",
+        "alt_text": "夕焼け空の五重塔の上を旋回するカラスたち",
+    },
+]
+
+
+def alt_text_rule(schema: dict) -> str:
+    return schema["properties"]["prompts"]["items"]["properties"]["alt_text"]["description"]
+
+
+def test_claude_is_asked_for_english_prompts_and_alt_texts_in_the_themes_language(claude):
+    claude.reply(body=claude_message(JAPANESE_ITEMS))
+    expansion = get_llm("claude").expand("京都の烏、夕暮れ", 2)
+    sent = claude.requests[0]["json"]
+    assert "Write every prompt in English, whatever the language of the theme" in sent["system"]
+    assert "Write every alt text in the language the theme is written in" in sent["system"]
+    schema = sent["tools"][0]["input_schema"]
+    assert "in the language of the theme" in alt_text_rule(schema)
+    assert (
+        "in English"
+        in schema["properties"]["prompts"]["items"]["properties"]["prompt"]["description"]
+    )
+    # The Japanese alt texts come back whole.
+    assert [item.alt_text for item in expansion] == [item["alt_text"] for item in JAPANESE_ITEMS]
+
+
+def test_the_sites_language_is_asked_of_claude_and_openai_when_configured(
+    claude, openai_api, settings
+):
+    settings.KARASU["ALT_TEXT_LANGUAGE"] = "zh-hans"
+    settings.KARASU["PROMPT_LANGUAGE"] = "en"
+    claude.reply(body=claude_message(numbered(0, 2)))
+    openai_api.return_value = httpx.Response(
+        200, json=completion(json.dumps({"prompts": with_alt(numbered(0, 2))}))
+    )
+    get_llm("claude").expand("Crows over Kyoto", 2)
+    get_llm("openai").expand("Crows over Kyoto", 2)
+    claude_sent = claude.requests[0]["json"]
+    openai_sent = json.loads(openai_api.calls.last.request.content)
+    openai_system = openai_sent["messages"][0]
+    assert openai_system["role"] == "system"
+    for system, schema in [
+        (claude_sent["system"], claude_sent["tools"][0]["input_schema"]),
+        (openai_system["content"], openai_sent["response_format"]["json_schema"]["schema"]),
+    ]:
+        assert "Write every alt text in Simplified Chinese, the language of the site" in system
+        assert "Write every prompt in English" in system
+        assert "in Simplified Chinese" in alt_text_rule(schema)
+
+
+@pytest.mark.parametrize(
+    ("setting", "name"),
+    [("ja", "Japanese"), ("zh-hans", "Simplified Chinese"), ("zh", "Chinese"), ("AR", "Arabic")]
+    + [("pt-br", "Brazilian Portuguese"), ("Schweizerdeutsch", "Schweizerdeutsch"), ("", "")],
+)
+def test_a_language_setting_is_named_for_the_llm(setting, name):
+    assert language_name(setting) == name
+
+
+def test_the_demo_writes_english_prompts_and_alt_texts_in_the_themes_language():
+    for theme, language in [
+        ("京都の烏、夕暮れ", "ja"),
+        ("乌鸦在雪中", "zh"),
+        ("غراب عند الغسق", "ar"),
+        ("Crows — “at dusk”", "en"),
+    ]:
+        subjects = SUBJECTS if language == "en" else WORDS[language]["subjects"]
+        for item in get_llm("demo").expand(theme, 10):
+            assert any(subject in item.prompt for subject in SUBJECTS), item.prompt
+            assert any(subject in item.alt_text for subject in subjects), item.alt_text
+            assert theme in item.alt_text
+
+
+def test_the_demo_follows_the_configured_languages(settings):
+    settings.KARASU["ALT_TEXT_LANGUAGE"] = "Arabic"
+    for item in get_llm("demo").expand("Crows over Kyoto", 10):
+        assert any(subject in item.alt_text for subject in WORDS["ar"]["subjects"])
+    # Prompts in Japanese are written without spaces: all 30 still count as prompts.
+    settings.KARASU["PROMPT_LANGUAGE"] = "ja"
+    settings.KARASU["ALT_TEXT_LANGUAGE"] = ""
+    expansion = get_llm("demo").expand("乌鸦在雪中", 30)
+    assert len(expansion) == 30
+    for item in expansion:
+        assert any(subject in item.prompt for subject in WORDS["ja"]["subjects"])
+        assert any(subject in item.alt_text for subject in WORDS["zh"]["subjects"])
+
+
+def test_prompts_in_scripts_without_spaces_are_counted_by_their_characters():
+    kept = clean_prompts(["京都の路地裏で雨宿りするカラスを描いた水彩画", "乌鸦", "雨の京都"])
+    assert [item.prompt for item in kept] == ["京都の路地裏で雨宿りするカラスを描いた水彩画"]
+    # Its alt text, when the LLM wrote none, is its first sentence.
+    [item] = clean_prompts(["雨宿りするカラスの水墨画。低い視点、夕暮れの光。"])
+    assert item.alt_text == "雨宿りするカラスの水墨画"
+
+
+@pytest.mark.parametrize(
+    "prompt, one_word",
+    [
+        ("อีกาตัวหนึ่งเกาะอยู่บนประตูศาลเจ้าในยามเช้า", "อีกา"),  # Thai
+        ("ກາໂຕໜຶ່ງຢູ່ເທິງປະຕູວັດໃນຕອນເຊົ້າ", "ກາ"),  # Lao
+        ("ကျီးကန်းတစ်ကောင်သည်နံနက်ခင်းတွင်ဘုရားကျောင်းတံခါးပေါ်၌နားနေသည်", "ကျီးကန်း"),  # Burmese
+        ("ក្អែកមួយក្បាលទំនៅលើទ្វារវត្តនៅពេលព្រឹក", "ក្អែក"),  # Khmer
+    ],
+)
+def test_prompts_in_thai_lao_burmese_and_khmer_are_counted_by_their_letters(prompt, one_word):
+    kept = clean_prompts([prompt, one_word])
+    assert [item.prompt for item in kept] == [prompt]
+
+
+def test_the_languages_are_read_from_the_environment(monkeypatch, tmp_path, settings):
+    # The settings module run afresh, in this process, with the variables set.
+    monkeypatch.setenv("KARASU_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KARASU_PROMPT_LANGUAGE", "en")
+    monkeypatch.setenv("KARASU_ALT_TEXT_LANGUAGE", "ja")
+    base = runpy.run_path(str(Path(settings.BASE_DIR) / "cms" / "settings" / "base.py"))
+    settings.KARASU = base["KARASU"]
+    prompt = system_prompt()
+    assert "Write every prompt in English" in prompt
+    assert "Write every alt text in Japanese, the language of the site" in prompt

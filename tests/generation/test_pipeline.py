@@ -4,62 +4,36 @@ import threading
 import time
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 from wagtail.images import get_image_model
 from wagtail.models import Collection
 
 from generation.models import GenerationJob, GenerationRequest
-from generation.providers import get_image_model as get_provider
 from generation.providers.demo import call_key
+from generation.retrying import retry_policy
+from generation.tasks import generate_image
 from huey_tasks.limiter import DEFAULT_SLOT_WAIT
-from huey_tasks.tasks import generate_image, retry_policy
-from tests.support.consumers import wait_for
-from tests.support.provider_calls import calls_per_key, overlapping_calls, read_calls
+from tests.support.admin import NS, act
+from tests.support.consumers import queued_tasks, wait_for
+from tests.support.docs import documented_number
+from tests.support.factories import create_request_in_admin, wait_terminal
+from tests.support.provider_calls import (
+    calls_per_key,
+    max_in_flight,
+    overlapping_calls,
+    read_calls,
+)
 
 # Transactional, so that worker threads see committed data.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 Image = get_image_model()
 Req = GenerationRequest.Status
 Job = GenerationJob.Status
-NS = "wagtailsnippets_generation_generationrequest"
 SLOT_PATIENCE = 2.0  # ConcurrencyLimiter.slot(): how long a task waits in-thread for a slot
 
 
-def create_request(client, **fields) -> GenerationRequest:
-    data = {
-        "theme": "Crows over Kyoto",
-        "brief": "",
-        "style": "",
-        "count": 6,
-        "llm": "demo",
-        "image_model": "demo",
-        "aspect_ratio": "1:1",
-        "collection": Collection.objects.get(name="Generated images").pk,
-        "tags": "crows, kyoto",
-        "auto_generate": "on",
-    }
-    data.update(fields)
-    response = client.post(reverse(f"{NS}:add"), data)
-    assert response.status_code == 302, response.content.decode()[:3000]
-    return GenerationRequest.objects.latest("pk")
-
-
-def act(client, request, action):
-    return client.post(reverse(f"{NS}:action", args=[request.pk, action]))
-
-
-def wait_terminal(request, timeout=60):
-    def terminal():
-        request.refresh_from_db()
-        return request.is_terminal
-
-    wait_for(terminal, timeout, message=f"request {request.pk} to finish ({request.status})")
-    return request
-
-
 def test_generate_from_the_admin_files_every_image_with_provenance(editor, demo, thread_consumer):
-    request = create_request(editor)
+    request = create_request_in_admin(editor)
     assert request.status == Req.DRAFT
     confirm = editor.get(reverse(f"{NS}:action", args=[request.pk, "generate"]))
     assert confirm.status_code == 200 and b"Ask the LLM for 6 prompts" in confirm.content
@@ -95,7 +69,7 @@ def test_generate_from_the_admin_files_every_image_with_provenance(editor, demo,
 
 
 def test_review_prompts_edit_one_then_generate_pending(editor, demo, thread_consumer):
-    request = create_request(editor, count=3, auto_generate="")
+    request = create_request_in_admin(editor, count=3, auto_generate="")
     act(editor, request, "generate")
 
     def drafted():
@@ -131,15 +105,15 @@ def test_review_prompts_edit_one_then_generate_pending(editor, demo, thread_cons
 def test_cancel_midway(editor, demo, thread_consumer, tmp_path):
     calls = tmp_path / "calls.log"
     demo(latency=0.3, concurrency=2, call_log=str(calls))
-    request = create_request(editor, count=20)
+    request = create_request_in_admin(editor, count=20)
     act(editor, request, "generate")
     wait_for(
         lambda: Image.objects.filter(generation_request_id=request.pk).count() >= 2,
         30,
         message="first images",
     )
-    cancel_time = time.time()
     assert act(editor, request, "cancel").status_code == 302
+    cancel_time = time.time()  # committed: a call started before this may still finish
     request.refresh_from_db()
     assert request.status == Req.CANCELLED
     cancelled_at_once = set(request.jobs.filter(status=Job.CANCELLED).values_list("pk", flat=True))
@@ -171,11 +145,14 @@ def test_exhausted_transient_retries_fail_the_job(editor, demo, thread_consumer,
     calls = tmp_path / "calls.log"
     # Every call fails transiently, with no streak cap letting a call through.
     demo(failure_rate=1.0, max_failure_streak=0, call_log=str(calls))
-    request = create_request(editor, count=3)
+    request = create_request_in_admin(editor, count=3)
     act(editor, request, "generate")
     request = wait_terminal(request, timeout=60)
 
-    attempts = 1 + retry_policy()["MAX_RETRIES"]
+    # As many provider attempts as the docs promise (the first and its retries).
+    attempts = documented_number("architecture.md", r"one of its (\d+) provider attempts")
+    assert documented_number("configuration.md", r"(\d+) provider attempts in all") == attempts
+    assert attempts == 1 + retry_policy()["MAX_RETRIES"]
     jobs = list(request.jobs.all())
     assert len(jobs) == 3
     for job in jobs:
@@ -192,7 +169,7 @@ def test_exhausted_transient_retries_fail_the_job(editor, demo, thread_consumer,
 
 def test_retry_failed_then_regenerate_one(editor, demo, thread_consumer):
     demo(reject_rate=1.0)
-    request = create_request(editor, count=4)
+    request = create_request_in_admin(editor, count=4)
     act(editor, request, "generate")
     request = wait_terminal(request)
     assert request.status == Req.FAILED
@@ -208,7 +185,8 @@ def test_retry_failed_then_regenerate_one(editor, demo, thread_consumer):
     assert request.status == Req.COMPLETED and request.jobs_failed == 0
 
     job = request.jobs.get(index=2)
-    old_image = job.image
+    old_image, old_seed = job.image, job.seed
+    assert old_image.seed == old_seed
     response = editor.post(reverse(f"{NS}:job_generate", args=[job.pk]))
     assert response.status_code == 302
     request = wait_terminal(request)
@@ -216,13 +194,17 @@ def test_retry_failed_then_regenerate_one(editor, demo, thread_consumer):
     old_image.refresh_from_db()
     assert job.image_id != old_image.pk and job.status == Job.SUCCEEDED
     assert old_image.generation_job_id is None  # kept in the library, detached
+    # Regenerated with a new seed, which the new image was made with; the old image keeps
+    # its own.
+    assert job.seed != old_seed
+    assert job.image.seed == job.seed and old_image.seed == old_seed
     assert request.jobs_succeeded == 4
     assert Image.objects.filter(generation_request_id=request.pk).count() == 5
 
 
 def test_transient_failures_still_end_with_every_image(editor, demo, thread_consumer):
     demo(failure_rate=0.3)
-    request = create_request(editor, count=20)
+    request = create_request_in_admin(editor, count=20)
     act(editor, request, "generate")
     request = wait_terminal(request, timeout=120)
     assert request.status == Req.COMPLETED
@@ -231,33 +213,21 @@ def test_transient_failures_still_end_with_every_image(editor, demo, thread_cons
 
 
 def test_limiter_never_exceeds_its_limit_across_threads(
-    queue_backend, editor, demo, thread_consumer, monkeypatch
+    queue_backend, editor, demo, thread_consumer, tmp_path
 ):
-    demo(latency=0.15, concurrency=3)
-    model = get_provider("demo")
-    in_flight, peak, lock = [0], [0], threading.Lock()
-    original = model.generate
-
-    def counting_generate(*args, **kwargs):
-        with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-        try:
-            return original(*args, **kwargs)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    monkeypatch.setattr(model, "generate", counting_generate)
-    request = create_request(editor, count=15)
+    call_log = tmp_path / "calls.log"
+    demo(latency=0.15, concurrency=3, call_log=str(call_log))
+    request = create_request_in_admin(editor, count=15)
     act(editor, request, "generate")
     request = wait_terminal(request, timeout=120)
     assert request.status == Req.COMPLETED
-    assert peak[0] == 3  # 8 worker threads, never more than the 3 slots
+    # Submission to result, as the provider saw them: 8 worker threads, never more than
+    # the 3 slots.
+    assert max_in_flight(call_log) == 3
 
 
 def test_redelivered_generate_image_creates_no_second_image(editor, demo, thread_consumer):
-    request = create_request(editor, count=2)
+    request = create_request_in_admin(editor, count=2)
     act(editor, request, "generate")
     request = wait_terminal(request)
     job = request.jobs.first()
@@ -321,13 +291,9 @@ def test_form_validation(editor, fields, field, message):
     assert not GenerationRequest.objects.exists()
 
 
-def test_editor_without_snippet_permissions_is_denied(client, django_user_model):
+def test_editor_without_snippet_permissions_is_denied(limited_editor):
     request = GenerationRequest.objects.create(theme="Crows", count=2)
-    user = django_user_model.objects.create_user("ed", "ed@example.com", "pw")
-    editors, _ = Group.objects.get_or_create(name="Editors")
-    editors.permissions.add(Permission.objects.get(codename="access_admin"))
-    user.groups.add(editors)
-    client.force_login(user)
+    client = limited_editor()
     for url in [
         reverse(f"{NS}:list"),
         reverse(f"{NS}:inspect", args=[request.pk]),
@@ -340,9 +306,7 @@ def test_editor_without_snippet_permissions_is_denied(client, django_user_model)
     assert request.status == Req.DRAFT
 
     # With view permission only: the page shows, actions do not, and POSTs are refused.
-    editors.permissions.add(Permission.objects.get(codename="view_generationrequest"))
-    user = django_user_model.objects.get(pk=user.pk)
-    client.force_login(user)
+    client = limited_editor("view_generationrequest")
     page = client.get(reverse(f"{NS}:inspect", args=[request.pk]))
     assert page.status_code == 200
     assert reverse(f"{NS}:action", args=[request.pk, "generate"]).encode() not in page.content
@@ -353,18 +317,49 @@ def test_editor_without_snippet_permissions_is_denied(client, django_user_model)
 
 def test_actions_need_post_and_csrf(editor, demo, django_user_model):
     from django.test import Client
+    from huey.contrib.djhuey import HUEY
 
-    request = GenerationRequest.objects.create(theme="Crows", count=2)
+    def unchanged(request, status, jobs):
+        """The request, its jobs and the queue are as they were: nothing was done."""
+        request.refresh_from_db()
+        assert request.status == status
+        assert list(request.jobs.order_by("index").values_list("status", flat=True)) == jobs
+        # Wagtail's own index updates share the queue: only the pipeline's tasks count.
+        assert not queued_tasks("expand_prompt") and not queued_tasks("generate_image")
+        assert HUEY.storage.schedule_size() == 0
+
+    HUEY.storage.flush_all()
+    draft = GenerationRequest.objects.create(theme="鴉の群れ", count=2, llm="demo")
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(django_user_model.objects.get(username="editor"))
-    response = strict.post(reverse(f"{NS}:action", args=[request.pk, "generate"]))
+    response = strict.post(reverse(f"{NS}:action", args=[draft.pk, "generate"]))
     assert response.status_code == 403
-    request.refresh_from_db()
-    assert request.status == Req.DRAFT
-    unknown = editor.post(reverse(f"{NS}:action", args=[request.pk, "explode"]))
+    unchanged(draft, Req.DRAFT, [])
+    # GET only asks for confirmation.
+    confirm = editor.get(reverse(f"{NS}:action", args=[draft.pk, "generate"]))
+    assert confirm.status_code == 200 and b"Ask the LLM for 2 prompts" in confirm.content
+    unchanged(draft, Req.DRAFT, [])
+    unknown = editor.post(reverse(f"{NS}:action", args=[draft.pk, "explode"]))
     assert unknown.status_code == 302
-    not_now = editor.post(reverse(f"{NS}:action", args=[request.pk, "retry_failed"]))
+    unchanged(draft, Req.DRAFT, [])
+
+    # An action that does not apply now changes nothing: a cancelled request's failed
+    # jobs are never retried.
+    cancelled = create_request_in_admin(editor, count=2)
+    cancelled.jobs.create(index=0, prompt="鴉 at dawn over the river", status=Job.FAILED)
+    cancelled.jobs.create(index=1, prompt="鴉 at dusk over the river", status=Job.CANCELLED)
+    GenerationRequest.objects.filter(pk=cancelled.pk).update(
+        status=Req.CANCELLED, jobs_total=2, jobs_failed=1, jobs_cancelled=1
+    )
+    not_now = editor.post(reverse(f"{NS}:action", args=[cancelled.pk, "retry_failed"]))
     assert not_now.status_code == 302
+    unchanged(cancelled, Req.CANCELLED, [Job.FAILED, Job.CANCELLED])
+    shown = editor.get(not_now["Location"]).content.decode()
+    assert "is not possible for this request now (status: Cancelled)" in shown
+    # A prompt's Generate is a POST too.
+    job = cancelled.jobs.get(index=0)
+    assert editor.get(reverse(f"{NS}:job_generate", args=[job.pk])).status_code == 405
+    unchanged(cancelled, Req.CANCELLED, [Job.FAILED, Job.CANCELLED])
 
 
 def test_llm_failure_fails_the_request_with_its_reason(editor, demo, thread_consumer, monkeypatch):
@@ -373,8 +368,8 @@ def test_llm_failure_fails_the_request_with_its_reason(editor, demo, thread_cons
     def refuse(*args, **kwargs):
         raise PermanentProviderError("demo: the model refused this theme")
 
-    monkeypatch.setattr(get_llm("demo"), "expand", refuse)
-    request = create_request(editor, count=3)
+    monkeypatch.setattr(get_llm("demo"), "request_prompts", refuse)
+    request = create_request_in_admin(editor, count=3)
     act(editor, request, "generate")
     request = wait_terminal(request)
     assert request.status == Req.FAILED
@@ -388,17 +383,17 @@ def test_cancelled_while_expanding_queues_nothing(editor, demo, monkeypatch):
     from generation import services
     from generation.providers import get_llm
 
-    request = create_request(editor, count=3)
+    request = create_request_in_admin(editor, count=3)
     services.start_request(request)
     llm = get_llm("demo")
-    original = llm.expand
+    original = llm.request_prompts
 
     def cancel_then_expand(*args, **kwargs):
         request.refresh_from_db()
         services.cancel_request(request)  # the editor cancels while the LLM writes
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(llm, "expand", cancel_then_expand)
+    monkeypatch.setattr(llm, "request_prompts", cancel_then_expand)
     assert services.expand_request(request.pk) == []
     request.refresh_from_db()
     assert request.status == Req.CANCELLED

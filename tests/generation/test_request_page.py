@@ -2,77 +2,23 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 from django.contrib.auth.models import Group, Permission
-from django.core.files.images import ImageFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from PIL import Image as PILImage
 from wagtail.images import get_image_model
-from wagtail.models import Collection
 
 from generation.models import GenerationJob, GenerationRequest
-from generation.views import JOBS_PER_PAGE, THUMBNAIL_SPEC
+from generation.thumbnails import THUMBNAIL_SPEC
+from generation.views.request_page import JOBS_PER_PAGE
+from tests.support.admin import NS, page_url
+from tests.support.factories import make_request_with_results
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("collections")]
 Image = get_image_model()
 Rendition = Image.get_rendition_model()
 Job = GenerationJob.Status
-NS = "wagtailsnippets_generation_generationrequest"
-
-
-def jpeg() -> bytes:
-    buffer = io.BytesIO()
-    PILImage.new("RGB", (32, 32), (40, 40, 90)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def make_request(jobs: int, prompt: str = "A crow on a torii gate, study {i}") -> GenerationRequest:
-    """A request whose jobs cycle through succeeded (with a real image), failed and pending."""
-    collection = Collection.objects.get(name="Generated images")
-    request = GenerationRequest.objects.create(
-        theme="Crows over Kyoto",
-        count=jobs,
-        llm="demo",
-        image_model="demo",
-        status=GenerationRequest.Status.GENERATING,
-        jobs_total=jobs,
-        jobs_succeeded=len(range(0, jobs, 3)),
-        jobs_failed=len(range(1, jobs, 3)),
-        collection=collection,
-    )
-    statuses = [Job.SUCCEEDED, Job.FAILED, Job.PENDING]
-    created = GenerationJob.objects.bulk_create(
-        GenerationJob(
-            request=request,
-            index=i,
-            prompt=prompt.format(i=i),
-            status=statuses[i % 3],
-            attempts=1 + i % 3,
-            error="demo: rejected" if i % 3 == 1 else "",
-        )
-        for i in range(jobs)
-    )
-    data = jpeg()
-    for job in created[::3]:
-        job.image = Image.objects.create(
-            title=job.prompt,
-            file=ImageFile(io.BytesIO(data), name=f"job{job.pk}.jpg"),
-            collection=collection,
-            prompt=job.prompt,
-            generation_request_id=request.pk,
-            generation_job_id=job.pk,
-        )
-        job.save(update_fields=["image"])
-    return request
-
-
-def page_url(request: GenerationRequest, **query: object) -> str:
-    url = reverse(f"{NS}:inspect", args=[request.pk])
-    return url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
 
 
 def thumbnails(page: str) -> int:
@@ -89,8 +35,8 @@ def queries_of(client, url: str) -> tuple[int, bytes]:
 
 
 def test_queries_do_not_grow_with_the_number_of_jobs(editor):
-    small, large = make_request(10), make_request(120)
-    editor.get(page_url(make_request(1)))  # one-off queries of a first admin view
+    small, large = make_request_with_results(10), make_request_with_results(120)
+    editor.get(page_url(make_request_with_results(1)))  # one-off queries of a first admin view
     # First views create their thumbnails (4 and 17) in the same number of queries ...
     first_small, _ = queries_of(editor, page_url(small))
     first_large, content = queries_of(editor, page_url(large))
@@ -105,7 +51,7 @@ def test_queries_do_not_grow_with_the_number_of_jobs(editor):
 
 
 def test_first_view_renders_the_thumbnails_of_one_page_only(editor):
-    request = make_request(120)
+    request = make_request_with_results(120)
     editor.get(page_url(request))
     on_page_one = Image.objects.filter(
         generation_job_id__in=request.jobs.filter(index__lt=JOBS_PER_PAGE).values("pk")
@@ -117,7 +63,7 @@ def test_first_view_renders_the_thumbnails_of_one_page_only(editor):
 
 
 def test_pages_show_their_own_prompts_and_images(editor):
-    request = make_request(120)
+    request = make_request_with_results(120)
     jobs = {job.index: job for job in request.jobs.all()}
     page = editor.get(page_url(request, p=2)).content.decode()
     shown = [i for i, job in jobs.items() if f'<tr id="job-{job.pk}"' in page]
@@ -144,13 +90,13 @@ def test_pages_show_their_own_prompts_and_images(editor):
 
 
 def test_pagination_links_keep_other_parameters(editor):
-    request = make_request(60)
+    request = make_request_with_results(60)
     page = editor.get(page_url(request, p=1, theme="kyoto")).content.decode()
     assert "?p=2&amp;theme=kyoto" in page or "?theme=kyoto&amp;p=2" in page
 
 
 def test_small_request_shows_everything_on_one_page(editor):
-    request = make_request(6)
+    request = make_request_with_results(6)
     page = editor.get(page_url(request)).content.decode()
     assert page.count('<tr id="job-') == 6 and thumbnails(page) == 2
     assert "Page 1 of 1" in page and "of prompts" not in page
@@ -163,7 +109,7 @@ def test_request_without_prompts(editor):
 
 
 def test_prompt_text_is_escaped(editor):
-    request = make_request(3, prompt='<script>alert("{i}")</script>')
+    request = make_request_with_results(3, prompt='<script>alert("{i}")</script>')
     page = editor.get(page_url(request)).content.decode()
     assert "<script>alert(" not in page
     # Shown as text (succeeded), in the edit box (pending), as the image's title. (A
@@ -172,7 +118,7 @@ def test_prompt_text_is_escaped(editor):
 
 
 def test_job_actions_come_back_to_the_page_that_lists_the_job(editor):
-    request = make_request(120)
+    request = make_request_with_results(120)
     late, early = request.jobs.get(index=74), request.jobs.get(index=5)
     response = editor.post(
         reverse(f"{NS}:job_prompt", args=[late.pk]),
@@ -187,7 +133,7 @@ def test_job_actions_come_back_to_the_page_that_lists_the_job(editor):
 
 
 def test_page_needs_the_snippet_view_permission(client, django_user_model):
-    request = make_request(4)
+    request = make_request_with_results(4)
     url = page_url(request)
     assert client.get(url).status_code == 302  # anonymous: to the login page
 
@@ -211,12 +157,30 @@ def test_page_needs_the_snippet_view_permission(client, django_user_model):
 
 def test_listing_queries_do_not_grow_with_the_number_of_requests(editor):
     listing = reverse(f"{NS}:list")
-    make_request(3)
+    make_request_with_results(3)
     editor.get(listing)  # one-off queries of a first admin view
     one, content = queries_of(editor, listing)
     assert b"Generate pending prompts" in content  # the row's pending jobs were seen
     for _ in range(4):
-        make_request(3)
+        make_request_with_results(3)
     five, content = queries_of(editor, listing)
     assert content.count(b"Generate pending prompts") == 5
     assert five == one
+
+
+def test_a_japanese_prompt_edited_on_the_page_is_saved(editor):
+    """Japanese puts no spaces between words: its prompt is counted by its characters, as
+    the LLM's own prompts are, not taken for one word."""
+    request = make_request_with_results(3)
+    pending = request.jobs.get(index=2)
+    prompt = "京都の路地裏で雨宿りするカラスの水彩画、夕暮れ"
+    editor.post(reverse(f"{NS}:job_prompt", args=[pending.pk]), {"prompt": prompt})
+    pending.refresh_from_db()
+    assert pending.prompt == prompt
+    # One word is still too short, in any script.
+    response = editor.post(
+        reverse(f"{NS}:job_prompt", args=[pending.pk]), {"prompt": "烏"}, follow=True
+    )
+    pending.refresh_from_db()
+    assert pending.prompt == prompt
+    assert "A prompt needs at least three words." in response.content.decode()

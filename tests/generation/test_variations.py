@@ -8,13 +8,12 @@ the pipeline; the CLI flag; the form; a deleted source; the edit page's link.
 import functools
 import io
 import json
-import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
-import respx
 from django.conf import settings as django_settings
 from django.contrib.auth.models import Group, Permission
 from django.core.files.images import ImageFile
@@ -36,39 +35,28 @@ from generation.providers import (
     get_image_model as get_provider,
 )
 from generation.providers.demo import DemoImageModel
+from tests.support.admin import NS
 from tests.support.consumers import consumer_env, wait_for
+from tests.support.fal_api import FAL_KEY, pinned, queue_routes
 from tests.support.forms import request_form_data
+from tests.support.images import jpeg, png
 
 Image = get_image_model()
-NS = "wagtailsnippets_generation_generationrequest"
-FAL_KEY = "fal-key-id:SECRETSECRETSECRETfalsecret"
-QUEUE = "https://queue.fal.run"
 TOKEN_URL = "https://rest.fal.ai/storage/auth/token?storage_type=fal-cdn-v3"
 UPLOAD_URL = "https://v3.fal.media/files/upload"
 UPLOADED = "https://v3.fal.media/files/zebra/source-crow.jpg"
 RESULT_URL = "https://v3.fal.media/files/crow/edited.png"
-FAL_MEDIA_ADDRESS = "34.120.0.1"
 
 
-class TextOnlyDemo(DemoImageModel):
-    """A model that makes images from prompts but cannot edit one."""
-
-    @classmethod
-    def can_edit(cls, options):
-        return False
-
-
-def picture(colour=(220, 30, 30), size=(300, 200), fmt="JPEG") -> bytes:
-    buffer = io.BytesIO()
-    PILImage.new("RGB", size, colour).save(buffer, fmt)
-    return buffer.getvalue()
+SOURCE = (300, 200)  # the source pictures' size
+RED = (220, 30, 30)
 
 
 @pytest.fixture
 def text_only(settings):
     settings.KARASU["IMAGE_MODELS"]["text-only"] = {
         **settings.KARASU["IMAGE_MODELS"]["demo"],
-        "CLASS": "tests.generation.test_variations.TextOnlyDemo",
+        "CLASS": "tests.support.providers.TextOnlyDemo",
         "LABEL": "Text only",
     }
     reset_cache()
@@ -80,33 +68,11 @@ def make_source(title="A red crow", colour=(220, 30, 30)):
     return Image.objects.create(
         title=title,
         collection=collection,
-        file=ImageFile(io.BytesIO(picture(colour)), name="red-crow.jpg"),
+        file=ImageFile(io.BytesIO(jpeg(SOURCE, colour)), name="red-crow.jpg"),
     )
 
 
 # fal: upload, then the edit endpoint with the uploaded URL -------------------------------
-@pytest.fixture
-def fal(settings, monkeypatch):
-    settings.FAL_KEY = FAL_KEY
-    for name in ("nano-banana-edit", "flux-kontext"):
-        settings.KARASU["IMAGE_MODELS"][name] = {
-            **settings.KARASU["IMAGE_MODELS"][name],
-            "POLL_INTERVAL": 0.01,
-            "TIMEOUT": 5,
-        }
-    real_getaddrinfo = socket.getaddrinfo
-
-    def fake_dns(host, *args, **kwargs):
-        if host.endswith("fal.media"):
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (FAL_MEDIA_ADDRESS, 443))]
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_dns)
-    reset_cache()
-    with respx.mock(assert_all_called=False) as router:
-        yield router
-
-
 def upload_routes(router):
     token = router.post(TOKEN_URL).mock(
         return_value=httpx.Response(
@@ -125,35 +91,13 @@ def upload_routes(router):
     return token, upload
 
 
-def queue_routes(router, endpoint, request_id="edit-1"):
-    base = f"{QUEUE}/{endpoint}/requests/{request_id}"
-    submit = router.post(f"{QUEUE}/{endpoint}").mock(
+def edit_routes(router, endpoint):
+    """An edit through fal's queue API whose result is a red PNG; returns the submit route."""
+    result = {"images": [{"url": RESULT_URL, "content_type": "image/png"}], "seed": 9}
+    submit, _ = queue_routes(router, endpoint, result, request_id="edit-1")
+    router.get(**pinned(RESULT_URL)).mock(
         return_value=httpx.Response(
-            200,
-            json={
-                "request_id": request_id,
-                "response_url": base,
-                "status_url": f"{base}/status",
-                "cancel_url": f"{base}/cancel",
-            },
-        )
-    )
-    router.get(f"{base}/status").mock(
-        return_value=httpx.Response(200, json={"status": "COMPLETED", "logs": None})
-    )
-    router.get(base).mock(
-        return_value=httpx.Response(
-            200,
-            json={
-                "images": [{"url": RESULT_URL, "content_type": "image/png"}],
-                "seed": 9,
-            },
-        )
-    )
-    parts = httpx.URL(RESULT_URL)
-    router.get(url=str(parts.copy_with(host=FAL_MEDIA_ADDRESS)), headers={"host": parts.host}).mock(
-        return_value=httpx.Response(
-            200, content=picture(fmt="PNG"), headers={"content-type": "image/png"}
+            200, content=png(SOURCE, RED), headers={"content-type": "image/png"}
         )
     )
     return submit
@@ -161,8 +105,8 @@ def queue_routes(router, endpoint, request_id="edit-1"):
 
 def test_nano_banana_edit_uploads_the_source_once_and_sends_its_url(fal):
     token, upload = upload_routes(fal)
-    submit = queue_routes(fal, "fal-ai/nano-banana/edit")
-    source = SourceImage(picture(), "image/jpeg", "red-crow.jpg")
+    submit = edit_routes(fal, "fal-ai/nano-banana/edit")
+    source = SourceImage(jpeg(SOURCE, RED), "image/jpeg", "red-crow.jpg")
     model = get_provider("nano-banana-edit")
     image = model.edit("the crow at night", source, aspect_ratio="4:3", seed=3)
 
@@ -199,7 +143,7 @@ def test_jobs_starting_together_upload_their_source_once(fal):
 
     upload.mock(side_effect=slow_upload)
     model = get_provider("nano-banana-edit")
-    source = SourceImage(picture(), "image/jpeg", "red-crow.jpg")
+    source = SourceImage(jpeg(SOURCE, RED), "image/jpeg", "red-crow.jpg")
     urls = []
     threads = [threading.Thread(target=lambda: urls.append(model.upload(source))) for _ in range(8)]
     for thread in threads:
@@ -212,9 +156,12 @@ def test_jobs_starting_together_upload_their_source_once(fal):
 
 def test_flux_kontext_sends_one_image_url(fal):
     upload_routes(fal)
-    submit = queue_routes(fal, "fal-ai/flux-pro/kontext")
+    submit = edit_routes(fal, "fal-ai/flux-pro/kontext")
     get_provider("flux-kontext").edit(
-        "the crow in snow", SourceImage(picture(), "image/jpeg"), aspect_ratio="16:9", seed=5
+        "the crow in snow",
+        SourceImage(jpeg(SOURCE, RED), "image/jpeg"),
+        aspect_ratio="16:9",
+        seed=5,
     )
     assert json.loads(submit.calls.last.request.content) == {
         "prompt": "the crow in snow",
@@ -231,7 +178,7 @@ def test_edit_models_need_a_source_and_text_models_cannot_edit(fal):
     with pytest.raises(PermanentProviderError, match="needs a source image"):
         get_provider("nano-banana-edit").generate("a crow")
     with pytest.raises(PermanentProviderError, match="cannot edit"):
-        get_provider("flux-schnell").edit("a crow", SourceImage(picture(), "image/jpeg"))
+        get_provider("flux-schnell").edit("a crow", SourceImage(jpeg(SOURCE, RED), "image/jpeg"))
     editing = dict(available_image_models(editing=True))
     assert {"nano-banana-edit", "flux-kontext", "demo"} <= set(editing)
     assert "flux-schnell" not in editing
@@ -243,17 +190,21 @@ def test_a_refused_upload_is_a_permanent_error(fal):
     fal.post(url__startswith="https://rest.fal.ai/storage/upload/initiate").mock(
         return_value=httpx.Response(401, json={"detail": "bad key"})
     )
-    submit = queue_routes(fal, "fal-ai/nano-banana/edit")
+    submit = edit_routes(fal, "fal-ai/nano-banana/edit")
     with pytest.raises(PermanentProviderError, match="401"):
-        get_provider("nano-banana-edit").edit("a crow", SourceImage(picture(), "image/jpeg"))
+        get_provider("nano-banana-edit").edit(
+            "a crow", SourceImage(jpeg(SOURCE, RED), "image/jpeg")
+        )
     assert submit.call_count == 0
 
 
 # The demo's offline edit --------------------------------------------------------------------
 def test_the_demo_edit_visibly_derives_from_the_source():
     model = DemoImageModel("demo")
-    red = model.edit("a crow at night", SourceImage(picture((220, 30, 30)), "image/jpeg"), seed=1)
-    blue = model.edit("a crow at night", SourceImage(picture((30, 30, 220)), "image/jpeg"), seed=1)
+    red = model.edit("a crow at night", SourceImage(jpeg(SOURCE, RED), "image/jpeg"), seed=1)
+    blue = model.edit(
+        "a crow at night", SourceImage(jpeg(SOURCE, (30, 30, 220)), "image/jpeg"), seed=1
+    )
     with PILImage.open(io.BytesIO(red.data)) as a, PILImage.open(io.BytesIO(blue.data)) as b:
         assert a.size == (512, 512)
         r, g, bl = a.convert("RGB").getpixel((256, 100))
@@ -468,11 +419,10 @@ def test_a_source_deleted_while_a_job_runs_leaves_the_variation_without_the_link
     from generation.models import GenerationJob, GenerationRequest
     from generation.providers import get_image_model as get_provider
     from generation.providers.demo import DemoImageModel  # noqa: F401 - the demo provider
-    from tests.cms.test_foundation import png_bytes
 
     Image = get_image_model()
     source = Image.objects.create(
-        title="source", file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png")
+        title="source", file=SimpleUploadedFile("s.png", png(), content_type="image/png")
     )
     request = GenerationRequest.objects.create(
         theme="Crows", count=1, llm="demo", image_model="demo", source_image=source
@@ -492,19 +442,96 @@ def test_a_large_or_unusual_source_goes_to_the_model_as_a_bounded_jpeg(collectio
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from generation import services
-    from tests.cms.test_foundation import png_bytes
 
     Image = get_image_model()
     small = Image.objects.create(
-        title="small", file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png")
+        title="small", file=SimpleUploadedFile("s.png", png(), content_type="image/png")
     )
     as_is = services.load_source_image(small.pk)
-    assert as_is.content_type == "image/png" and as_is.data == png_bytes()
+    assert as_is.content_type == "image/png" and as_is.data == png()
 
     Image.objects.filter(pk=small.pk).update(file_size=services.SOURCE_MAX_BYTES + 1)
     bounded = services.load_source_image(small.pk)
     assert bounded.content_type == "image/jpeg" and bounded.data[:3] == b"\xff\xd8\xff"
     assert bounded.name.endswith(".jpg")
+
+
+@pytest.fixture
+def no_cached_renditions():
+    """Wagtail caches renditions by image id in the default cache, which outlives a test's
+    rolled-back rows; ids are used again after a rollback, so a rendition cached by another
+    test could answer for this one's image."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def library_image(title: str, data: bytes, name: str):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return Image.objects.create(title=title, file=SimpleUploadedFile(name, data))
+
+
+def decoded(data: bytes) -> tuple[str, tuple[int, int]]:
+    with PILImage.open(io.BytesIO(data)) as picture:
+        return picture.format, picture.size
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections", "no_cached_renditions")
+def test_a_source_over_16_megapixels_goes_as_a_jpeg_of_at_most_2048_px():
+    from generation import services
+
+    # 4100 × 4000: 16.4 megapixels in a small file (one colour), so only its pixels count.
+    big = library_image("大きな烏", jpeg((4100, 4000), RED), "big-crow.jpg")
+    assert big.get_file_size() < services.SOURCE_MAX_BYTES
+    source = services.load_source_image(big.pk)
+    assert source.content_type == "image/jpeg" and source.name == "big-crow.jpg"
+    assert decoded(source.data) == ("JPEG", (2048, 1998))  # its shape kept
+
+    # The limit itself is allowed: 16 megapixels exactly go as they are.
+    small = library_image("烏", jpeg(SOURCE, RED), "crow.jpg")
+    Image.objects.filter(pk=small.pk).update(width=4000, height=4000)
+    assert services.load_source_image(small.pk).data == jpeg(SOURCE, RED)
+    Image.objects.filter(pk=small.pk).update(width=4000, height=4001)
+    assert decoded(services.load_source_image(small.pk).data)[0] == "JPEG"
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("collections", "no_cached_renditions")
+def test_a_source_in_another_format_goes_as_a_jpeg_and_webp_as_it_is():
+    from generation import services
+    from tests.support.images import picture
+
+    tall_gif = library_image("縦長の烏", picture("GIF", (600, 3000), RED), "tall-crow.gif")
+    source = services.load_source_image(tall_gif.pk)
+    assert (source.content_type, source.name) == ("image/jpeg", "tall-crow.jpg")
+    assert decoded(source.data) == ("JPEG", (409, 2048))  # at most 2048 px a side
+
+    webp = picture("WEBP", SOURCE, RED)
+    as_is = services.load_source_image(library_image("烏", webp, "crow.webp").pk)
+    assert (as_is.content_type, as_is.data) == ("image/webp", webp)
+
+
+def test_an_uploaded_source_is_reused_for_six_hours_then_uploaded_again(fal, monkeypatch):
+    from generation.providers import fal as fal_provider
+
+    assert fal_provider.UPLOAD_REUSE_SECONDS == 6 * 3600
+    _, upload = upload_routes(fal)
+    model = get_provider("nano-banana-edit")
+    source = SourceImage(jpeg(SOURCE, RED), "image/jpeg", "red-crow.jpg")
+    other = SourceImage(jpeg(SOURCE, (30, 30, 220)), "image/jpeg", "blue-crow.jpg")
+    monkeypatch.setattr(fal_provider, "UPLOAD_REUSE_SECONDS", 0.3)  # six hours, scaled
+    assert model.upload(source) == model.upload(source) == UPLOADED
+    assert upload.call_count == 1
+    model.upload(other)  # another source is uploaded for itself
+    assert upload.call_count == 2
+    time.sleep(0.4)
+    model.upload(source)  # fal keeps it a day; after the reuse period it goes again
+    assert upload.call_count == 3
+    assert upload.calls.last.request.content == source.data
 
 
 @pytest.mark.django_db

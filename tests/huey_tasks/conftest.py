@@ -5,6 +5,7 @@ import uuid
 
 import mongomock
 import pytest
+from huey.contrib.djhuey import HUEY
 
 from huey_tasks.storage import LeasingSqliteStorage, MongoStorage
 
@@ -104,3 +105,11 @@ def backend(make_storage) -> str:
 @pytest.fixture
 def storage(make_storage):
     return make_storage(lease_seconds=30, max_deliveries=3)
+
+
+@pytest.fixture
+def empty_queue():
+    """The site's queue (HUEY), emptied before and after the test."""
+    HUEY.storage.flush_all()
+    yield
+    HUEY.storage.flush_all()

@@ -1,6 +1,7 @@
 """At-least-once delivery through real Huey consumers: threads in-process and subprocesses,
 on the SQLite queue and (with TEST_MONGODB_URI) on MongoDB."""
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from huey.contrib.djhuey import HUEY
 
 from tests.support import consumers
-from tests.support.tasks import fail_then_succeed, record_run
+from tests.support.tasks import fail_then_succeed, interrupted_once, record_run
 
 pytestmark = pytest.mark.usefixtures("queue_backend")
 
@@ -47,13 +48,40 @@ def test_retry_is_rescheduled_then_acked(tmp_path, thread_consumer):
     assert HUEY.storage.queue_size() == 0 and HUEY.storage.schedule_size() == 0
 
 
-def test_lock_task_locks_expire():
-    lock = HUEY.lock_task("short", ttl=0.05)
-    assert lock.acquire()
-    assert lock.is_locked()
-    threading.Event().wait(0.1)
-    assert not lock.is_locked()  # a crashed holder's lock frees itself
-    assert HUEY.lock_task("default")._ttl == HUEY.lock_ttl
+def test_lock_task_locks_expire(monkeypatch):
+    from huey.exceptions import TaskLockedException
+
+    def held_then_freed(name: str, ttl: float | None = None) -> None:
+        assert HUEY.lock_task(name, ttl=ttl).acquire()
+        assert HUEY.lock_task(name).is_locked()
+        with pytest.raises(TaskLockedException):  # a second taker is refused meanwhile
+            HUEY.lock_task(name, ttl=ttl).acquire()
+        threading.Event().wait(0.15)
+        # Never released, as by a crashed holder: the lock has freed itself.
+        assert not HUEY.lock_task(name).is_locked()
+        assert HUEY.lock_task(name, ttl=ttl).acquire()
+
+    held_then_freed("短い", ttl=0.05)
+    # Without a ttl a lock carries the queue's own (lock_ttl, 600 s), scaled down here.
+    monkeypatch.setattr(HUEY, "lock_ttl", 0.05)
+    held_then_freed("既定")
+
+
+def test_a_task_really_interrupted_in_its_thread_is_handed_back_at_once(
+    tmp_path, thread_consumer, caplog
+):
+    """Not left leased until its lease runs out: released at once, and run again."""
+    log = tmp_path / "runs.log"
+    with caplog.at_level(logging.WARNING, logger="huey_tasks.queue"):
+        result = interrupted_once(str(log), "割り込み")
+        assert result.get(blocking=True, timeout=10) == "割り込み"
+    starts = [float(line.split()[3]) for line in lines(log, "start")]
+    assert len(starts) == 2 and len(lines(log, "done")) == 1
+    # Again within a fraction of the lease it would otherwise have waited out.
+    assert starts[1] - starts[0] < HUEY.storage.lease_seconds / 3, starts
+    assert f"Handed back interrupted task {result.id}" in caplog.text
+    consumers.wait_for(lambda: HUEY.storage.leased_count() == 0, 5, message="acked")
+    assert HUEY.storage.queue_size() == 0 and HUEY.storage.dead_letter_count() == 0
 
 
 def test_sigkill_mid_task_is_finished_exactly_once_by_another_consumer(tmp_path):

@@ -2,6 +2,7 @@
 
 import datetime
 import signal
+import time
 
 import pytest
 from huey.contrib.djhuey import HUEY
@@ -9,7 +10,13 @@ from huey.exceptions import TaskException
 
 from huey_tasks.models import TaskRun, WorkerHeartbeat
 from tests.support import consumers
-from tests.support.tasks import always_fail, cancel_me, fail_then_succeed, record_run
+from tests.support.tasks import (
+    always_fail,
+    cancel_me,
+    fail_then_succeed,
+    hand_back_once,
+    record_run,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = TaskRun.Status
@@ -34,6 +41,37 @@ def test_success_row(tmp_path, thread_consumer):
     assert run.started_at and run.finished_at and run.duration >= 0
     assert run.worker_pid and run.worker_host and run.worker_thread.startswith("Worker-")
     assert "running on" in run.log
+
+
+def test_a_handed_back_run_shows_as_waiting_not_succeeded(tmp_path, thread_consumer):
+    """A task that could not reach the database hands its message back: the monitor must
+    not show it succeeded while it waits to run again."""
+    log = tmp_path / "log"
+    result = hand_back_once(str(log))
+    consumers.wait_for(lambda: log.exists() and "attempt" in log.read_text(), 20, message="ran")
+    time.sleep(1.0)  # its outcome recorded; it comes back after 3 s
+    run = TaskRun.objects.get(task_id=result.id)
+    assert log.read_text().count("attempt") == 1
+    assert run.status == Status.QUEUED and run.finished_at is None, run.status
+    assert "handed back" in run.log
+    run = run_of(result, {Status.SUCCEEDED})
+    assert log.read_text().count("attempt") == 2
+    assert "handed back" in run.log
+
+
+def test_a_late_hand_back_does_not_write_over_the_run_another_worker_finished():
+    """A worker frozen past its lease returns handing back: the worker that took the message
+    since has recorded the outcome, which stays."""
+    from types import SimpleNamespace
+
+    from huey import signals
+
+    from huey_tasks import ledger
+
+    TaskRun.objects.create(task_name="record_run", task_id="taken-over", status=Status.SUCCEEDED)
+    late = SimpleNamespace(id="taken-over", settle="release", _ledger_started=time.monotonic())
+    ledger.handle(signals.SIGNAL_COMPLETE, late)
+    assert TaskRun.objects.get(task_id="taken-over").status == Status.SUCCEEDED
 
 
 def test_retry_then_success_row(tmp_path, thread_consumer):
@@ -104,7 +142,7 @@ def test_crash_and_redelivery_row(tmp_path):
 def test_maintenance_purges_old_rows_and_marks_dead_letters(settings):
     from django.utils import timezone
 
-    from huey_tasks.tasks import maintenance
+    from generation.tasks import maintenance
 
     HUEY.storage.flush_all()
     old = timezone.now() - datetime.timedelta(days=30)
@@ -132,3 +170,20 @@ def test_maintenance_purges_old_rows_and_marks_dead_letters(settings):
     assert {"recent", "old-but-queued", dead.id} <= remaining
     assert TaskRun.objects.get(task_id=dead.id).status == Status.DEAD
     HUEY.storage.flush_all()
+
+
+def test_maintenance_deletes_results_past_their_retention(settings, tmp_path, thread_consumer):
+    """Results retention: a task's stored result is kept for RETENTION["RESULT_HOURS"]
+    (24 by default), then the periodic maintenance deletes it."""
+    from generation.tasks import maintenance
+
+    result = record_run(str(tmp_path / "log"), "鴉の結果")
+    run_of(result, {Status.SUCCEEDED})
+    assert HUEY.result(result.id, preserve=True) == "鴉の結果"
+    assert maintenance.call_local()["results_deleted"] == 0  # a day is far off
+    assert HUEY.result(result.id, preserve=True) == "鴉の結果"
+
+    settings.KARASU["RETENTION"] = {"RESULT_HOURS": 0.5 / 3600}  # half a second
+    time.sleep(0.6)
+    assert maintenance.call_local()["results_deleted"] >= 1
+    assert HUEY.result(result.id, preserve=True) is None

@@ -5,7 +5,6 @@ import re
 import time
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -18,28 +17,7 @@ from tests.support.consumers import queued_tasks
 
 Status = TaskRun.Status
 MONITOR = "/admin/job-monitor/"
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    HUEY.storage.flush_all()
-    yield
-    HUEY.storage.flush_all()
-
-
-@pytest.fixture
-def make_user(django_user_model, client):
-    def make(*codenames):
-        user = django_user_model.objects.create_user(f"u{len(codenames)}", "u@example.com", "pw")
-        group = Group.objects.create(name=f"monitor-{'-'.join(codenames) or 'none'}")
-        group.permissions.add(Permission.objects.get(codename="access_admin"))
-        for codename in codenames:
-            group.permissions.add(Permission.objects.get(codename=codename))
-        user.groups.add(group)
-        client.force_login(user)
-        return client
-
-    return make
+pytestmark = pytest.mark.usefixtures("empty_queue")
 
 
 def failed_job_run() -> TaskRun:
@@ -73,8 +51,8 @@ def failed_job_run() -> TaskRun:
 
 
 @pytest.mark.django_db
-def test_no_access_without_the_view_permission(make_user):
-    client = make_user()
+def test_no_access_without_the_view_permission(limited_editor):
+    client = limited_editor()
     for url in [MONITOR, MONITOR + "live/", MONITOR + "dead-letters/"]:
         response = client.get(url)
         assert response.status_code in (302, 403), url
@@ -82,9 +60,9 @@ def test_no_access_without_the_view_permission(make_user):
 
 
 @pytest.mark.django_db
-def test_viewer_sees_the_monitor_but_no_actions(make_user):
+def test_viewer_sees_the_monitor_but_no_actions(limited_editor):
     run = failed_job_run()
-    client = make_user("view_taskrun")
+    client = limited_editor("view_taskrun")
     response = client.get(MONITOR)
     assert response.status_code == 200
     body = response.content.decode()
@@ -101,9 +79,9 @@ def test_viewer_sees_the_monitor_but_no_actions(make_user):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("collections")
-def test_changer_retries_a_failed_run(make_user):
+def test_changer_retries_a_failed_run(limited_editor):
     run = failed_job_run()
-    client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
+    client = limited_editor("view_taskrun", "change_taskrun", "change_generationrequest")
     confirm = client.get(reverse("job_monitor:run_retry", args=[run.pk]))
     assert confirm.status_code == 200 and b"again?" in confirm.content
     response = client.post(reverse("job_monitor:run_retry", args=[run.pk]))
@@ -119,8 +97,8 @@ def test_changer_retries_a_failed_run(make_user):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("collections")
-def test_changer_revokes_a_queued_run_and_retries_a_requests_failures(make_user):
-    from huey_tasks.tasks import queue_jobs
+def test_changer_revokes_a_queued_run_and_retries_a_requests_failures(limited_editor):
+    from generation.tasks import queue_jobs
 
     request = GenerationRequest.objects.create(
         theme="Crows", count=2, llm="demo", image_model="demo", jobs_total=2
@@ -131,7 +109,7 @@ def test_changer_revokes_a_queued_run_and_retries_a_requests_failures(make_user)
     ]
     queue_jobs([job.pk for job in jobs])
     run = TaskRun.objects.get(generation_job=jobs[0])
-    client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
+    client = limited_editor("view_taskrun", "change_taskrun", "change_generationrequest")
     client.post(reverse("job_monitor:run_revoke", args=[run.pk]))
     run.refresh_from_db()
     jobs[0].refresh_from_db()
@@ -148,7 +126,7 @@ def test_changer_revokes_a_queued_run_and_retries_a_requests_failures(make_user)
 
 
 @pytest.mark.django_db
-def test_dead_letters_listed_requeued_and_purged(make_user):
+def test_dead_letters_listed_requeued_and_purged(limited_editor):
     from tests.support.tasks import record_run
 
     storage = HUEY.storage
@@ -161,7 +139,7 @@ def test_dead_letters_listed_requeued_and_purged(make_user):
         storage.claim(lease_seconds=0.001)
         time.sleep(0.002)
     assert storage.dead_letter_count() == 2 and storage.claim() is None
-    client = make_user("view_taskrun", "change_taskrun", "change_generationrequest")
+    client = limited_editor("view_taskrun", "change_taskrun", "change_generationrequest")
     page = client.get(MONITOR + "dead-letters/")
     assert page.status_code == 200 and page.content.count(b"record_run") == 2
     [first, second] = storage.dead_letters()
@@ -174,7 +152,7 @@ def test_dead_letters_listed_requeued_and_purged(make_user):
 
 
 @pytest.mark.django_db
-def test_prompt_theme_and_error_text_are_escaped(make_user):
+def test_prompt_theme_and_error_text_are_escaped(limited_editor):
     request = GenerationRequest.objects.create(
         theme="<script>alert('theme')</script>", count=1, status="generating", jobs_total=1
     )
@@ -191,7 +169,8 @@ def test_prompt_theme_and_error_text_are_escaped(make_user):
         error_message="<script>alert('error')</script>",
         traceback="<script>tb</script>",
     )
-    client = make_user("view_taskrun")
+    # Themes and prompts show to those who may view requests (test_monitor_permissions).
+    client = limited_editor("view_taskrun", "view_generationrequest")
     for url in [MONITOR, MONITOR + "live/", reverse("job_monitor:run", args=[run.pk])]:
         body = client.get(url).content.decode()
         assert "<script>alert(" not in body, url
@@ -231,23 +210,30 @@ def populate(runs: int, requests: int) -> None:
 
 
 @pytest.mark.django_db
-def test_monitor_query_count_does_not_grow_with_the_data(make_user):
-    client = make_user("view_taskrun", "change_taskrun")
+def test_monitor_query_count_does_not_grow_with_the_data(limited_editor):
+    client = limited_editor("view_taskrun", "change_taskrun")
     client.get(MONITOR)  # warm per-process caches (site, menu)
     counts = []
+    failed = 0
     for runs, requests in [(40, 5), (2000, 200)]:
         populate(runs, requests)
+        failed += runs // 4  # every fourth run populate() writes failed
         with CaptureQueriesContext(connection) as queries:
             response = client.get(MONITOR + "?status=failed")
         assert response.status_code == 200
         counts.append(len(queries))
+        # The filter's result: the failed runs, and only them.
+        page = response.context["page"]
+        assert page.paginator.count == failed
+        assert {run.status for run in page} == {Status.FAILED}
     assert counts[0] == counts[1], counts
+    assert f"({failed} runs)" in response.content.decode()
 
 
 @pytest.mark.django_db
-def test_raw_task_run_browser(make_user):
+def test_raw_task_run_browser(limited_editor):
     run = failed_job_run()
-    client = make_user("view_taskrun")
+    client = limited_editor("view_taskrun")
     index = client.get("/admin/huey_tasks/taskrun/?status=failed")
     assert index.status_code == 200 and b"t-failed" in index.content
     inspect = client.get(f"/admin/huey_tasks/taskrun/inspect/{run.pk}/")
@@ -255,7 +241,7 @@ def test_raw_task_run_browser(make_user):
 
 
 @pytest.mark.django_db
-def test_every_action_is_refused_without_the_change_permission(make_user):
+def test_every_action_is_refused_without_the_change_permission(limited_editor):
     from tests.support.tasks import record_run
 
     run = failed_job_run()
@@ -265,7 +251,7 @@ def test_every_action_is_refused_without_the_change_permission(make_user):
     HUEY.enqueue(record_run.s("/dev/null", "x"))
     bury_everything()
     [letter] = HUEY.storage.dead_letters()
-    client = make_user("view_taskrun")
+    client = limited_editor("view_taskrun")
     urls = [
         reverse("job_monitor:run_retry", args=[run.pk]),
         reverse("job_monitor:run_revoke", args=[queued.pk]),
@@ -293,10 +279,10 @@ def bury_everything():
 
 
 @pytest.mark.django_db
-def test_retry_of_a_plain_task_replays_only_verbatim_arguments(make_user):
+def test_retry_of_a_plain_task_replays_only_verbatim_arguments(limited_editor):
     from tests.support.tasks import add, record_run
 
-    client = make_user("view_taskrun", "change_taskrun")
+    client = limited_editor("view_taskrun", "change_taskrun")
     scalar = TaskRun.objects.create(
         task_name=HUEY._registry.task_to_string(add.task_class),
         task_id="t-add",
@@ -317,9 +303,9 @@ def test_retry_of_a_plain_task_replays_only_verbatim_arguments(make_user):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("collections")
-def test_the_monitor_shows_what_maintenance_repaired(admin_client_logged_in, settings):
-    from huey_tasks.tasks import maintenance, queue_jobs
-    from tests.reliability.conftest import make_request
+def test_the_monitor_shows_what_maintenance_repaired(editor, settings):
+    from generation.tasks import maintenance, queue_jobs
+    from tests.support.factories import make_request
 
     # Replaced, not mutated, so the setting is restored after the test.
     settings.KARASU = {**settings.KARASU, "RECONCILE": {"GRACE_SECONDS": 0}}
@@ -340,7 +326,7 @@ def test_the_monitor_shows_what_maintenance_repaired(admin_client_logged_in, set
         "0 back to draft, 0 settled."
     )
     for url in [MONITOR, MONITOR + "live/"]:
-        response = admin_client_logged_in.get(url)
+        response = editor.get(url)
         assert response.status_code == 200, url
         body = response.content.decode()
         [paragraph] = re.findall(r"<p[^>]*data-maintenance[^>]*>(.*?)</p>", body, re.S)

@@ -13,32 +13,20 @@ from django.template.loader import render_to_string
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
-from huey.contrib.djhuey import HUEY
 
+from generation.charts import request_chart
 from generation.models import GenerationJob, GenerationRequest
 from huey_tasks import charts
 from huey_tasks.models import TaskRun
+from tests.support.admin import NS
+from tests.support.factories import make_request
 
 Status = TaskRun.Status
 Job = GenerationJob.Status
 MONITOR = "/admin/job-monitor/"
-NS = "wagtailsnippets_generation_generationrequest"
 UTC = datetime.UTC
 NOW = datetime.datetime(2025, 3, 4, 12, 30, 45, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    HUEY.storage.flush_all()
-    yield
-    HUEY.storage.flush_all()
-
-
-@pytest.fixture
-def admin(client, django_user_model):
-    user = django_user_model.objects.create_superuser("chartadmin", "c@example.com", "pw")
-    client.force_login(user)
-    return client
+pytestmark = pytest.mark.usefixtures("empty_queue")
 
 
 def ago(minutes: float, now: datetime.datetime = NOW) -> datetime.datetime:
@@ -165,18 +153,18 @@ def test_svg_bars_legend_and_text_alternative():
 
 
 @pytest.mark.django_db
-def test_monitor_and_its_live_fragment_show_the_chart(admin):
+def test_monitor_and_its_live_fragment_show_the_chart(editor):
     now = timezone.now()
     for _ in range(3):
         run(Status.SUCCEEDED, now - datetime.timedelta(minutes=2))
     run(Status.FAILED, now - datetime.timedelta(minutes=1), error_message="<b>x</b>")
     run(Status.SUCCEEDED, now - datetime.timedelta(hours=2))
     for url in (MONITOR, MONITOR + "live/"):
-        html = admin.get(url).content.decode()
+        html = editor.get(url).content.decode()
         chart = chart_of(html, "karasu-monitor-activity")
         assert "3 succeeded and 1 failed in the last hour" in chart, url
         assert 'role="img"' in chart and "<svg" in chart
-    page = admin.get(MONITOR).content.decode()
+    page = editor.get(MONITOR).content.decode()
     live_part = page[
         page.index('id="karasu-monitor-live"') : page.index('id="karasu-runs-heading"')
     ]
@@ -184,8 +172,8 @@ def test_monitor_and_its_live_fragment_show_the_chart(admin):
 
 
 @pytest.mark.django_db
-def test_monitor_queries_do_not_grow_with_the_runs_in_the_hour(admin):
-    admin.get(MONITOR)  # warm per-process caches
+def test_monitor_queries_do_not_grow_with_the_runs_in_the_hour(editor):
+    editor.get(MONITOR)  # warm per-process caches
     counts = []
     for batch in (10, 1000):
         now = timezone.now()
@@ -199,18 +187,12 @@ def test_monitor_queries_do_not_grow_with_the_runs_in_the_hour(admin):
             for i in range(batch)
         )
         with CaptureQueriesContext(connection) as queries:
-            assert admin.get(MONITOR).status_code == 200
+            assert editor.get(MONITOR).status_code == 200
         counts.append(len(queries))
     assert counts[0] == counts[1], counts
 
 
 # A request's page -------------------------------------------------------------------------
-
-
-def make_request(theme: str, **fields) -> GenerationRequest:
-    return GenerationRequest.objects.create(
-        theme=theme, count=4, llm="demo", image_model="demo", jobs_total=4, **fields
-    )
 
 
 def jobs(request: GenerationRequest, *finished: tuple[str, datetime.datetime | None]) -> None:
@@ -222,10 +204,15 @@ def jobs(request: GenerationRequest, *finished: tuple[str, datetime.datetime | N
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("collections")
-def test_request_live_fragment_shows_only_that_requests_images(admin):
+def test_request_live_fragment_shows_only_that_requests_images(editor):
     now = timezone.now()
     mine = make_request(
-        "Crows", status=GenerationRequest.Status.GENERATING, jobs_succeeded=2, jobs_failed=1
+        with_jobs=False,
+        theme="Crows",
+        jobs_total=4,
+        status=GenerationRequest.Status.GENERATING,
+        jobs_succeeded=2,
+        jobs_failed=1,
     )
     jobs(
         mine,
@@ -234,16 +221,18 @@ def test_request_live_fragment_shows_only_that_requests_images(admin):
         (Job.FAILED, now - datetime.timedelta(minutes=1)),
         (Job.PENDING, None),
     )
-    other = make_request("Herons", status=GenerationRequest.Status.GENERATING)
+    other = make_request(
+        with_jobs=False, theme="Herons", jobs_total=4, status=GenerationRequest.Status.GENERATING
+    )
     jobs(other, *[(Job.SUCCEEDED, now)] * 3, (Job.FAILED, now))
     run(Status.SUCCEEDED, now, generation_request=mine)  # the ledger is not what is counted
 
-    html = admin.get(reverse(f"{NS}:live", args=[mine.pk])).content.decode()
+    html = editor.get(reverse(f"{NS}:live", args=[mine.pk])).content.decode()
     chart = chart_of(html, f"karasu-request-{mine.pk}-activity")
     assert "Images per minute: 2 succeeded and 1 failed in the last hour" in chart
     assert chart.count('data-series="succeeded"') == 2
     assert chart.count('data-series="failed"') == 1
-    page = admin.get(reverse(f"{NS}:inspect", args=[mine.pk])).content.decode()
+    page = editor.get(reverse(f"{NS}:inspect", args=[mine.pk])).content.decode()
     assert "Images per minute: 2 succeeded and 1 failed in the last hour" in page
 
 
@@ -251,7 +240,11 @@ def test_request_live_fragment_shows_only_that_requests_images(admin):
 def test_a_finished_request_shows_its_last_hour():
     finished = timezone.now() - datetime.timedelta(days=2)
     done = make_request(
-        "Owls", status=GenerationRequest.Status.COMPLETED_WITH_ERRORS, finished_at=finished
+        with_jobs=False,
+        theme="Owls",
+        jobs_total=4,
+        status=GenerationRequest.Status.COMPLETED_WITH_ERRORS,
+        finished_at=finished,
     )
     jobs(
         done,
@@ -260,7 +253,7 @@ def test_a_finished_request_shows_its_last_hour():
         (Job.FAILED, finished),
     )
     with CaptureQueriesContext(connection) as queries:
-        chart = charts.request_chart(done)
+        chart = request_chart(done)
     assert len(queries) == 1
     assert (chart.succeeded, chart.failed) == (1, 1)
     assert not chart.live

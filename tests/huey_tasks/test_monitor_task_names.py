@@ -7,7 +7,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
-from huey.contrib.djhuey import HUEY
 from huey.contrib.djhuey.tasks_backend import _shim
 
 from huey_tasks import ledger
@@ -18,14 +17,7 @@ Status = TaskRun.Status
 MONITOR = "/admin/job-monitor/"
 WAGTAIL_TASK = "modelsearch.tasks.insert_or_update_object_task"
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    HUEY.storage.flush_all()
-    yield
-    HUEY.storage.flush_all()
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_queue")]
 
 
 def wagtail_run(task_path: str = WAGTAIL_TASK, duration: float = 0.25) -> TaskRun:
@@ -49,7 +41,7 @@ def test_task_label():
     assert task_label("huey.contrib.djhuey.tasks_backend.djtasks.run", WAGTAIL_TASK) == (
         "insert_or_update_object_task"
     )
-    assert task_label("huey_tasks.tasks.generate_image") == "generate_image"
+    assert task_label("generation.tasks.generate_image") == "generate_image"
     assert task_label("huey.contrib.djhuey.tasks_backend.djtasks.run") == "run"  # no args
 
 
@@ -58,7 +50,7 @@ def test_duration_table_names_wagtail_tasks_and_keeps_them_apart():
     wagtail_run(duration=0.4)
     wagtail_run("wagtail.tasks.update_reference_index_task", duration=1.0)
     TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image",
+        task_name="generation.tasks.generate_image",
         task_id="g1",
         args=[7],
         status=Status.SUCCEEDED,
@@ -73,18 +65,18 @@ def test_duration_table_names_wagtail_tasks_and_keeps_them_apart():
     }
 
 
-def test_monitor_page_shows_the_wagtail_task(admin_client_logged_in):
+def test_monitor_page_shows_the_wagtail_task(editor):
     run = wagtail_run()
-    body = admin_client_logged_in.get(MONITOR).content.decode()
+    body = editor.get(MONITOR).content.decode()
     # The run list: the full dotted path, linked to the run.
     link = reverse("job_monitor:run", args=[run.pk])
     assert f'<a href="{link}">{WAGTAIL_TASK}</a>' in body
     # The duration table: the function name.
     assert "<tr><td>insert_or_update_object_task</td><td>1</td>" in body
     assert "<tr><td>run</td>" not in body
-    live = admin_client_logged_in.get(MONITOR + "live/").content.decode()
+    live = editor.get(MONITOR + "live/").content.decode()
     assert "<tr><td>insert_or_update_object_task</td><td>1</td>" in live
-    detail = admin_client_logged_in.get(link).content.decode()
+    detail = editor.get(link).content.decode()
     assert "insert_or_update_object_task · Succeeded" in detail
     assert f"{WAGTAIL_TASK} (Wagtail, run by {run.task_name})" in detail
 
@@ -105,13 +97,13 @@ def populate(runs: int) -> None:
     )
 
 
-def test_monitor_query_count_does_not_grow_with_wagtail_runs(admin_client_logged_in):
-    admin_client_logged_in.get(MONITOR)  # warm per-process caches (site, menu)
+def test_monitor_query_count_does_not_grow_with_wagtail_runs(editor):
+    editor.get(MONITOR)  # warm per-process caches (site, menu)
     counts = []
     for runs in [5, 60]:
         populate(runs)
         with CaptureQueriesContext(connection) as queries:
-            response = admin_client_logged_in.get(MONITOR)
+            response = editor.get(MONITOR)
         assert response.status_code == 200
         counts.append(len(queries))
     assert counts[0] == counts[1], counts

@@ -14,8 +14,10 @@ from huey.api import RateLimit
 from huey.contrib.djhuey import HUEY
 from huey.exceptions import RateLimitExceeded
 
+from generation.limits import limiter_for, rate_limit_for
 from generation.models import GenerationJob
 from generation.providers import get_image_model, reset_cache
+from generation.tasks import fair_priority, queue_jobs
 from huey_tasks.limiter import (
     DEFAULT_SLOT_WAIT,
     RATE_JITTER,
@@ -23,8 +25,7 @@ from huey_tasks.limiter import (
     RequestsPerMinute,
 )
 from huey_tasks.models import TaskRun
-from huey_tasks.tasks import fair_priority, limiter_for, queue_jobs, rate_limit_for
-from tests.reliability.conftest import make_request
+from tests.support.factories import make_request
 
 PERIOD = 60.0
 LIMIT = 30

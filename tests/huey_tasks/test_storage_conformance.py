@@ -162,6 +162,30 @@ def test_release_hands_back_without_counting(storage):
     assert again.deliveries == 1
 
 
+def test_release_with_a_delay_backs_off_and_never_counts(storage):
+    """A worker that could not reach the database hands its message back for later: not
+    deliverable until then, never a step towards the dead letters however often."""
+    storage.enqueue(b"job")
+    for _ in range(storage.max_deliveries + 2):  # more hand-backs than deliveries allowed
+        delivery = storage.claim()
+        assert delivery is not None and delivery.deliveries == 1
+        assert storage.release(delivery.message_id, delivery.token, delay=0.2) is True
+        # Waiting: not claimable, not running, and still counted by the storage.
+        assert storage.claim() is None
+        assert storage.leased_count() == 0 and storage.queue_size() == 0
+        assert storage.schedule_size() == 1
+        assert storage.all_messages() == [b"job"]
+        time.sleep(0.25)
+        storage.promote_due(now())
+    assert storage.dead_letter_count() == 0
+    again = storage.claim()
+    # Fenced: only the holder's token hands back, and only once.
+    assert storage.release(again.message_id, "someone-else", delay=5) is False
+    assert storage.release(again.message_id, again.token, delay=5) is True
+    assert storage.release(again.message_id, again.token, delay=5) is False
+    assert storage.claim() is None
+
+
 def test_dead_letter_after_max_deliveries(storage):
     storage.enqueue(b"poison")
     storage.enqueue(b"fine")
@@ -513,14 +537,36 @@ def test_put_peek_pop_has(storage):
     assert storage.result_store_size() == 0
 
 
+# TTLs of a second: long enough that a slow storage (the MongoDB emulator on a loaded
+# machine) cannot let one run out between two calls that expect it held.
+TTL = 1.0
+
+
 def test_put_if_empty_with_ttl(storage):
-    assert storage.put_if_empty("lock", b"1", ttl=0.1) is True
-    assert storage.put_if_empty("lock", b"2", ttl=0.1) is False
+    assert storage.put_if_empty("lock", b"1", ttl=TTL) is True
+    assert storage.put_if_empty("lock", b"2", ttl=TTL) is False
     assert storage.peek_data("lock") == b"1"
-    time.sleep(0.15)
+    time.sleep(TTL + 0.2)
     assert storage.has_data_for_key("lock") is False  # expired keys read as absent
     assert storage.put_if_empty("lock", b"3") is True
     assert storage.put_if_empty("lock", b"4", ttl=0.01) is False  # no ttl: never expires
+
+
+def test_purge_results_deletes_old_results_and_expired_keys_only(storage):
+    """Results retention (maintenance's RESULT_HOURS): a result written longer ago than the
+    retention, and a key whose TTL has run out, are deleted; newer ones are kept."""
+    storage.put_data("结果:old", "古い結果".encode(), is_result=True)
+    storage.put_if_empty("lock:expired", b"1", ttl=0.05)
+    time.sleep(0.3)
+    storage.put_data("结果:new", "新しい結果".encode(), is_result=True)
+    storage.put_if_empty("lock:held", b"1", ttl=60)
+    assert storage.purge_results(older_than=0.2) == 2
+    assert storage.peek_data("结果:old") is EmptyData
+    assert storage.peek_data("结果:new") == "新しい結果".encode()
+    assert storage.has_data_for_key("lock:held")
+    assert storage.put_if_empty("lock:held", b"2", ttl=60) is False  # still held
+    assert storage.purge_results(older_than=0.2) == 0  # nothing more is old enough
+    assert storage.result_items() == {"结果:new": "新しい結果".encode(), "lock:held": b"1"}
 
 
 def test_put_if_empty_race_has_one_winner(storage):
@@ -559,16 +605,30 @@ def test_incr_is_atomic_across_threads(storage):
 # Slots --------------------------------------------------------------------------------
 def test_slots_limit_release_and_expiry(storage):
     assert storage.acquire_slot("fal", 2, "w1", ttl=30) == 0
-    assert storage.acquire_slot("fal", 2, "w2", ttl=0.1) == 1
+    assert storage.acquire_slot("fal", 2, "w2", ttl=TTL) == 1
     assert storage.acquire_slot("fal", 2, "w3", ttl=30) is None
     assert storage.slots_in_use("fal") == 2
     assert storage.release_slot("fal", 0, "someone-else") is False
     assert storage.release_slot("fal", 0, "w1") is True
     assert storage.acquire_slot("fal", 2, "w3", ttl=30) == 0
-    time.sleep(0.15)  # w2 "crashed": its slot frees itself
+    time.sleep(TTL + 0.2)  # w2 "crashed": its slot frees itself
     assert storage.slots_in_use("fal") == 1
     assert storage.extend_slot("fal", 1, "w2", ttl=30) is True  # still its holder
     assert storage.slots_in_use("fal") == 2
+
+
+def test_a_released_slot_is_not_revived_by_a_stale_heartbeat(storage):
+    """The heartbeat read the slot as held, then its task released it: the heartbeat's
+    late extension must not bring it back (it would block the slot for a whole lease)."""
+    index = storage.acquire_slot("fal", 1, "w1", ttl=30)
+    assert storage.release_slot("fal", index, "w1") is True
+    assert storage.extend_slot("fal", index, "w1", ttl=30) is False
+    assert storage.slots_in_use("fal") == 0
+    assert storage.acquire_slot("fal", 1, "w2", ttl=30) == index
+    # Nor can it touch the slot's next holder.
+    assert storage.extend_slot("fal", index, "w1", ttl=30) is False
+    assert storage.release_slot("fal", index, "w1") is False
+    assert storage.slots_in_use("fal") == 1
 
 
 def test_slots_are_exclusive_across_threads(storage):
@@ -660,7 +720,29 @@ def test_sqlite_file_of_the_old_layout_is_upgraded_in_place(make_storage, backen
     assert storage.claim().data == b"s"
     assert storage.claim() is None
     assert storage.dead_letters()[0].priority == 3
-    make_storage()  # opening an upgraded file again changes nothing
+    storage.enqueue(b"waiting", priority=4)
+    schema, rows = _sqlite_contents(tmp_path / "queue.db")
+    reopened = make_storage(lease_seconds=30, max_deliveries=3)
+    # Opening an upgraded file again changes nothing: the same tables, columns and rows.
+    assert _sqlite_contents(tmp_path / "queue.db") == (schema, rows)
+    assert [letter.data for letter in reopened.dead_letters()] == [b"poison"]
+    assert reopened.dead_letters()[0].priority == 3
+    assert reopened.claim().data == b"waiting"
+
+
+def _sqlite_contents(path) -> tuple[list, dict]:
+    """Every table's definition and rows in a SQLite queue file, read on a connection of
+    its own."""
+    conn = sqlite3.connect(path)
+    try:
+        schema = conn.execute("select type, name, sql from sqlite_master order by name").fetchall()
+        tables = [name for kind, name, _ in schema if kind == "table" and "sqlite" not in name]
+        rows = {
+            table: conn.execute(f"select * from {table} order by 1").fetchall() for table in tables
+        }
+    finally:
+        conn.close()
+    return schema, rows
 
 
 def test_mongo_schedule_of_the_old_layout_is_adopted(storage, backend, caplog):
@@ -730,4 +812,97 @@ def test_claim_uses_its_index_without_an_in_memory_sort(storage, backend):
     scans = [stage for stage in stages if stage["stage"] == "IXSCAN"]
     assert [scan["indexName"] for scan in scans] == [mongo_module.CLAIM_INDEX], stages
     index = storage.messages.index_information()[mongo_module.CLAIM_INDEX]
-    assert index["key"] == mongo_module.CLAIM_SORT
+    assert index["key"] == mongo_module.CLAIM_KEYS
+    # The lease check runs on the index's keys (bounds or an IXSCAN filter): leased
+    # messages are skipped there, not fetched and then filtered out.
+    fetch_filters = [str(stage.get("filter", "")) for stage in stages if stage["stage"] == "FETCH"]
+    assert not any("lease_until" in text for text in fetch_filters), stages
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lease_seconds": float("nan")},
+        {"lease_seconds": float("inf")},
+        {"lease_seconds": 0},
+        {"lease_seconds": -1.5},
+        {"lease_seconds": "nan"},
+        {"max_deliveries": 0},
+        {"max_deliveries": 2.5},
+        {"max_deliveries": float("inf")},
+    ],
+)
+def test_configure_leases_refuses_what_a_heartbeat_cannot_sleep_on(storage, make_storage, options):
+    # nan or inf would reach time.sleep() in the heartbeat and end its thread.
+    with pytest.raises(ValueError, match=next(iter(options))):
+        storage.configure_leases(**options)
+    assert (storage.lease_seconds, storage.max_deliveries) == (30.0, 3)  # nothing changed
+    with pytest.raises(ValueError):
+        make_storage(**options)
+
+
+class _RecordingCollection:
+    """A MongoDB collection that records the find_one_and_update commands sent to it."""
+
+    def __init__(self, collection):
+        self._collection = collection
+        self.commands: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(self._collection, name)
+
+    def find_one_and_update(self, filter, update, **kwargs):
+        self.commands.append({"filter": filter, **kwargs})
+        return self._collection.find_one_and_update(filter, update, **kwargs)
+
+
+def _index_serves(keys: list, sort: list, filter: dict) -> bool:
+    """MongoDB's rule, independent of any server or emulator: an index returns a query's
+    documents in its sort order, with no in-memory SORT stage, when the sort's keys are the
+    index's first keys, all in the index's directions or all reversed; and it checks the
+    filter on its own keys (no document fetched to be filtered out) when every field the
+    filter names is one of the index's keys."""
+    keys = [(field, int(direction)) for field, direction in keys]
+    sort = [(field, int(direction)) for field, direction in sort]
+    prefix = keys[: len(sort)]
+    in_order = prefix in (sort, [(field, -direction) for field, direction in sort])
+    return in_order and set(filter) <= {field for field, _ in keys}
+
+
+def test_claim_is_served_by_an_index_in_claim_order(storage, backend):
+    """Claiming is one indexed read on every storage: no scan and no sort of the queue."""
+    storage.enqueue_many([str(i).encode() for i in range(50)])
+    storage.enqueue_many([b"urgent"] * 5, priority=5)
+    if backend == "sqlite":
+        statements: list[str] = []
+        storage.conn.set_trace_callback(statements.append)
+        try:
+            assert storage.claim().data == b"urgent"
+        finally:
+            storage.conn.set_trace_callback(None)
+        [claim] = [sql for sql in statements if "order by" in sql]
+        conn = sqlite3.connect(storage.filename)
+        try:
+            plan = [row[3] for row in conn.execute(f"explain query plan {claim}")]
+        finally:
+            conn.close()
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+        assert any("USING INDEX karasu_message_next" in step for step in plan), plan
+        return
+    messages = storage.messages
+    storage.messages = recording = _RecordingCollection(messages)
+    try:
+        assert storage.claim().data == b"urgent"
+    finally:
+        storage.messages = messages
+    [command] = recording.commands
+    indexes = {
+        name: [(field, direction) for field, direction in spec["key"]]
+        for name, spec in messages.index_information().items()
+    }
+    serving = [
+        name
+        for name, keys in indexes.items()
+        if _index_serves(keys, command["sort"], command["filter"])
+    ]
+    assert serving == [mongo_module.CLAIM_INDEX], (command, indexes)

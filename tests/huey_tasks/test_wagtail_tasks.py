@@ -5,8 +5,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from wagtail.images import get_image_model
 
 from huey_tasks.models import TaskRun
-from tests.cms.test_foundation import png_bytes
 from tests.support.consumers import wait_for
+from tests.support.images import png
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
 
@@ -15,7 +15,7 @@ def test_search_index_update_runs_in_the_consumer_and_is_in_the_ledger(thread_co
     Image = get_image_model()
     image = Image.objects.create(
         title="untitled",
-        file=SimpleUploadedFile("s.png", png_bytes(), content_type="image/png"),
+        file=SimpleUploadedFile("s.png", png(), content_type="image/png"),
         prompt="an origami crane over Kyoto",
     )
 

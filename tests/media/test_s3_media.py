@@ -1,6 +1,6 @@
 """Media on S3-compatible object storage (MEDIA_S3_*), against a local S3 endpoint.
 
-The endpoint is moto's S3 server on 127.0.0.1 (tests/media/conftest.py), standing in for a
+The endpoint is moto's S3 server on 127.0.0.1 (tests/support/local_s3.py), standing in for a
 real S3: originals, renditions, the request page and the image library go through
 django-storages and boto3 over HTTP exactly as they would to AWS, MinIO or R2.
 """
@@ -33,66 +33,32 @@ from huey.exceptions import RetryTask
 from PIL import Image as PILImage
 from storages.backends.s3 import S3Storage
 from wagtail.images import get_image_model
-from wagtail.models import Collection
 
 from cms import s3_storage
+from cms.redaction import redact_secrets
 from cms.s3_storage import MediaS3Storage
 from cms.storage import CACHE_CONTROL, media_storage, public_url_parts
 from generation import services
 from generation.ingest import ingest
+from generation.limits import limiter_for
 from generation.models import GenerationJob, GenerationRequest
+from generation.outages import INFRASTRUCTURE_ERRORS
 from generation.providers import get_image_model as get_provider
 from generation.providers import reset_cache
-from generation.providers.errors import redact_secrets
-from huey_tasks.tasks import INFRASTRUCTURE_ERRORS, generate_image, limiter_for, queue_jobs
-from tests.media.conftest import AWS_ENV, CREDENTIALS, REGION, started_s3
-from tests.reliability.conftest import settled
+from generation.tasks import generate_image, queue_jobs
+from tests.support.admin import NS
 from tests.support.consumers import consumer_env, start_consumer, stop, wait_for
+from tests.support.factories import make_request, settled
+from tests.support.images import png
+from tests.support.local_s3 import AWS_ENV, CREDENTIALS, REGION, started_s3
 
 Image = get_image_model()
 Job = GenerationJob.Status
 Req = GenerationRequest.Status
-NS = "wagtailsnippets_generation_generationrequest"
 SECRET = CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
 CDN = "https://cdn.example.test/media"
 
 db = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def demo(settings):
-    """The offline demo image model, never failing, whatever the environment says."""
-    settings.KARASU["IMAGE_MODELS"]["demo"] = {
-        **settings.KARASU["IMAGE_MODELS"]["demo"],
-        "LATENCY": 0,
-        "FAILURE_RATE": 0,
-        "REJECT_RATE": 0,
-        "CONCURRENCY": 8,
-    }
-    reset_cache()
-    limiter_for.cache_clear()
-    yield
-    reset_cache()
-    limiter_for.cache_clear()
-
-
-def make_request(count: int = 1) -> GenerationRequest:
-    """A generating request with ``count`` prompts written (no LLM call)."""
-    request = GenerationRequest.objects.create(
-        theme="Crows over Kyoto",
-        count=count,
-        llm="demo",
-        image_model="demo",
-        status=Req.GENERATING,
-        jobs_total=count,
-        collection=Collection.objects.get(name="Generated images"),
-    )
-    GenerationJob.objects.bulk_create(
-        GenerationJob(request=request, index=i, prompt=f"Crows over Kyoto, picture {i}", seed=i)
-        for i in range(count)
-    )
-    HUEY.storage.flush_queue()  # Wagtail's index tasks for the new rows: not under test
-    return request
 
 
 def file_image(job: GenerationJob):
@@ -100,12 +66,6 @@ def file_image(job: GenerationJob):
     image, created = ingest(job, get_provider("demo").generate(job.prompt, seed=job.seed))
     assert created
     return image
-
-
-def png(name: str = "upload.png") -> ImageFile:
-    buffer = io.BytesIO()
-    PILImage.new("RGB", (64, 48), "teal").save(buffer, "PNG")
-    return ImageFile(buffer, name=name)
 
 
 def image_sources(html: str) -> set[str]:
@@ -293,8 +253,12 @@ def test_a_signed_url_is_reused_for_five_minutes(s3_media, monkeypatch):
 
 @db
 def test_uploads_of_one_name_never_overwrite_each_other(s3_media, collections):
-    first = Image.objects.create(title="first", file=png("same.png"))
-    second = Image.objects.create(title="second", file=png("same.png"))
+    first = Image.objects.create(
+        title="first", file=ImageFile(io.BytesIO(png(colour="teal")), name="same.png")
+    )
+    second = Image.objects.create(
+        title="second", file=ImageFile(io.BytesIO(png(colour="teal")), name="same.png")
+    )
     assert first.file.name == "original_images/same.png"
     assert second.file.name != first.file.name
     assert s3_media.server.keys(s3_media.bucket, "original_images/") == sorted(
@@ -304,7 +268,7 @@ def test_uploads_of_one_name_never_overwrite_each_other(s3_media, collections):
 
 @db
 def test_a_demo_request_is_filed_into_the_bucket_end_to_end(
-    s3_media, demo, collections, thread_consumer, admin_client_logged_in, capsys
+    s3_media, demo, collections, thread_consumer, editor, capsys
 ):
     call_command("generate", "Crows over Kyoto", "--count", "3", "--wait", "--timeout", "60")
     request = GenerationRequest.objects.get()
@@ -338,7 +302,7 @@ def test_a_demo_request_is_filed_into_the_bucket_end_to_end(
         assert max(served.size) == 100
 
     # The request page: 200, with its thumbnails made and stored in the bucket.
-    page = admin_client_logged_in.get(reverse(f"{NS}:inspect", args=[request.pk]))
+    page = editor.get(reverse(f"{NS}:inspect", args=[request.pk]))
     assert page.status_code == 200
     html = page.content.decode()
     thumbnails = [key for key in server.keys(bucket, "images/") if "fill-240x240" in key]
@@ -348,22 +312,22 @@ def test_a_demo_request_is_filed_into_the_bucket_end_to_end(
     # Its live part, redrawn every few seconds, keeps the same image URLs (no refetching),
     # signed a second or more later.
     time.sleep(1.1)
-    live = admin_client_logged_in.get(reverse(f"{NS}:live", args=[request.pk]))
+    live = editor.get(reverse(f"{NS}:live", args=[request.pk]))
     assert live.status_code == 200
     sources = image_sources(html)
     assert len({s for s in sources if s.startswith(bucket_url(s3_media) + "images/")}) == 3
     assert image_sources(live.content.decode()) == sources
 
     # The image library lists them, with thumbnails from the bucket too.
-    library = admin_client_logged_in.get(reverse("wagtailimages:index"))
+    library = editor.get(reverse("wagtailimages:index"))
     assert library.status_code == 200
     assert library.content.decode().count(bucket_url(s3_media) + "images/") >= 3
-    edit = admin_client_logged_in.get(reverse("wagtailimages:edit", args=[image.pk]))
+    edit = editor.get(reverse("wagtailimages:edit", args=[image.pk]))
     assert edit.status_code == 200
 
 
 @db
-def test_a_public_url_gives_cdn_urls(s3_media, demo, collections, admin_client_logged_in):
+def test_a_public_url_gives_cdn_urls(s3_media, demo, collections, editor):
     s3_media.configure(public_url=CDN)
     job = make_request(1).jobs.get()
     image = file_image(job)
@@ -372,7 +336,7 @@ def test_a_public_url_gives_cdn_urls(s3_media, demo, collections, admin_client_l
     rendition = image.get_rendition("fill-240x240")
     assert rendition.url == f"{CDN}/{rendition.file.name}"
     assert rendition.file.name in s3_media.server.keys(s3_media.bucket, "images/")
-    library = admin_client_logged_in.get(reverse("wagtailimages:index"))
+    library = editor.get(reverse("wagtailimages:index"))
     assert library.status_code == 200
     html = library.content.decode()
     assert f"{CDN}/images/" in html and s3_media.server.url not in html
@@ -443,23 +407,36 @@ def test_a_failed_upload_defers_the_job_and_it_succeeds_once_media_is_back(
 
 
 @db
-def test_a_lasting_bucket_error_fails_the_job_with_its_reason_after_bounded_retries(
-    s3_media, demo, collections, thread_consumer, settings
+def test_a_lasting_bucket_error_keeps_the_job_waiting_with_its_reason_uncounted(
+    outage, demo, collections, thread_consumer, settings
 ):
+    """Once a write has failed, each attempt first probes the storage; while the probe
+    fails nothing is paid for, and the job waits it out, uncounted, saying why."""
     settings.KARASU["RETRY"] = {**settings.KARASU["RETRY"], "MAX_INFRASTRUCTURE_RETRIES": 2}
-    s3_media.configure(bucket="karasu-no-such-bucket")
+    error, recover, _ = outage("bucket missing")
     request = make_request(1)
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
-    wait_for(lambda: settled(request), 30, message="request settled")
     job = request.jobs.get()
-    assert job.status == Job.FAILED
-    assert job.error.startswith(
-        "infrastructure error: MediaUnavailable: the media storage "
-        "does not take writes (NoSuchBucket: "
-    )
+
+    def waiting() -> bool:
+        job.refresh_from_db()
+        return job.error.startswith("waiting: infrastructure error: MediaUnavailable")
+
+    wait_for(waiting, 30, message="the job to wait for the media storage")
+    # More probes than the infrastructure retries allow: none of them counted or failed it.
+    time.sleep(3 * settings.HUEY["outage_backoff_max"])
+    job.refresh_from_db()
+    assert job.status == Job.RETRYING and waiting()
+    assert "the media storage does not take writes (NoSuchBucket: " in job.error
     assert "The specified bucket does not exist" in job.error and SECRET not in job.error
-    assert (job.attempts, job.infra_retries) == (1, 2)  # the retries used no attempts
+    assert job.attempts == 0 and job.infra_retries <= 1  # the upload that failed, at most
     assert not Image.objects.filter(generation_job_id=job.pk).exists()
+
+    recover()
+    wait_for(lambda: settled(request), 60, message="request settled once the bucket exists")
+    job.refresh_from_db()
+    assert job.status == Job.SUCCEEDED and job.error == ""
+    assert Image.objects.filter(generation_job_id=job.pk).count() == 1
 
 
 @db
@@ -471,42 +448,59 @@ def test_a_bucket_that_refuses_writes_is_not_paid_for_again_and_again(
     from generation.providers.demo import DemoImageModel
 
     calls = []
-    real_generate = DemoImageModel.generate
+    real_submit = DemoImageModel.submit
 
     def counted(self, *args, **kwargs):
         calls.append(MEDIA.failure)  # what the worker knew of the storage when it paid
-        return real_generate(self, *args, **kwargs)
+        if len(calls) == 2:
+            # The call made while the first image uploads returns once that upload has
+            # failed, however long a loaded machine takes to build its boto3 client.
+            wait_for(lambda: MEDIA.failure, 30, interval=0.05, message="the first upload failed")
+        return real_submit(self, *args, **kwargs)
 
-    monkeypatch.setattr(DemoImageModel, "generate", counted)
-    # One call at a time, long enough for a failed upload (a worker thread's first, which
-    # also builds its boto3 client) to be known before the call after next: only the call
-    # already under way when the first upload fails pays too.
+    monkeypatch.setattr(DemoImageModel, "submit", counted)
+    # One call at a time: only the call already under way when the first upload fails
+    # pays too (it waits for that failure, above).
     settings.KARASU["IMAGE_MODELS"]["demo"].update(CONCURRENCY=1, LATENCY=1.0)
     reset_cache()
     limiter_for.cache_clear()
     s3_media.configure(bucket="karasu-no-such-bucket")
     request = make_request(6)
     queue_jobs(list(request.jobs.values_list("pk", flat=True)))
-    wait_for(lambda: settled(request), 60, message="request settled")
-    assert request.jobs_failed == 6
+
+    def all_waiting() -> bool:
+        errors = list(request.jobs.values_list("error", flat=True))
+        return all(error.startswith("waiting: ") for error in errors)
+
+    # Jobs that paid before the failure was known ended their run with a counted retry;
+    # every later attempt found the storage still refusing writes and waits, uncounted.
+    wait_for(all_waiting, 60, interval=0.2, message="every job to wait for the storage")
+    time.sleep(2 * settings.HUEY["outage_backoff_max"])  # more probes, no more calls
     # Two paid calls (the one that found the bucket missing, and the one already started);
     # without the check before each call, 6 jobs × 6 tries.
     assert len(calls) <= 2, calls
     assert calls == [""] * len(calls)  # no call was made once a failed write was known
-    paid_before_fix = len(calls)
-    assert all("NoSuchBucket" in error for error in request.jobs.values_list("error", flat=True))
+    # Read until every job is between two probes: a job claimed for its next look has its
+    # error cleared for the moment its claim takes, before it is deferred again.
+    wait_for(
+        lambda: all(
+            "NoSuchBucket" in error for error in request.jobs.values_list("error", flat=True)
+        ),
+        10,
+        interval=0.05,
+        message="every job waiting for the missing bucket",
+    )
+    assert not request.jobs.filter(status=Job.FAILED).exists()
 
-    # The bucket fixed, "Retry failed jobs" files every image, one paid call each.
+    # The bucket fixed, every image is filed without anyone retrying: the jobs that paid
+    # before collect the requests they stored, the others pay once. Six images, six calls.
     s3_media.configure()
     settings.KARASU["IMAGE_MODELS"]["demo"].update(CONCURRENCY=8, LATENCY=0)
     reset_cache()
     limiter_for.cache_clear()
-    assert MEDIA.failure
-    ids = services.reset_failed_jobs(request)
-    queue_jobs(ids)
-    wait_for(lambda: settled(request), 60, message="request settled after the retry")
+    wait_for(lambda: settled(request), 60, message="request settled once the bucket exists")
     assert request.status == GenerationRequest.Status.COMPLETED
-    assert len(calls) == paid_before_fix + 6 and not MEDIA.failure
+    assert len(calls) == 6 and not MEDIA.failure
     assert s3_media.server.keys(s3_media.bucket, "karasu-probes/") == []
 
 

@@ -1,21 +1,30 @@
 """GET /healthz: 200 when the database and the queue storage answer, 503 naming the one that
-does not (within a few seconds, even for a MongoDB that is not there), nothing else."""
+does not (within a few seconds, even for a MongoDB that is not there), nothing else, and at
+most one real check a second per process however often it is hit."""
 
+import contextlib
+import itertools
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.backends.signals import connection_created
 from django.test import Client
 from huey.contrib.djhuey import HUEY
+from huey.storage import SqliteStorage
 from pymongo import MongoClient
 
 from huey_tasks.storage import LeasingSqliteStorage, MongoStorage
+from ops.health import CHECK_INTERVAL
 
 pytestmark = pytest.mark.django_db
 
@@ -93,12 +102,131 @@ def test_a_database_that_froze_fails_the_check_in_seconds(monkeypatch):
         time.sleep(0.2)
 
 
+def test_rapid_hits_open_at_most_one_database_connection_a_second():
+    """Hits from anyone (it needs no authentication), many at once: the database sees one
+    new connection, one check, a second at most, whatever their number."""
+    opened = []
+
+    def count_probe_connections(sender, connection, **kwargs):
+        if threading.current_thread().name.startswith("healthz-db"):
+            opened.append(time.monotonic())
+
+    connection_created.connect(count_probe_connections)
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=8) as hitters:
+            responses = list(hitters.map(lambda _: healthz(), range(300)))
+        elapsed = time.monotonic() - started
+    finally:
+        connection_created.disconnect(count_probe_connections)
+    assert {response.status_code for response in responses} == {200}
+    assert all(json.loads(r.content)["database"] == "ok" for r in responses)
+    # A connection per started second at most (the first hit's, then one per second), and
+    # never two within a second of each other.
+    assert 1 <= len(opened) <= int(elapsed) + 1, (len(opened), elapsed)
+    assert all(b - a >= 0.99 for a, b in itertools.pairwise(opened))
+
+
+def test_the_answer_follows_a_change_within_a_second(monkeypatch, tmp_path):
+    storage = LeasingSqliteStorage("karasu", filename=str(tmp_path / "queue.db"))
+    storage.close()
+    (tmp_path / "queue.db").unlink()
+    first_started = time.monotonic()
+    assert healthz().status_code == 200
+    checked = time.monotonic()
+    # The queue file goes away: a hit within the second gets the answer of the check that
+    # just ran, the first one after it sees the failure.
+    monkeypatch.setattr(HUEY, "storage", storage)
+    second = healthz()
+    if time.monotonic() - first_started < CHECK_INTERVAL:  # not when the machine stalled
+        assert second.status_code == 200
+    time.sleep(max(0.0, checked + CHECK_INTERVAL + 0.05 - time.monotonic()))
+    response = healthz()
+    assert response.status_code == 503
+    assert json.loads(response.content) == {"status": "failed", "database": "ok", "queue": "failed"}
+
+
+@contextlib.contextmanager
+def queue_that_hangs_its_check(monkeypatch, tmp_path):
+    """The queue is Huey's own SQLite storage, whose check (a read) has no timeout of ours,
+    and its file is locked by another connection until the block ends: a check of it is
+    stuck for its busy timeout (20 s), past QUEUE_TIMEOUT."""
+    storage = SqliteStorage(
+        "karasu", filename=str(tmp_path / "queue.db"), journal_mode="delete", timeout=20
+    )
+    storage.queue_size()  # the file and its tables
+    monkeypatch.setattr(HUEY, "storage", storage)
+    holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    holder.execute("begin exclusive")
+    try:
+        yield
+    finally:
+        holder.execute("rollback")
+        holder.close()
+
+
+def test_while_a_check_is_stuck_the_last_ok_stands_only_as_long_as_a_check_may_take(
+    monkeypatch, tmp_path
+):
+    """Hits that come while another hit's check is stuck get the last answer as long as it is
+    at most CHECK_INTERVAL plus the checks' timeouts old (so a flood of hits is never held),
+    then "failed" for the check that does not answer: never an "ok" older than that."""
+    from ops import health
+
+    monkeypatch.setattr(health, "DATABASE_TIMEOUT", 0.5)
+    monkeypatch.setattr(health, "QUEUE_TIMEOUT", 0.5)
+    bound = CHECK_INTERVAL + 1.0
+    assert healthz().status_code == 200
+    checked = time.monotonic()
+    with ThreadPoolExecutor(1) as hitter, queue_that_hangs_its_check(monkeypatch, tmp_path):
+        time.sleep(max(0.0, checked + CHECK_INTERVAL + 0.05 - time.monotonic()))
+        stuck = hitter.submit(healthz)  # due: it checks, and waits on the queue
+        time.sleep(0.2)
+        in_between = healthz()
+        if time.monotonic() - checked < bound:  # not when the machine stalled
+            assert in_between.status_code == 200
+        time.sleep(max(0.0, checked + bound + 0.1 - time.monotonic()))
+        started = time.monotonic()
+        response = healthz()
+        assert time.monotonic() - started < 1  # answered, not held by the stuck check
+        assert response.status_code == 503
+        body = json.loads(response.content)
+        assert body == {"status": "failed", "database": "ok", "queue": "failed"}
+        assert not stuck.done()
+    # The lock is gone: the stuck check ends, and the next ones answer "ok" again.
+    assert stuck.result(timeout=10).status_code == 200
+    time.sleep(CHECK_INTERVAL)
+    assert healthz().status_code == 200
+
+
+def test_after_a_quiet_spell_a_hit_does_not_get_the_old_answer(monkeypatch, tmp_path):
+    """An answer older than CHECK_INTERVAL plus the checks' timeouts (no hits for a while)
+    is not given to a hit that comes while another checks: it waits for that check, as long
+    as the check may take, and gets "failed" for the one that did not answer by then."""
+    from ops import health
+
+    monkeypatch.setattr(health, "DATABASE_TIMEOUT", 0.5)
+    monkeypatch.setattr(health, "QUEUE_TIMEOUT", 0.5)
+    assert healthz().status_code == 200
+    time.sleep(CHECK_INTERVAL + 1.0 + 0.1)  # the answer is older than a check may take
+    with ThreadPoolExecutor(1) as hitter, queue_that_hangs_its_check(monkeypatch, tmp_path):
+        stuck = hitter.submit(healthz)
+        time.sleep(0.4)  # its check is under way
+        started = time.monotonic()
+        response = healthz()
+        waited = time.monotonic() - started
+        assert response.status_code == 503
+        body = json.loads(response.content)
+        assert body == {"status": "failed", "database": "ok", "queue": "failed"}
+        assert waited < 3  # at most the rest of the stuck check's 1 s, not its 20 s
+        assert not stuck.done()
+    assert stuck.result(timeout=10).status_code == 200
+
+
 def test_unreachable_mongodb_queue_fails_within_seconds(monkeypatch):
     # MongoStorage's own health check on a server that is not there (the client's default
     # would wait 30 s to select a server).
-    storage = MongoStorage.__new__(MongoStorage)
-    storage.messages = MongoClient("mongodb://127.0.0.1:9/karasu", connect=False).karasu.m
-    monkeypatch.setattr(HUEY, "storage", storage)
+    monkeypatch.setattr(HUEY, "storage", unreachable_mongo_storage())
     monkeypatch.setattr("ops.health.QUEUE_TIMEOUT", 1.0)
     started = time.monotonic()
     response = healthz()
@@ -139,8 +267,31 @@ def test_sqlite_queue_health_check_is_bounded_by_a_lock(tmp_path):
         holder.close()
 
 
-def test_queue_health_check_on_each_backend(queue_backend):
-    HUEY.storage.health_check(2.0)  # mongodb tier: a real ping; sqlite: the file
+def unreachable_mongo_storage() -> MongoStorage:
+    """A MongoStorage whose client reaches no server (nothing listens on port 9)."""
+    storage = MongoStorage.__new__(MongoStorage)
+    storage.messages = MongoClient("mongodb://127.0.0.1:9/karasu", connect=False).karasu.m
+    return storage
+
+
+def test_queue_health_check_on_each_backend(queue_backend, tmp_path):
+    """The check answers for the suite's queue (mongodb tier: a real ping; sqlite: the
+    file), and the same kind of storage that cannot answer fails it, in bounded time."""
+    started = time.monotonic()
+    HUEY.storage.health_check(2.0)
+    assert time.monotonic() - started < 2
+    if queue_backend == "sqlite":
+        broken = LeasingSqliteStorage("karasu", filename=str(tmp_path / "queue.db"))
+        broken.close()
+        (tmp_path / "queue.db").write_bytes("これはキューではない".encode() * 200)
+        for leftover in tmp_path.glob("queue.db-*"):
+            leftover.unlink()
+    else:
+        broken = unreachable_mongo_storage()
+    started = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 (sqlite3 or pymongo, whichever it is)
+        broken.health_check(1.0)
+    assert time.monotonic() - started < 3
 
 
 def production_setting(name: str, tmp_path):
@@ -180,7 +331,13 @@ def test_mongo_timeout_helper_really_bounds_selection():
     assert time.monotonic() - started < 3
 
 
-def test_mongo_health_check_answers_on_mongomock():
+def test_mongo_health_check_answers_on_mongomock_and_not_without_a_server(monkeypatch):
     import mongomock
 
-    MongoStorage("karasu", client=mongomock.MongoClient()).health_check(1.0)
+    from ops import health
+
+    monkeypatch.setattr(HUEY, "storage", MongoStorage("karasu", client=mongomock.MongoClient()))
+    health.check_queue(1.0)  # answers
+    monkeypatch.setattr(HUEY, "storage", unreachable_mongo_storage())
+    with pytest.raises(pymongo.errors.PyMongoError):
+        health.check_queue(1.0)

@@ -14,17 +14,21 @@ from django.utils import timezone
 from huey.contrib.djhuey import HUEY
 from pymongo import MongoClient
 
-from generation.models import GenerationRequest, Spend
+from generation.models import GenerationJob, GenerationRequest, Spend, internal_error
 from huey_tasks.models import TaskRun, WorkerHeartbeat
-from tests.ops.conftest import TOKEN, Samples, parse
+from ops.models import HeartbeatCrashCount
 from tests.support.consumers import wait_for
+from tests.support.factories import make_request
+from tests.support.heartbeat import failing_heartbeat
+from tests.support.metrics import TOKEN, Samples, parse
+from tests.support.tasks import record_run
 
 pytestmark = pytest.mark.django_db
 
 
 def configure_demo(settings, **knobs):
+    from generation.limits import limiter_for
     from generation.providers import reset_cache
-    from huey_tasks.tasks import limiter_for
 
     settings.KARASU["IMAGE_MODELS"]["demo"] = {
         **settings.KARASU["IMAGE_MODELS"]["demo"],
@@ -94,7 +98,7 @@ def test_prometheus_gets_openmetrics_with_the_durations_as_a_gauge_histogram(cli
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image",
+        task_name="generation.tasks.generate_image",
         task_id="run-1",
         status=TaskRun.Status.SUCCEEDED,
         duration=1.5,
@@ -143,7 +147,7 @@ def test_queue_messages_by_state(queue_backend, scrape):
 
 
 def test_provider_slots_in_use_and_limit(settings, scrape):
-    from huey_tasks.tasks import limiter_for
+    from generation.limits import limiter_for
 
     configure_demo(settings, concurrency=3)
     HUEY.storage.flush_slots()
@@ -234,6 +238,28 @@ def test_spend_total_today_and_this_month(scrape):
     assert samples.value("karasu_spend_month_usd") == pytest.approx(0.0125)
 
 
+def test_jobs_failed_by_a_bug_of_karasus_are_counted_apart(scrape, collections):
+    request = make_request(5, job_status=GenerationJob.Status.FAILED)
+    jobs = list(request.jobs.order_by("index"))
+    for job, error in zip(
+        jobs,
+        [
+            internal_error(UnicodeEncodeError("latin-1", "烏", 0, 1, "no")),
+            internal_error(KeyError("x")),
+            "demo: rejected",
+            "timed out after 300 s",
+            "Content policy: «烏» was refused",
+        ],
+        strict=True,
+    ):
+        job.error = error
+        job.save(update_fields=["error"])
+    samples = scrape()
+    assert samples.value("karasu_failed_jobs", cause="karasu") == 2
+    assert samples.value("karasu_failed_jobs", cause="other") == 3
+    assert jobs[0].error.startswith("internal error: UnicodeEncodeError (a bug in Karasu")
+
+
 def test_task_runs_and_durations_by_task_and_status(scrape):
     now = timezone.now()
     recent, old = now - datetime.timedelta(minutes=5), now - datetime.timedelta(hours=3)
@@ -248,7 +274,7 @@ def test_task_runs_and_durations_by_task_and_status(scrape):
             args=args or [i],
         )
 
-    generate = "huey_tasks.tasks.generate_image"
+    generate = "generation.tasks.generate_image"
     shim = "huey.contrib.djhuey.djtasks.run"
     TaskRun.objects.bulk_create(
         [
@@ -259,7 +285,7 @@ def test_task_runs_and_durations_by_task_and_status(scrape):
             run(5, generate, "failed", 0.05, recent),
             run(6, generate, "running"),
             run(7, generate, "retrying", 2.0),
-            run(8, "huey_tasks.tasks.expand_prompt", "queued"),
+            run(8, "generation.tasks.expand_prompt", "queued"),
             run(
                 9,
                 shim,
@@ -348,6 +374,28 @@ def test_metrics_follow_a_real_request_through_a_real_worker(settings, thread_co
     assert samples.value("karasu_provider_slots_limit", model="demo") == 8
     assert samples.value("karasu_queue_messages", state="leased") == 0
     assert samples.value("karasu_queue_messages", state="dead") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeat_crashes_are_counted_from_a_real_worker(tmp_path, thread_consumer, scrape):
+    crashes = "karasu_heartbeat_crashes_total"
+    before = scrape()
+    assert before.value(crashes, heartbeat="lease") == 0
+    assert before.value(crashes, heartbeat="claims") == 0
+    # A first task: the worker's heartbeats are running.
+    assert record_run(str(tmp_path / "runs.log"), "k").get(blocking=True, timeout=10) == "k"
+    counted = HeartbeatCrashCount.objects.filter(heartbeat="lease", count__gte=2)
+    with failing_heartbeat("lease"):
+        wait_for(counted.exists, 15, message="two crashes counted")
+
+    def agreed():  # the metric says what the workers counted (a last count may be landing)
+        samples = scrape()
+        count = HeartbeatCrashCount.objects.get(heartbeat="lease").count
+        return samples if samples.value(crashes, heartbeat="lease") == count else None
+
+    samples = wait_for(agreed, 10, message="the metric to agree with the count")
+    assert samples.value(crashes, heartbeat="lease") >= 2
+    assert samples.value(crashes, heartbeat="claims") == 0
 
 
 def test_a_fresh_client_sees_no_session_cookie(metrics_token):

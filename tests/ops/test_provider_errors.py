@@ -48,25 +48,6 @@ def fal(settings):
         yield router
 
 
-@pytest.fixture
-def demo(settings):
-    from huey_tasks.tasks import limiter_for
-
-    def configure(**knobs):
-        settings.KARASU["IMAGE_MODELS"]["demo"] = {
-            **settings.KARASU["IMAGE_MODELS"]["demo"],
-            "LATENCY": 0,
-            "FAILURE_RATE": 0,
-            "REJECT_RATE": 0,
-            "CONCURRENCY": 8,
-            **{key.upper(): value for key, value in knobs.items()},
-        }
-        reset_cache()
-        limiter_for.cache_clear()
-
-    return configure
-
-
 def test_error_for_status_marks_429_as_rate_limited():
     assert error_for_status("x", 429, "slow down").rate_limited is True
     for status in (408, 500, 503, 529):
@@ -122,13 +103,13 @@ def test_a_job_refused_before_any_call_is_not_a_provider_error():
     """An unknown model or a deleted source image fails the job; the provider made no error."""
     from generation.providers import UnknownProvider
     from generation.providers.errors import NotCalled
-    from ops.counters import count_llm_error, count_provider_error
+    from generation.signals import report_llm_error, report_provider_error
 
-    count_provider_error("demo", NotCalled("its source image was deleted"))
-    count_provider_error("renamed-model", UnknownProvider("unknown image model"))
-    count_llm_error(1, UnknownProvider("unknown LLM"))
+    report_provider_error("demo", NotCalled("its source image was deleted"))
+    report_provider_error("renamed-model", UnknownProvider("unknown image model"))
+    report_llm_error(1, UnknownProvider("unknown LLM"))
     assert not ProviderErrorCount.objects.exists()
-    count_provider_error("demo", error_for_status("demo", 400, "bad request"))
+    report_provider_error("demo", error_for_status("demo", 400, "bad request"))
     assert errors() == {"permanent": 1}
 
 
@@ -192,7 +173,7 @@ def test_a_failing_count_never_changes_the_outcome(demo, thread_consumer, monkey
     assert job.status == GenerationJob.Status.FAILED
     assert "rejected by content policy" in job.error and "infrastructure" not in job.error
     # Two transient failures, then a success: the image is filed after three calls.
-    demo(failure_rate=1.0, max_failure_streak=2)
+    demo(reject_rate=0, failure_rate=1.0, max_failure_streak=2)
     call_command("generate", "Ravens", "--count", "1", "--wait", "--timeout", "60")
     job = GenerationJob.objects.get(request__theme="Ravens")
     assert job.status == GenerationJob.Status.SUCCEEDED and job.attempts == 3

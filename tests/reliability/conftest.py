@@ -2,16 +2,12 @@ import contextlib
 import threading
 
 import pytest
-from django.urls import reverse
 from huey.contrib.djhuey import HUEY
-from wagtail.models import Collection
 
+from generation.limits import limiter_for
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import reset_cache
-from huey_tasks.tasks import limiter_for
 from tests.support.consumers import wait_for
-
-NS = "wagtailsnippets_generation_generationrequest"
 
 
 @pytest.fixture
@@ -42,54 +38,6 @@ def demo(settings, call_log):
     yield configure
     reset_cache()
     limiter_for.cache_clear()
-
-
-@pytest.fixture
-def editor(admin_client_logged_in):
-    """A superuser's client (the suite's own fixture, under the pipeline's name)."""
-    return admin_client_logged_in
-
-
-def settled(request: GenerationRequest) -> bool:
-    """Whether ``request`` (refreshed) has reached a final status."""
-    request.refresh_from_db()
-    return request.status in GenerationRequest.TERMINAL
-
-
-def make_request(
-    count: int = 4,
-    *,
-    status=GenerationRequest.Status.GENERATING,
-    job_status=GenerationJob.Status.PENDING,
-    **fields,
-) -> GenerationRequest:
-    """A request with ``count`` prompts written (no LLM call)."""
-    request = GenerationRequest.objects.create(
-        theme=fields.pop("theme", "Crows over Kyoto"),
-        count=count,
-        llm="demo",
-        image_model=fields.pop("image_model", "demo"),
-        status=status,
-        jobs_total=count,
-        collection=Collection.objects.get(name="Generated images"),
-        **fields,
-    )
-    GenerationJob.objects.bulk_create(
-        GenerationJob(
-            request=request,
-            index=i,
-            prompt=f"{request.theme}: prompt number {i}",
-            seed=i,
-            status=job_status,
-        )
-        for i in range(count)
-    )
-    HUEY.storage.flush_queue()  # Wagtail's index tasks for the new rows: not under test
-    return request
-
-
-def action_url(name: str, request: GenerationRequest) -> str:
-    return reverse(f"{NS}:action", args=[request.pk, name])
 
 
 @pytest.fixture

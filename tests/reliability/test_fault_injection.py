@@ -3,15 +3,18 @@ chosen calls while a real consumer runs the pipeline. Whatever fails, every job 
 ends final, with one image per succeeded job, a reason for every failure, the queue empty
 and never two provider calls in flight for one job."""
 
+import threading
+
 import pytest
+from django.db import InterfaceError, OperationalError, connection
 from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
 
+from generation import reconcile
 from generation.models import GenerationJob, GenerationRequest
-from huey_tasks import reconcile
-from huey_tasks.tasks import expand_prompt, queue_jobs
-from tests.reliability.conftest import make_request
+from generation.tasks import expand_prompt, queue_jobs
 from tests.support.consumers import wait_for
+from tests.support.factories import make_request
 from tests.support.faults import FaultyDatabase, FaultyStorage
 from tests.support.provider_calls import overlapping_calls
 
@@ -118,3 +121,79 @@ def test_random_faults_leave_nothing_open(
     assert overlapping_calls(call_log) == []
     # A database error after a paid call is retried in place: no image is paid for twice.
     assert figures["paid twice"] == 0
+
+
+class BackendKiller:
+    """Terminates the test database's other server connections at random moments, as a
+    failover or an administrator's ``pg_terminate_backend`` does: transactions are cut
+    mid-way by the real server, not by a Python exception raised before the SQL ran."""
+
+    def __init__(self, seed: int, interval: float = 0.15):
+        import random
+
+        self.random = random.Random(seed)
+        self.interval = interval
+        self.killed = 0
+        self.mid_transaction = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import psycopg
+
+        params = connection.get_connection_params()
+        with psycopg.connect(**params, autocommit=True) as killer:
+            while not self._stop.wait(self.random.uniform(0.5, 1.5) * self.interval):
+                rows = killer.execute(
+                    "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                    " AND state IN ('active', 'idle in transaction')"
+                ).fetchall()
+                if not rows:
+                    continue
+                pid, state = self.random.choice(rows)
+                if killer.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0]:
+                    self.killed += 1
+                    self.mid_transaction += state == "idle in transaction"
+
+
+def settled_despite_kills(request) -> bool:
+    """``all_final``, on a fresh connection when the killer cut this thread's own."""
+    try:
+        return all_final(request)
+    except (OperationalError, InterfaceError):
+        connection.close()
+        return False
+
+
+def test_connections_killed_by_postgresql_mid_batch_lose_and_pay_twice_nothing(
+    demo, call_log, thread_consumer_factory, reliability_report
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("kills real server connections: runs in the PostgreSQL pass")
+    demo(latency=0.05, concurrency=8)
+    request = make_request(JOBS)
+    job_ids = list(request.jobs.values_list("pk", flat=True))
+    with thread_consumer_factory(workers=8), BackendKiller(seed=4) as killer:
+        queue_jobs(job_ids)
+        wait_for(lambda: settled_despite_kills(request), 120, interval=0.5, message="final")
+    connection.close()  # the killer may have cut this thread's connection too
+    figures = reliability_report(
+        "PostgreSQL connections terminated by the server", [request], call_log
+    )
+    assert killer.killed >= 5, "the batch ran without the server cutting anything"
+    request.refresh_from_db()
+    assert request.jobs_succeeded == JOBS, list(request.jobs.exclude(error="").values("error"))
+    images = Image.objects.filter(generation_request_id=request.pk)
+    assert sorted(images.values_list("generation_job_id", flat=True)) == sorted(job_ids)
+    assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
+    assert figures["paid twice"] == 0
+    assert overlapping_calls(call_log) == []

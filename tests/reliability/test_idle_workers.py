@@ -96,7 +96,9 @@ def test_work_queued_elsewhere_is_picked_up_within_the_interval(
                 message="the task ran",
             )
             delays.append(picked_up - queued_at)
-    assert sorted(delays)[1] < HUEY.idle.interval + 0.1, delays
+    # Within the interval, plus what a loaded machine adds to a thread's wake-up. Without
+    # the idle poll nothing would pick it up before the workers' next back-off (seconds).
+    assert sorted(delays)[1] < HUEY.idle.interval + 0.5, delays
 
 
 def test_a_released_slot_goes_to_a_waiting_thread_without_polling(monkeypatch):

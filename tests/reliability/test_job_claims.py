@@ -14,10 +14,10 @@ from wagtail.images import get_image_model
 from generation import actions, services
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import get_image_model as get_provider
+from generation.tasks import generate_image, queue_jobs
 from huey_tasks.queue import LeasingHuey
-from huey_tasks.tasks import generate_image, queue_jobs
-from tests.reliability.conftest import make_request, settled
 from tests.support.consumers import queued_tasks, wait_for
+from tests.support.factories import make_request, settled
 from tests.support.provider_calls import calls_per_key, overlapping_calls, read_calls
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
@@ -111,7 +111,7 @@ def test_a_worker_paused_past_its_leases_before_the_call_does_not_call(
         else:
             assert HUEY.storage.acquire_slot("image:demo", 1, "other", 30) is not None
 
-    monkeypatch.setattr("huey_tasks.tasks.MEDIA.ensure_writable", pause_then_lose)
+    monkeypatch.setattr("generation.tasks.MEDIA.ensure_writable", pause_then_lose)
     HUEY.execute(HUEY.dequeue())
     assert not call_log.exists()  # no call was made
     assert HUEY.storage.schedule_size() == 1  # the task looks again later
@@ -270,7 +270,7 @@ def test_a_fan_out_that_fails_half_way_leaves_no_queued_job_without_a_message(de
 
 def test_a_fan_out_that_fails_after_its_first_chunk_keeps_what_it_queued(demo, monkeypatch):
     HUEY.storage.flush_all()
-    monkeypatch.setattr("huey_tasks.tasks.FAN_OUT_CHUNK", 2)
+    monkeypatch.setattr("generation.tasks.FAN_OUT_CHUNK", 2)
     request = make_request(5)
     job_ids = list(request.jobs.order_by("index").values_list("pk", flat=True))
     original = HUEY.storage.enqueue_many
@@ -301,14 +301,14 @@ def test_an_expansion_that_finishes_after_cancel_creates_nothing(demo, settings,
     )
     from generation.providers.demo import DemoLLM
 
-    original = DemoLLM.expand
+    original = DemoLLM.request_prompts  # the LLM's call
 
     def cancelled_while_writing(self, *args, **kwargs):
         prompts = original(self, *args, **kwargs)
         services.cancel_request(GenerationRequest.objects.get(pk=request.pk))
         return prompts
 
-    monkeypatch.setattr(DemoLLM, "expand", cancelled_while_writing)
+    monkeypatch.setattr(DemoLLM, "request_prompts", cancelled_while_writing)
     assert services.expand_request(request.pk) == []
     request.refresh_from_db()
     assert request.status == Req.CANCELLED and request.jobs.count() == 0

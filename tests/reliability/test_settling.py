@@ -1,13 +1,12 @@
 """No open state without a way to a final one: dead letters, lost messages, deadlines,
 unknown models, infrastructure errors, cancels and the monitor's actions."""
 
-import dataclasses
 import time
 from unittest import mock
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.db import OperationalError, connections
+from django.db.models import QuerySet
 from django.urls import reverse
 from huey.contrib.djhuey import HUEY
 from wagtail.images import get_image_model
@@ -16,13 +15,13 @@ from generation import services
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers import get_image_model as get_provider
 from generation.providers import get_llm
-from generation.providers.base import TokenUsage
+from generation.providers.base import PromptBatch, TokenUsage
 from generation.providers.demo import DemoLLM, call_key
-from huey_tasks import reconcile
+from generation.tasks import expand_prompt, maintenance, queue_jobs
+from huey_tasks import maintenance as queue_maintenance
 from huey_tasks.models import TaskRun
-from huey_tasks.tasks import expand_prompt, maintenance, queue_jobs
-from tests.reliability.conftest import make_request, settled
 from tests.support.consumers import queued_tasks, wait_for
+from tests.support.factories import make_request, settled
 from tests.support.provider_calls import calls_per_key, overlapping_calls
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("collections")]
@@ -128,7 +127,7 @@ def test_maintenance_requeues_lost_jobs_then_gives_up(demo, queue_backend, setti
     assert request.status == Req.FAILED
     assert "left the queue unfinished" in request.jobs.first().error
     # The monitor shows what maintenance did.
-    assert reconcile.last_result(HUEY)["jobs_failed"] == 2
+    assert queue_maintenance.last_result(HUEY)["jobs_failed"] == 2
 
 
 def test_maintenance_leaves_claimed_and_fresh_jobs_alone(demo, queue_backend, settings):
@@ -221,6 +220,32 @@ def test_a_database_blip_after_the_call_is_retried_in_place_not_paid_again(
     assert Image.objects.filter(generation_request_id=request.pk).count() == 1
 
 
+def test_storing_a_submitted_request_waits_out_an_outage_instead_of_paying_again(
+    queue_backend, demo, call_log, thread_consumer, monkeypatch
+):
+    """The call is submitted (paid) and the database goes away before its request id is
+    stored: the worker waits for the database instead of losing the request, however
+    many attempts that takes, and the image is paid for once."""
+    monkeypatch.setattr(HUEY, "outage_backoff_max", 0.2)  # scaled: the default is 30 s
+    update = QuerySet.update
+    failures = {"left": 12}  # more than the five attempts made outside a worker's task
+
+    def update_failing_to_store_requests(queryset, **fields):
+        if fields.get("provider_request_id") and failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return update(queryset, **fields)
+
+    monkeypatch.setattr(QuerySet, "update", update_failing_to_store_requests)
+    request = make_request(1)
+    queue_jobs(list(request.jobs.values_list("pk", flat=True)))
+    wait_for(lambda: settled(request), 30, message="request settled")
+    job = request.jobs.get()
+    assert job.status == Job.SUCCEEDED and job.attempts == 1
+    assert failures["left"] == 0
+    assert calls_per_key(call_log) == {call_key(job.prompt): 1}
+
+
 @pytest.fixture
 def commit_raises_once(monkeypatch):
     """``arm(table)``: the next commit after a write to ``table`` goes through and then
@@ -277,9 +302,12 @@ def test_prompts_whose_commit_raised_but_went_through_are_written_once(demo, com
         auto_generate=False,
     )
     expansion = get_llm("demo").expand("Moths", 3)
-    expansion = dataclasses.replace(expansion, usage=TokenUsage(input_tokens=100, output_tokens=40))
+    answer = PromptBatch(
+        [{"prompt": p.prompt, "alt_text": p.alt_text} for p in expansion.prompts],
+        TokenUsage(input_tokens=100, output_tokens=40),
+    )
     commit_raises_once("generation_generationjob")
-    with mock.patch.object(DemoLLM, "expand", return_value=expansion) as expand:
+    with mock.patch.object(DemoLLM, "request_prompts", return_value=answer) as expand:
         assert services.expand_request(request.pk) == []
     request.refresh_from_db()
     assert expand.call_count == 1
@@ -356,8 +384,8 @@ def test_infrastructure_errors_of_an_expansion_use_no_llm_retries(
     # Three errors in a row: more than the expansion's 2 retries for the LLM.
     monkeypatch.setattr(
         services,
-        "expand_request",
-        flaky(services.expand_request, OperationalError("database is locked"), 3),
+        "plan_expansion",
+        flaky(services.plan_expansion, OperationalError("database is locked"), 3),
     )
     request = GenerationRequest.objects.create(
         theme="Moths", count=2, llm="demo", image_model="demo", status=Req.QUEUED
@@ -377,7 +405,7 @@ def test_a_lasting_infrastructure_error_fails_the_expansion_with_the_real_reason
         attempts.append(request_id)
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(services, "expand_request", broken)
+    monkeypatch.setattr(services, "plan_expansion", broken)
     request = GenerationRequest.objects.create(
         theme="Moths", count=2, llm="demo", image_model="demo", status=Req.QUEUED
     )
@@ -438,7 +466,7 @@ def test_retrying_an_old_failed_run_of_a_succeeded_job_does_nothing(demo, editor
     request = make_request(1, status=Req.COMPLETED, job_status=Job.SUCCEEDED, jobs_succeeded=1)
     job = request.jobs.get()
     run = TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image",
+        task_name="generation.tasks.generate_image",
         task_id="old",
         status=TaskRun.Status.FAILED,
         args=[job.pk],
@@ -457,7 +485,7 @@ def test_nothing_of_a_cancelled_request_is_retried_or_regenerated(demo, editor):
     request = make_request(2, status=Req.CANCELLED, job_status=Job.FAILED, jobs_failed=2)
     failed, other = request.jobs.order_by("index")
     run = TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image",
+        task_name="generation.tasks.generate_image",
         task_id="r1",
         status=TaskRun.Status.FAILED,
         args=[failed.pk],
@@ -479,21 +507,13 @@ def test_nothing_of_a_cancelled_request_is_retried_or_regenerated(demo, editor):
     assert not services.regenerate_job(failed)  # the service refuses too, under the lock
 
 
-def test_spending_actions_need_change_permission_on_requests(demo, client, django_user_model):
+def test_spending_actions_need_change_permission_on_requests(demo, limited_editor):
     HUEY.storage.flush_all()
-    user = django_user_model.objects.create_user("ops", password="pw")
-    group = Group.objects.create(name="Operators")
-    group.permissions.add(
-        Permission.objects.get(codename="access_admin"),
-        Permission.objects.get(codename="view_taskrun"),
-        Permission.objects.get(codename="change_taskrun"),
-    )
-    user.groups.add(group)
-    client.force_login(user)
+    client = limited_editor("view_taskrun", "change_taskrun")
     request = make_request(1, status=Req.FAILED, job_status=Job.FAILED, jobs_failed=1)
     job = request.jobs.get()
     run = TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image",
+        task_name="generation.tasks.generate_image",
         task_id="r1",
         status=TaskRun.Status.FAILED,
         args=[job.pk],
@@ -568,7 +588,7 @@ def test_revoking_a_stale_run_leaves_the_current_run_alone(demo, editor):
     request = make_request(1)
     job = request.jobs.get()
     stale = TaskRun.objects.create(
-        task_name="huey_tasks.tasks.generate_image",
+        task_name="generation.tasks.generate_image",
         task_id="generate_image-old",
         status=TaskRun.Status.QUEUED,
         args=[job.pk],
@@ -672,6 +692,35 @@ def test_an_expansion_under_way_is_not_reported_revoked(demo, editor):
     assert "cannot be revoked: it is under way" in response.content.decode()
     run.refresh_from_db()
     assert run.status == TaskRun.Status.QUEUED and not HUEY.is_revoked(run.task_id)
+    HUEY.storage.flush_all()
+
+
+def test_a_revoked_queued_expansion_stays_revoked_through_maintenance(
+    demo, editor, settings, thread_consumer_factory
+):
+    """Revoked from the monitor before it ran: the request ends cancelled, and maintenance
+    does not restart the expansion (and pay the LLM) the editor stopped."""
+    settings.KARASU["RECONCILE"] = {"GRACE_SECONDS": 0}
+    HUEY.storage.flush_all()
+    request = GenerationRequest.objects.create(
+        theme="蛾と月 «moths» 🌙", count=2, llm="demo", image_model="demo", status=Req.QUEUED
+    )
+    expand_prompt(request.pk)
+    run = TaskRun.objects.get(generation_request=request, task_name__endswith="expand_prompt")
+    response = editor.post(reverse("job_monitor:run_revoke", args=[run.pk]), follow=True)
+    assert f"{run.task_id} revoked." in response.content.decode()
+    with thread_consumer_factory(workers=2):  # the worker meets the revoked message
+        wait_for(
+            lambda: HUEY.storage.queue_size() + HUEY.storage.leased_count() == 0,
+            10,
+            message="the revoked message settled",
+        )
+    result = maintenance.call_local()
+    assert result["requests_restarted"] == 0
+    assert queued_tasks("expand_prompt") == []
+    request.refresh_from_db()
+    assert request.status == Req.CANCELLED and request.error == "revoked from the job monitor"
+    assert request.jobs.count() == 0  # the LLM was never asked
     HUEY.storage.flush_all()
 
 

@@ -1,6 +1,7 @@
 """Real `manage.py run_huey` processes killed, frozen and run side by side, on the SQLite
 queue and (with TEST_MONGODB_URI) on MongoDB."""
 
+import datetime
 import re
 import signal
 import time
@@ -11,16 +12,16 @@ from wagtail.images import get_image_model
 
 from generation.models import GenerationJob, GenerationRequest
 from generation.providers.demo import call_key
+from generation.reconcile import dead_job_reason
 from generation.services import CLAIM_LEASES
+from generation.tasks import CLAIM_WAIT, queue_jobs
 from huey_tasks.models import WorkerHeartbeat
-from huey_tasks.reconcile import dead_job_reason
-from huey_tasks.tasks import CLAIM_WAIT, queue_jobs
-from tests.reliability.conftest import make_request, settled
 from tests.support import consumers
+from tests.support.factories import make_request, settled
 from tests.support.provider_calls import (
     calls_per_key,
     max_in_flight,
-    overlapping_calls,
+    paid_submissions,
     read_calls,
 )
 from tests.support.tasks import record_run
@@ -44,6 +45,38 @@ def demo_env(call_log, **extra) -> dict:
     return {"KARASU_DEMO_CALL_LOG": str(call_log), **{k: str(v) for k, v in extra.items()}}
 
 
+def open_calls(call_log, pid) -> list:
+    """The submissions ``pid`` made that no process has collected yet."""
+    if not call_log.exists():
+        return []
+    return [call for call in read_calls(call_log) if call.pid == pid and call.open]
+
+
+def freeze_with_calls_stored(process, call_log, minimum: int, timeout: float = 60) -> list:
+    """SIGSTOP ``process`` while at least ``minimum`` of its submissions are in flight and
+    every one of them is stored on its job; return them.
+
+    A submission is stored a few milliseconds after the provider accepts it; a worker
+    killed inside that window pays twice (fal has no idempotency key), which no design can
+    avoid. These tests are about everything else, so they freeze the worker first, look,
+    and let it go on (SIGCONT) to try again if a submission is inside the window."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(open_calls(call_log, process.pid)) >= minimum:
+            process.send_signal(signal.SIGSTOP)
+            in_flight = open_calls(call_log, process.pid)
+            stored = set(
+                GenerationJob.objects.filter(
+                    provider_request_id__in=[call.call_id for call in in_flight]
+                ).values_list("provider_request_id", flat=True)
+            )
+            if len(in_flight) >= minimum and all(c.call_id in stored for c in in_flight):
+                return in_flight
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"no moment with {minimum} stored calls in flight")
+
+
 @pytest.mark.parametrize("deliveries", [5, 1])
 def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries, reliability_report):
     """With the default 5 deliveries the killed worker's jobs are simply run again; with
@@ -63,6 +96,7 @@ def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries, rel
             60,
             message="a third done",
         )
+        in_flight = freeze_with_calls_stored(first, call_log, 1)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_at = time.time()
@@ -85,6 +119,9 @@ def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries, rel
     )
     assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
     assert figures["duplicate provider calls"] == 0
+    # Counted from the provider's side: every submission, the killed ones included.
+    assert figures["paid twice"] == 0
+    assert set(paid_submissions(call_log).values()) == {1}
     succeeded = request.jobs.filter(status=Job.SUCCEEDED).count()
     assert Image.objects.filter(generation_request_id=request.pk).count() == succeeded
     if deliveries > 1:
@@ -92,6 +129,9 @@ def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries, rel
             HUEY.deserialize_task(letter.data).name.endswith("generate_image")
             for letter in HUEY.storage.dead_letters()
         )
+        # The calls cut off by the kill were collected by the next worker, not paid again.
+        calls = {call.call_id: call for call in read_calls(call_log)}
+        assert all(second.pid in calls[c.call_id].resumed_by for c in in_flight)
         return
     # Every message the killed worker held was buried; their jobs failed at once with a
     # reason (those mid-call, and any it held while waiting for a slot).
@@ -113,8 +153,9 @@ def test_sigkill_mid_batch_settles_every_job(tmp_path, call_log, deliveries, rel
 
 
 def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, reliability_report):
-    """A worker frozen (SIGSTOP) past its job claims: the other worker takes over the calls
-    it had in flight once their claims run out; thawed, its late results are fenced out."""
+    """A worker frozen (SIGSTOP) past its job claims: the other worker takes over the jobs
+    it had in flight once their claims run out and resumes their provider requests (no
+    second submission); thawed, the frozen worker's late results are fenced out."""
     lease = HUEY.storage.lease_seconds  # the workers' too (tests.support.settings)
     claim_seconds = lease * CLAIM_LEASES  # a job claim's life, renewed every lease / 3
     env = demo_env(call_log, KARASU_DEMO_LATENCY=1.0, KARASU_DEMO_CONCURRENCY=4)
@@ -124,41 +165,47 @@ def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, relia
     frozen = consumers.start_consumer(tmp_path / "frozen.log", workers=6, **env)
     other = None
 
-    def calls_by(pid):
-        return [c for c in read_calls(call_log) if c.pid == pid] if call_log.exists() else []
+    def calls_of(key):
+        return next(c.call_id for c in read_calls(call_log) if c.key == key)
+
+    def resumed_by_other():
+        return {c.call_id for c in read_calls(call_log) if other.pid in c.resumed_by}
 
     try:
-        consumers.wait_for(
-            lambda: sum(call.open for call in calls_by(frozen.pid)) >= 4,
-            60,
-            message="calls in flight",
-        )
-        frozen.send_signal(signal.SIGSTOP)
+        # The calls in flight at the freeze, each stored on its job.
+        held_calls = freeze_with_calls_stored(frozen, call_log, 4)
         stopped_at = time.time()
-        # The calls in flight at the freeze (the log is written only around a call).
-        held = {call.key for call in calls_by(frozen.pid) if call.open}
+        held = {call.key for call in held_calls}
         other = consumers.start_consumer(tmp_path / "other.log", workers=6, **env)
-        # Frozen until the other worker calls for a held job: not before that job's claim
+        # Frozen until the other worker resumes a held call: not before that job's claim
         # runs out (claim_seconds after its last renewal), plus a message lease for the
         # message to come back and a claim wait for the other worker to look again.
         consumers.wait_for(
-            lambda: {call.key for call in calls_by(other.pid)} & held,
-            claim_seconds + lease + CLAIM_WAIT + 10,
+            lambda: resumed_by_other() & {c.call_id for c in held_calls},
+            # A generous margin: the MongoDB emulator is slow on a loaded machine.
+            claim_seconds + lease + CLAIM_WAIT + 40,
             message="a held call taken over",
         )
-        thawed_at = time.time()
         frozen.send_signal(signal.SIGCONT)
         consumers.wait_for(lambda: settled(request), 90, message="request settled")
         consumers.wait_for(queue_empty, 30, message="queue drained")
+        taken_over = {c.key for c in read_calls(call_log) if other.pid in c.resumed_by}
+        # Thawed, the frozen worker collects the results it was waiting for (its own end
+        # lines); its filing is then refused (fenced) or finds the other worker's image.
+        frozen_ends = {(key, calls_of(key)) for key in taken_over}
         consumers.wait_for(
-            lambda: all(
-                f"Job {job_of[key]} was taken over" in (tmp_path / "frozen.log").read_text()
-                for key in {c.key for c in calls_by(frozen.pid)}
-                & {c.key for c in calls_by(other.pid)}
+            lambda: (
+                frozen_ends
+                <= {
+                    (fields[1], fields[-1])
+                    for fields in map(str.split, call_log.read_text().splitlines())
+                    if fields[0] == "end" and fields[2] == str(frozen.pid)
+                }
             ),
             10,
-            message="the frozen worker's late results refused",
+            message="the frozen worker's late results collected",
         )
+        time.sleep(1.0)  # and filed, or refused
     finally:
         frozen.send_signal(signal.SIGCONT)
         consumers.stop(frozen)
@@ -167,42 +214,33 @@ def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, relia
     figures = reliability_report("SIGSTOP past the lease and the job claims", [request], call_log)
     assert request.status == Req.COMPLETED
     assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
+    # One submission per job, as the provider counts them: the takeover resumed.
+    assert figures["paid twice"] == figures["duplicate provider calls"] == 0
+    assert calls_per_key(call_log) == {key: 1 for key in job_of}
     succeeded = request.jobs.filter(status=Job.SUCCEEDED)
     assert succeeded.count() == 16
     assert Image.objects.filter(generation_request_id=request.pk).count() == 16
     assert all(job.image_id is not None for job in succeeded)
 
-    calls = read_calls(call_log)
-    assert not any(call.open for call in calls)
-    by_key = {}
-    for call in calls:
-        by_key.setdefault(call.key, []).append(call)
-    assert set(by_key) == set(job_of)
-    # Taken over: jobs the frozen worker was working on that the other worker called for.
-    taken_over = {key for key, runs in by_key.items() if len(runs) > 1}
-    assert taken_over & held  # not vacuous: a call in flight at the freeze was taken over
+    calls = {call.key: call for call in read_calls(call_log)}
+    assert not any(call.open for call in calls.values())
+    assert taken_over and taken_over <= held  # not vacuous: calls in flight were taken over
     for key in taken_over:
-        first, second = by_key[key]  # never a third call
-        assert (first.pid, second.pid) == (frozen.pid, other.pid)
-        assert first.start < stopped_at
+        call = calls[key]
+        assert call.pid == frozen.pid and call.start < stopped_at
         # Not while the frozen worker's claim could be live: renewed up to a heartbeat
         # (lease / 3) before the freeze, give or take a heartbeat.
-        assert second.start > stopped_at + claim_seconds - 2 * lease / 3
-    # Two calls in flight at once for a job: only a call in flight at the freeze, and the
-    # other worker's takeover while it was frozen.
-    overlaps = overlapping_calls(call_log)
-    assert overlaps and {key for key, _, _ in overlaps} <= held
-    for _key, first, second in overlaps:
-        assert (first.pid, second.pid) == (frozen.pid, other.pid)
-        assert first.start < stopped_at and first.end > thawed_at
-    # The frozen worker's late results were fenced out, and its own log says so: every image
-    # of a job taken over came from the other worker's call. Thawed, it found the messages
-    # of those jobs taken over too, and did not ack them.
+        resumed_at = min(ts for pid, ts in call.resumes if pid == other.pid)
+        assert resumed_at > stopped_at + claim_seconds - 2 * lease / 3
+        # The job's image is the one request's, whichever worker collected it.
+        image = Image.objects.get(generation_job_id=job_of[key])
+        assert image.provider_request_id == call.call_id
+    # The frozen worker's late results were fenced out (one image per job, above). Thawed,
+    # it found the messages of those jobs taken over too, and did not ack them.
     frozen_log = (tmp_path / "frozen.log").read_text()
     other_log = (tmp_path / "other.log").read_text()
     for key in taken_over:
         job_id = job_of[key]
-        assert f"Job {job_id} was taken over while it ran; its image was not filed" in frozen_log
         assert re.search(
             rf"Lost the lease of task generate_image-{job_id}-\w+ to another worker"
             rf"|Lease of generate_image-{job_id}-\w+ was lost before its ack",
@@ -215,9 +253,86 @@ def test_a_worker_frozen_mid_batch_files_nothing_twice(tmp_path, call_log, relia
     assert HUEY.storage.dead_letter_count() == 0
 
 
+def _log_time(text: str, marker: str) -> float:
+    """The time of the first log line of ``text`` that contains ``marker``."""
+    line = next(line for line in text.splitlines() if marker in line)
+    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def test_sigterm_with_a_short_grace_hands_calls_back_for_the_next_worker(
+    tmp_path, call_log, reliability_report
+):
+    """A deploy whose grace (1 s) is shorter than the calls (3 s): the stopping worker
+    hands its waits back within the grace, without cancelling them, and the next worker
+    collects the same requests; nothing is paid twice."""
+    grace = 1.0
+    env = demo_env(
+        call_log, KARASU_DEMO_LATENCY=3.0, KARASU_DEMO_CONCURRENCY=8, KARASU_SHUTDOWN_TIMEOUT=grace
+    )
+    request = make_request(16)
+    job_of = {call_key(job.prompt): job.pk for job in request.jobs.all()}
+    queue_jobs(list(job_of.values()))
+    first = consumers.start_consumer(tmp_path / "first.log", workers=10, **env)
+    second = None
+    try:
+        consumers.wait_for(
+            lambda: len(open_calls(call_log, first.pid)) == 8, 60, message="every slot in a call"
+        )
+        first.send_signal(signal.SIGTERM)
+        first.wait(grace + 15)  # the interpreter's own teardown may take a moment more
+        handed = open_calls(call_log, first.pid)
+        # Handed back at once: queued again, the attempt not counted, the request stored.
+        jobs = GenerationJob.objects.filter(provider_request_id__in=[c.call_id for c in handed])
+        assert jobs.count() == len(handed) == 8
+        assert {(job.status, job.attempts, job.claim_token) for job in jobs} == {
+            (Job.QUEUED, 0, "")
+        }
+        second = consumers.start_consumer(tmp_path / "second.log", workers=10, **env)
+        consumers.wait_for(lambda: settled(request), 60, message="request settled")
+        consumers.wait_for(queue_empty, 30, message="queue drained")
+    finally:
+        consumers.stop(first)
+        if second is not None:
+            consumers.stop(second)
+    # Every wait was handed back within the grace of the worker taking the signal.
+    log = (tmp_path / "first.log").read_text()
+    received = _log_time(log, "Received SIGTERM")
+    handed_at = [
+        _log_time(line, "handed back while")
+        for line in log.splitlines()
+        if "handed back while" in line
+    ]
+    assert len(handed_at) == 8 and max(handed_at) - received < grace, log
+    figures = reliability_report("SIGTERM with a 1 s grace mid-call", [request], call_log)
+    assert request.status == Req.COMPLETED
+    assert figures["lost"] == figures["stuck"] == figures["duplicate images"] == 0
+    assert figures["paid twice"] == figures["duplicate provider calls"] == 0
+    assert calls_per_key(call_log) == {key: 1 for key in job_of}
+    calls = {call.call_id: call for call in read_calls(call_log)}
+    for call in handed:  # collected by the next worker, the same request
+        assert calls[call.call_id].resumed_by == (second.pid,)
+        assert (
+            Image.objects.get(generation_job_id=job_of[call.key]).provider_request_id
+            == call.call_id
+        )
+    first_log = (tmp_path / "first.log").read_text()
+    assert first_log.count("handed back while its provider request runs") == 8
+    assert "still running at exit" not in first_log
+    assert HUEY.storage.dead_letter_count() == 0
+
+
+def in_storage(task_id: str) -> bool:
+    """Whether the task's message is still in the queue storage (queued, leased or
+    scheduled)."""
+    return task_id in {HUEY.deserialize_task(data).id for data in HUEY.storage.all_messages()}
+
+
 def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
     log = tmp_path / "runs.log"
-    record_run(str(log), "frozen", seconds=5.0)
+    # Long enough that the second worker's only thread is still busy with the redelivery
+    # when "next" is queued, however slow the storage: "next" can only go to the first.
+    frozen = record_run(str(log), "frozen", seconds=12.0)
     first = consumers.start_consumer(tmp_path / "first.log", workers=1)
     second = None
     try:
@@ -234,14 +349,18 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
             30,
             message="redelivered to the second worker",
         )
+        # Queued behind the frozen task on the first worker's only thread, while the second
+        # worker's only thread runs the redelivery: once the first worker starts it, the
+        # frozen task has ended there, its late ack included.
+        record_run(str(log), "next")
         first.send_signal(signal.SIGCONT)
         consumers.wait_for(
-            lambda: log.read_text().count("done frozen") == 1,
+            lambda: f"start next {first.pid}" in log.read_text(),
             30,
-            message="the frozen worker finishes late",
+            message="the frozen worker finishes late and takes its next task",
         )
-        time.sleep(0.5)  # its ack (refused) and heartbeat have run
-        assert HUEY.storage.leased_count() == 1  # the second worker's claim survived
+        assert log.read_text().count("done frozen") == 1
+        assert in_storage(frozen.id)  # the second worker's claim survived the late ack
         consumers.wait_for(
             lambda: log.read_text().count("done frozen") == 2,
             30,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -102,3 +105,23 @@ def bury(task_id: str) -> None:
         return False
 
     wait_for(buried, 10, interval=0, message=f"{task_id} dead-lettered")
+
+
+@contextlib.contextmanager
+def thread_consumer_running(workers: int = 8) -> Iterator[object]:
+    """A real Huey consumer (thread workers + scheduler) running in this process, on an
+    empty queue, stopped and emptied again on exit."""
+    from huey.contrib.djhuey import HUEY
+
+    HUEY.storage.flush_all()
+    consumer = HUEY.create_consumer(workers=workers, periodic=False)
+    # run() installs signal handlers, which only the main thread may do.
+    consumer._set_signal_handlers = lambda: None
+    runner = threading.Thread(target=consumer.run, daemon=True)
+    runner.start()
+    try:
+        yield consumer
+    finally:
+        consumer.stop(graceful=True)
+        runner.join(30)
+        HUEY.storage.flush_all()

@@ -26,6 +26,10 @@ class FakeHTTPServer:
                 status, headers, payload = (
                     server.responses.popleft() if server.responses else (500, {}, b"{}")
                 )
+                if status == 200 and server.requests[-1]["json"].get("stream"):
+                    # Asked to stream: the scripted message as Anthropic streams it.
+                    headers = {"content-type": "text/event-stream", **headers}
+                    payload = message_events(json.loads(payload))
                 self.send_response(status)
                 for name, value in {"content-type": "application/json", **headers}.items():
                     self.send_header(name, value)
@@ -47,3 +51,50 @@ class FakeHTTPServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def message_events(message: dict) -> bytes:
+    """A Messages API answer as server-sent events (``stream: true``): each tool_use
+    block's input as one ``input_json_delta``, its usage in message_start and
+    message_delta."""
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {**message["usage"], "output_tokens": 1},
+    }
+    events = [("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "tool_use":
+            opened, delta = (
+                {**block, "input": {}},
+                {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+            )
+        else:
+            opened, delta = {**block, "text": ""}, {"type": "text_delta", "text": block["text"]}
+        events += [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opened},
+            ),
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            ),
+            ("content_block_stop", {"type": "content_block_stop", "index": index}),
+        ]
+    events += [
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": message["stop_reason"],
+                    "stop_sequence": message.get("stop_sequence"),
+                },
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()

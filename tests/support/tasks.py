@@ -46,3 +46,28 @@ def always_fail(message: str) -> None:
 @task()
 def add(a: int, b: int) -> int:
     return a + b
+
+
+@task()
+def interrupted_once(log_path: str, key: str) -> str:
+    """Stopped inside its own thread the first time it runs, as a process worker's task is
+    by SIGINT (KeyboardInterrupt); runs to its end the next time. Its lines carry the time."""
+    previous = open(log_path).read().count(f"start {key} ") if os.path.exists(log_path) else 0
+    _append(log_path, f"start {key} {os.getpid()} {time.time()}")
+    if not previous:
+        raise KeyboardInterrupt
+    _append(log_path, f"done {key} {os.getpid()} {time.time()}")
+    return key
+
+
+@task(context=True)
+def hand_back_once(log_path: str, task=None) -> None:
+    """Hands its message back (as a task that found the database down does) the first time,
+    and runs to its end the second."""
+    from huey.contrib.djhuey import HUEY
+
+    previous = open(log_path).read().count("attempt") if os.path.exists(log_path) else 0
+    _append(log_path, "attempt")
+    if previous == 0:
+        HUEY.hand_back_later(task)
+        task.hand_back_delay = 3.0  # back in 3 s: time for a test to look at it meanwhile

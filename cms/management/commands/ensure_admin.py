@@ -2,6 +2,7 @@ import secrets
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+from django.utils.translation import gettext as _
 from environ import Env
 
 
@@ -14,7 +15,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         User = get_user_model()
         if User.objects.filter(is_superuser=True).exists():
-            self.stdout.write("An admin user exists already.")
+            self.stdout.write(_("An admin user exists already."))
             return
         env = Env()
         username = env.str("KARASU_ADMIN_USER", default="admin")
@@ -25,7 +26,12 @@ class Command(BaseCommand):
         User.objects.create_superuser(username=username, email="", password=password)
         if generated:
             self.stdout.write(
-                self.style.SUCCESS(f"Created admin user {username!r} with password {password}")
+                self.style.SUCCESS(
+                    _("Created admin user %(name)s with password %(password)s")
+                    % {"name": repr(username), "password": password}
+                )
             )
         else:
-            self.stdout.write(self.style.SUCCESS(f"Created admin user {username!r}."))
+            self.stdout.write(
+                self.style.SUCCESS(_("Created admin user %(name)s.") % {"name": repr(username)})
+            )

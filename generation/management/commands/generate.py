@@ -8,6 +8,7 @@ import time
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils.translation import gettext as _
 from tqdm import tqdm
 from wagtail.images import get_image_model
 from wagtail.models import Collection
@@ -42,25 +43,39 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         request = self.create_request(options)
         price = costs.unit_price(request.cost_estimate, request.count)
-        self.stdout.write(
-            f"Request #{request.pk}: {request.count} images of “{request.theme}”"
-            + (
-                f" (variations of image #{request.source_image_id})"
-                if request.source_image_id
-                else ""
+        figures = {
+            "pk": request.pk,
+            "count": request.count,
+            "theme": request.theme,
+            "source": request.source_image_id,
+            "estimate": costs.usd(request.cost_estimate),
+            "price": costs.usd(price),
+        }
+        if request.source_image_id:
+            line = _(
+                "Request #%(pk)s: %(count)s images of “%(theme)s” (variations of image "
+                "#%(source)s), estimated cost %(estimate)s (%(count)s × %(price)s per image)"
             )
-            + ", "
-            f"estimated cost {costs.usd(request.cost_estimate)} "
-            f"({request.count} × {costs.usd(price)} per image)"
-        )
+        else:
+            line = _(
+                "Request #%(pk)s: %(count)s images of “%(theme)s”, estimated cost %(estimate)s "
+                "(%(count)s × %(price)s per image)"
+            )
+        self.stdout.write(line % figures)
         if not options["wait"]:
             return
         request = self.wait(request, options["timeout"])
-        summary = (
-            f"Request #{request.pk} {request.get_status_display().lower()}: "
-            f"{request.jobs_succeeded} succeeded, {request.jobs_failed} failed, "
-            f"{request.jobs_cancelled} cancelled; spent {costs.usd(request.cost_spent)}"
-        )
+        summary = _(
+            "Request #%(pk)s %(status)s: %(succeeded)s succeeded, %(failed)s failed, "
+            "%(cancelled)s cancelled; spent %(spent)s"
+        ) % {
+            "pk": request.pk,
+            "status": request.get_status_display().lower(),
+            "succeeded": request.jobs_succeeded,
+            "failed": request.jobs_failed,
+            "cancelled": request.jobs_cancelled,
+            "spent": costs.usd(request.cost_spent),
+        }
         if request.status != GenerationRequest.Status.COMPLETED:
             raise CommandError(summary)
         self.stdout.write(self.style.SUCCESS(summary))
@@ -81,22 +96,27 @@ class Command(BaseCommand):
         if options["collection"]:
             collection = Collection.objects.filter(name=options["collection"]).first()
             if collection is None:
-                raise CommandError(f"unknown collection {options['collection']!r}")
+                raise CommandError(
+                    _("unknown collection %(name)s") % {"name": repr(options["collection"])}
+                )
             data["collection"] = collection.pk
         else:
             data["collection"] = GenerationRequest._meta.get_field("collection").get_default()
         if options["source_image"] is not None:
             if not get_image_model().objects.filter(pk=options["source_image"]).exists():
-                raise CommandError(f"unknown image {options['source_image']} (--source-image)")
+                raise CommandError(
+                    _("unknown image %(pk)s (--source-image)") % {"pk": options["source_image"]}
+                )
             data["source_image"] = options["source_image"]
         form = GenerationRequestForm(data=data)
         if not form.is_valid():
             raise CommandError(one_line(form.errors.as_data()))
         with transaction.atomic():
             request = form.save()
-            # The form checked the budgets; checked again with the start, under the budget
-            # lock, in case another request started meanwhile. Refused: nothing is kept.
-            _, error = run(ACTIONS["generate"], request)
+            # The form checked the budgets. They are checked again as the request starts,
+            # under the budget lock, in case another request started in the meantime. If the
+            # start is refused, nothing is kept.
+            __, error = run(ACTIONS["generate"], request)
             if error:
                 transaction.set_rollback(True)
         if error:
@@ -125,9 +145,17 @@ class Command(BaseCommand):
                     return request
                 if time.monotonic() >= deadline:
                     raise CommandError(
-                        f"timed out after {timeout:.0f}s: request #{request.pk} is "
-                        f"{request.get_status_display().lower()} ({request.jobs_done}/"
-                        f"{request.jobs_total or request.count} done)"
+                        _(
+                            "timed out after %(seconds)ss: request #%(pk)s is %(status)s "
+                            "(%(done)s/%(total)s done)"
+                        )
+                        % {
+                            "seconds": f"{timeout:.0f}",
+                            "pk": request.pk,
+                            "status": request.get_status_display().lower(),
+                            "done": request.jobs_done,
+                            "total": request.jobs_total or request.count,
+                        }
                     )
                 time.sleep(0.5)
 

@@ -10,12 +10,17 @@
     return BigInt(whole || '0') * UNIT + BigInt(`${fraction}0000`.slice(0, 4));
   };
 
-  // As generation.costs.usd(): two decimals, up to four when the amount needs them.
-  const usd = (units) => {
-    const whole = (units / UNIT).toLocaleString('en-US');
+  // As generation.costs.usd(): two decimals, up to four when the amount needs them, with
+  // the separators of the editor's language (given by the server, as Django formats them).
+  const usd = (units, decimal = '.', thousand = ',') => {
+    const whole = (units / UNIT).toString().replace(/\B(?=(\d{3})+(?!\d))/g, thousand);
     const fraction = (units % UNIT).toString().padStart(4, '0').replace(/0+$/, '');
-    return `$${whole}.${fraction.padEnd(2, '0')}`;
+    return `$${whole}${decimal}${fraction.padEnd(2, '0')}`;
   };
+
+  // The server's translated texts use Python's %(name)s placeholders.
+  const interpolate = (text, values) =>
+    text.replace(/%\((\w+)\)s/g, (match, name) => (name in values ? values[name] : match));
 
   const register = () => {
     const { Controller } = window.StimulusModule;
@@ -26,6 +31,13 @@
       static values = {
         prices: Object,
         modelField: { type: String, default: 'image_model' },
+        emptyText: { type: String, default: 'Estimated cost: enter the number of images.' },
+        text: {
+          type: String,
+          default: 'Estimated cost: %(total)s (%(count)s × %(price)s per image)',
+        },
+        decimalSeparator: { type: String, default: '.' },
+        thousandSeparator: { type: String, default: ',' },
       };
 
       connect() {
@@ -45,11 +57,17 @@
         const count = /^\d+$/.test(text) ? BigInt(text) : 0n;
         const price = this.model ? this.pricesValue[this.model.value] : undefined;
         if (count < 1n || price === undefined) {
-          this.outputTarget.textContent = 'Estimated cost: enter the number of images.';
+          this.outputTarget.textContent = this.emptyTextValue;
           return;
         }
         const each = toUnits(price);
-        this.outputTarget.textContent = `Estimated cost: ${usd(each * count)} (${count} × ${usd(each)} per image)`;
+        const format = (units) =>
+          usd(units, this.decimalSeparatorValue, this.thousandSeparatorValue);
+        this.outputTarget.textContent = interpolate(this.textValue, {
+          total: format(each * count),
+          count: count.toString(),
+          price: format(each),
+        });
       }
     }
 

@@ -8,13 +8,22 @@
 
       connect() {
         this.timer = window.setInterval(() => {
-          if (!document.hidden) this.dispatch('tick');
+          // Not while hidden, nor while the last refresh is still on its way (w-swap marks
+          // what it writes into busy): a new one would cancel it, and a slow answer would
+          // never arrive.
+          if (document.hidden || this.element.closest('[aria-busy="true"]')) return;
+          this.dispatch('tick');
         }, this.intervalValue);
         // A refresh refused for good (the object deleted, access gone): stop asking. A
         // network error or a 5xx (a deploy under way) is only skipped. w-swap reports it on
         // the element it writes into, which holds this one or is this one.
         this.stop = (event) => {
           const status = event.detail && event.detail.error && event.detail.error.status;
+          // Only this element's own refresh: a form's error elsewhere in the same part of the
+          // page (the chooser's Generate form) says nothing about it.
+          const own = (event.detail && event.detail.requestUrl) || '';
+          const src = this.element.getAttribute('data-w-swap-src-value');
+          if (src && !own.startsWith(src)) return;
           if ([401, 403, 404].includes(status) && event.target.contains(this.element)) {
             window.clearInterval(this.timer);
           }

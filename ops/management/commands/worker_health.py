@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
 
-from generation.providers.errors import redact
+from cms.redaction import redact
 from huey_tasks.ledger import HOST
 from huey_tasks.models import WorkerHeartbeat
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         "Exit 0 when a worker (run_huey) on this host has sent a heartbeat within --max-age "
         "seconds; exit 1 otherwise, 2 when the database cannot be read. For liveness probes."
     )
-    requires_system_checks: list = []  # a probe: as little work as possible
+    requires_system_checks: list = []  # a probe does as little work as possible
 
     def add_arguments(self, parser):
         parser.add_argument(
