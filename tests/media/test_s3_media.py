@@ -422,11 +422,15 @@ def test_a_lasting_bucket_error_keeps_the_job_waiting_with_its_reason_uncounted(
         job.refresh_from_db()
         return job.error.startswith("waiting: infrastructure error: MediaUnavailable")
 
+    def resting() -> bool:
+        """Between two probes: each probe claims the job (running, an attempt counted) and
+        gives the claim and the attempt back."""
+        return waiting() and job.status == Job.RETRYING
+
     wait_for(waiting, 30, message="the job to wait for the media storage")
     # More probes than the infrastructure retries allow: none of them counted or failed it.
     time.sleep(3 * settings.HUEY["outage_backoff_max"])
-    job.refresh_from_db()
-    assert job.status == Job.RETRYING and waiting()
+    wait_for(resting, 10, message="the job to rest between two probes")
     assert "the media storage does not take writes (NoSuchBucket: " in job.error
     assert "The specified bucket does not exist" in job.error and SECRET not in job.error
     assert job.attempts == 0 and job.infra_retries <= 1  # the upload that failed, at most
