@@ -79,6 +79,15 @@ def media_writes_work():
 
 
 @pytest.fixture(autouse=True)
+def consumer_logs():
+    """A failed test's report ends with what the worker processes it started logged."""
+    yield
+    from tests.support import consumers
+
+    consumers.print_started_logs()
+
+
+@pytest.fixture(autouse=True)
 def restore_karasu_settings():
     """Put ``settings.KARASU`` back as it was, nested dicts included, after every test
     (see tests/support/karasu_settings.py)."""

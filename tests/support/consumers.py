@@ -17,6 +17,10 @@ from django.db import connection
 
 ROOT = Path(settings.BASE_DIR)
 
+# The log file of every consumer process started in the current test, printed at its
+# teardown so that a failed test's report shows what its workers said.
+started_logs: list[Path] = []
+
 
 def suite_database_url() -> str:
     params = connection.settings_dict
@@ -41,6 +45,7 @@ def consumer_env(**extra: str) -> dict[str, str]:
 
 
 def start_consumer(log_file: Path, workers: int = 2, **extra_env: str) -> subprocess.Popen:
+    started_logs.append(log_file)
     return subprocess.Popen(
         # No periodic tasks: maintenance must not add messages the tests count.
         [
@@ -71,6 +76,16 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 3
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+def print_started_logs(lines: int = 80) -> None:
+    """Print the end of each log of the consumers the test started (pytest shows a failed
+    test's captured output), and forget them."""
+    for log_file in started_logs:
+        if log_file.exists():
+            tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- last {len(tail)} lines of {log_file.name}", *tail, sep="\n")
+    started_logs.clear()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "condition"):
