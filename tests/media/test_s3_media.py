@@ -408,10 +408,11 @@ def test_a_failed_upload_defers_the_job_and_it_succeeds_once_media_is_back(
 
 @db
 def test_a_lasting_bucket_error_keeps_the_job_waiting_with_its_reason_uncounted(
-    outage, demo, collections, thread_consumer, settings
+    outage, demo, collections, thread_consumer, settings, caplog
 ):
     """Once a write has failed, each attempt first probes the storage; while the probe
     fails nothing is paid for, and the job waits it out, uncounted, saying why."""
+    caplog.set_level(logging.WARNING, logger="generation.outages")
     settings.KARASU["RETRY"] = {**settings.KARASU["RETRY"], "MAX_INFRASTRUCTURE_RETRIES": 2}
     error, recover, _ = outage("bucket missing")
     request = make_request(1)
@@ -427,9 +428,16 @@ def test_a_lasting_bucket_error_keeps_the_job_waiting_with_its_reason_uncounted(
         gives the claim and the attempt back."""
         return waiting() and job.status == Job.RETRYING
 
+    def probes() -> int:
+        waits = f"Job {job.pk} waits "
+        return sum(
+            waits in message and "for the media storage" in message
+            for message in (record.getMessage() for record in caplog.records)
+        )
+
     wait_for(waiting, 30, message="the job to wait for the media storage")
     # More probes than the infrastructure retries allow: none of them counted or failed it.
-    time.sleep(3 * settings.HUEY["outage_backoff_max"])
+    wait_for(lambda: probes() > 3, 30, message="more probes than infrastructure retries")
     wait_for(resting, 10, message="the job to rest between two probes")
     assert "the media storage does not take writes (NoSuchBucket: " in job.error
     assert "The specified bucket does not exist" in job.error and SECRET not in job.error

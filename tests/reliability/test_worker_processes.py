@@ -59,11 +59,16 @@ def freeze_with_calls_stored(process, call_log, minimum: int, timeout: float = 6
     A submission is stored a few milliseconds after the provider accepts it; a worker
     killed inside that window pays twice (fal has no idempotency key), which no design can
     avoid. These tests are about everything else, so they freeze the worker first, look,
-    and let it go on (SIGCONT) to try again if a submission is inside the window."""
+    and let it go on (SIGCONT) to try again if a submission is inside the window, or if it
+    holds SQLite's write lock (see ``consumers.sqlite_writers_blocked``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(open_calls(call_log, process.pid)) >= minimum:
             process.send_signal(signal.SIGSTOP)
+            if consumers.sqlite_writers_blocked():
+                process.send_signal(signal.SIGCONT)
+                time.sleep(0.02)
+                continue
             in_flight = open_calls(call_log, process.pid)
             stored = set(
                 GenerationJob.objects.filter(
@@ -75,6 +80,17 @@ def freeze_with_calls_stored(process, call_log, minimum: int, timeout: float = 6
             process.send_signal(signal.SIGCONT)
         time.sleep(0.02)
     raise AssertionError(f"no moment with {minimum} stored calls in flight")
+
+
+def freeze(process) -> None:
+    """SIGSTOP ``process`` at a moment it holds no SQLite write lock (see
+    ``consumers.sqlite_writers_blocked``)."""
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        if not consumers.sqlite_writers_blocked():
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("deliveries", [5, 1])
@@ -333,19 +349,20 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
     # Long enough that the second worker's only thread is still busy with the redelivery
     # when "next" is queued, however slow the storage: "next" can only go to the first.
     frozen = record_run(str(log), "frozen", seconds=12.0)
+    consumers.show_on_failure(log)
     first = consumers.start_consumer(tmp_path / "first.log", workers=1)
     second = None
     try:
         consumers.wait_for(
-            lambda: "start frozen" in log.read_text() if log.exists() else False,
+            lambda: f"start frozen {first.pid}" in log.read_text() if log.exists() else False,
             30,
             message="first start",
         )
-        first.send_signal(signal.SIGSTOP)
+        freeze(first)
         time.sleep(4.0)  # past the 3 s lease
         second = consumers.start_consumer(tmp_path / "second.log", workers=1)
         consumers.wait_for(
-            lambda: log.read_text().count("start frozen") == 2,
+            lambda: f"start frozen {second.pid}" in log.read_text(),
             30,
             message="redelivered to the second worker",
         )
@@ -356,7 +373,7 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
         first.send_signal(signal.SIGCONT)
         consumers.wait_for(
             lambda: f"start next {first.pid}" in log.read_text(),
-            30,
+            60,
             message="the frozen worker finishes late and takes its next task",
         )
         assert log.read_text().count("done frozen") == 1
@@ -372,7 +389,11 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
         consumers.stop(first)
         if second is not None:
             consumers.stop(second)
-    assert "lease" in (tmp_path / "first.log").read_text().lower()
+    assert re.search(
+        rf"Lost the lease of task {frozen.id} to another worker"
+        rf"|Lease of {frozen.id} was lost before its ack",
+        (tmp_path / "first.log").read_text(),
+    )
     assert HUEY.storage.dead_letter_count() == 0
 
 

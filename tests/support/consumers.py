@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -78,14 +80,54 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 3
         return process.wait()
 
 
+def show_on_failure(path: Path) -> None:
+    """Have the end of ``path`` (a log the test writes) printed with the workers' logs."""
+    started_logs.append(path)
+
+
 def print_started_logs(lines: int = 80) -> None:
     """Print the end of each log of the consumers the test started (pytest shows a failed
     test's captured output), and forget them."""
-    for log_file in started_logs:
-        if log_file.exists():
-            tail = log_file.read_text(errors="replace").splitlines()[-lines:]
-            print(f"--- last {len(tail)} lines of {log_file.name}", *tail, sep="\n")
-    started_logs.clear()
+    try:
+        for log_file in started_logs:
+            with contextlib.suppress(OSError):
+                tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+                print(f"--- last {len(tail)} lines of {log_file.name}", *tail, sep="\n")
+    finally:
+        started_logs.clear()
+
+
+def sqlite_writers_blocked() -> bool:
+    """Whether something holds the write lock of the SQLite queue or of the SQLite database
+    right now (the database's write turn included).
+
+    SQLite has one writer at a time: a worker frozen while it holds the lock stalls every
+    other process until it is thawed. A test that freezes a worker to see its claims run
+    out checks this and, if so, lets it go on and freezes it again a moment later."""
+    from huey.contrib.djhuey import HUEY
+
+    files = []
+    if isinstance(getattr(HUEY.storage, "filename", None), str):
+        files.append(HUEY.storage.filename)
+    if connection.vendor == "sqlite":
+        name = os.path.abspath(str(connection.settings_dict["NAME"]))
+        files.append(name)
+        with open(f"{name}-turn", "a") as turn:
+            try:
+                fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(turn, fcntl.LOCK_UN)
+    for path in files:
+        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("begin immediate")
+            probe.execute("rollback")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+    return False
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "condition"):

@@ -43,8 +43,14 @@ def queue_backend(request, monkeypatch):
         monkeypatch.setenv(MONGO_ENV, url)
         HUEY.storage = storage
     HUEY.storage.flush_all()
-    yield request.param
-    HUEY.storage.flush_all()
-    if HUEY.storage is not original:
-        HUEY.storage.client.drop_database(HUEY.storage.messages.database.name)
-        HUEY.storage = original
+    try:
+        yield request.param
+        HUEY.storage.flush_all()
+    finally:
+        # Whatever happened, the next test runs on the SQLite queue again.
+        if HUEY.storage is not original:
+            storage, HUEY.storage = HUEY.storage, original
+            try:
+                storage.client.drop_database(storage.messages.database.name)
+            finally:
+                storage.client.close()
