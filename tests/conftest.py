@@ -78,13 +78,25 @@ def media_writes_work():
     MEDIA.failure = ""
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.karasu_call_failed = report.failed
+    return report
+
+
 @pytest.fixture(autouse=True)
-def consumer_logs():
+def consumer_logs(request):
     """A failed test's report ends with what the worker processes it started logged."""
     yield
     from tests.support import consumers
 
-    consumers.print_started_logs()
+    # A test whose setup failed has no call report: its logs are shown too.
+    if getattr(request.node, "karasu_call_failed", True):
+        consumers.print_started_logs()
+    else:
+        consumers.started_logs.clear()
 
 
 @pytest.fixture(autouse=True)

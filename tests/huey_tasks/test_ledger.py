@@ -116,18 +116,18 @@ def test_cancel_revoke_and_expiry_rows(tmp_path, thread_consumer):
 
 def test_crash_and_redelivery_row(tmp_path):
     log = tmp_path / "runs.log"
-    result = record_run(str(log), "victim", seconds=5.0)
     first = consumers.start_consumer(tmp_path / "first.log", workers=1)
     try:
-        consumers.wait_for(
-            lambda: log.exists() and "start victim" in log.read_text(), 30, message="start"
-        )
-        # A consumer records itself once its threads have started, a moment after they
-        # may have taken the task.
+        # A consumer records itself once its threads have started: the task is queued
+        # after that, so the worker is listed before it can be killed in its task.
         consumers.wait_for(
             lambda: WorkerHeartbeat.objects.filter(pid=first.pid).exists(),
             30,
             message="the first worker listed",
+        )
+        result = record_run(str(log), "victim", seconds=2.0)
+        consumers.wait_for(
+            lambda: log.exists() and "start victim" in log.read_text(), 30, message="start"
         )
         first.send_signal(signal.SIGKILL)
         first.wait(10)

@@ -4,6 +4,8 @@ queue and (with TEST_MONGODB_URI) on MongoDB."""
 import datetime
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -60,37 +62,28 @@ def freeze_with_calls_stored(process, call_log, minimum: int, timeout: float = 6
     killed inside that window pays twice (fal has no idempotency key), which no design can
     avoid. These tests are about everything else, so they freeze the worker first, look,
     and let it go on (SIGCONT) to try again if a submission is inside the window, or if it
-    holds SQLite's write lock (see ``consumers.sqlite_writers_blocked``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(open_calls(call_log, process.pid)) >= minimum:
-            process.send_signal(signal.SIGSTOP)
-            if consumers.sqlite_writers_blocked():
-                process.send_signal(signal.SIGCONT)
-                time.sleep(0.02)
-                continue
-            in_flight = open_calls(call_log, process.pid)
-            stored = set(
-                GenerationJob.objects.filter(
-                    provider_request_id__in=[call.call_id for call in in_flight]
-                ).values_list("provider_request_id", flat=True)
-            )
-            if len(in_flight) >= minimum and all(c.call_id in stored for c in in_flight):
-                return in_flight
-            process.send_signal(signal.SIGCONT)
-        time.sleep(0.02)
-    raise AssertionError(f"no moment with {minimum} stored calls in flight")
+    holds a write lock (``consumers.freeze_between_writes``)."""
 
+    def calls_stored():
+        in_flight = open_calls(call_log, process.pid)
+        stored = set(
+            GenerationJob.objects.filter(
+                provider_request_id__in=[call.call_id for call in in_flight]
+            ).values_list("provider_request_id", flat=True)
+        )
+        if len(in_flight) >= minimum and all(c.call_id in stored for c in in_flight):
+            return in_flight
+        return None
 
-def freeze(process) -> None:
-    """SIGSTOP ``process`` at a moment it holds no SQLite write lock (see
-    ``consumers.sqlite_writers_blocked``)."""
-    while True:
-        process.send_signal(signal.SIGSTOP)
-        if not consumers.sqlite_writers_blocked():
-            return
-        process.send_signal(signal.SIGCONT)
-        time.sleep(0.02)
+    consumers.wait_for(
+        lambda: len(open_calls(call_log, process.pid)) >= minimum,
+        timeout,
+        interval=0.02,
+        message=f"{minimum} calls in flight",
+    )
+    return consumers.freeze_between_writes(
+        process, calls_stored, timeout, message=f"a moment with {minimum} stored calls in flight"
+    )
 
 
 @pytest.mark.parametrize("deliveries", [5, 1])
@@ -358,7 +351,7 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
             30,
             message="first start",
         )
-        freeze(first)
+        consumers.freeze_between_writes(first)
         time.sleep(4.0)  # past the 3 s lease
         second = consumers.start_consumer(tmp_path / "second.log", workers=1)
         consumers.wait_for(
@@ -390,8 +383,8 @@ def test_a_worker_frozen_past_its_lease_cannot_ack_the_new_claim(tmp_path):
         if second is not None:
             consumers.stop(second)
     assert re.search(
-        rf"Lost the lease of task {frozen.id} to another worker"
-        rf"|Lease of {frozen.id} was lost before its ack",
+        rf"Lost the lease of task {re.escape(frozen.id)} to another worker"
+        rf"|Lease of {re.escape(frozen.id)} was lost before its ack",
         (tmp_path / "first.log").read_text(),
     )
     assert HUEY.storage.dead_letter_count() == 0
@@ -420,3 +413,35 @@ def test_concurrency_holds_across_worker_processes(tmp_path, call_log, latency, 
     assert set(calls_per_key(call_log).values()) == {1}
     pids = {line.split()[2] for line in open(call_log) if line.startswith("start ")}
     assert len(pids) == 2  # both processes called the provider
+
+
+def test_the_freeze_waits_for_a_held_write_lock_to_be_released(queue_backend):
+    """``freeze_between_writes`` does not freeze a worker holding the SQLite queue's write
+    lock (here, a child process in an open write transaction)."""
+    if queue_backend != "sqlite":
+        pytest.skip("about the SQLite queue's write lock")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.execute('begin immediate')\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+            HUEY.storage.filename,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert consumers.writers_blocked()
+        with pytest.raises(AssertionError, match="timed out after 1s waiting for a freeze"):
+            consumers.freeze_between_writes(holder, timeout=1)
+        assert holder.poll() is None  # let go on after each try: not left stopped
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        holder.kill()
+        holder.wait()
+    assert not consumers.writers_blocked()

@@ -97,37 +97,88 @@ def print_started_logs(lines: int = 80) -> None:
         started_logs.clear()
 
 
-def sqlite_writers_blocked() -> bool:
-    """Whether something holds the write lock of the SQLite queue or of the SQLite database
-    right now (the database's write turn included).
+def stopped(process: subprocess.Popen, timeout: float = 2.0) -> bool:
+    """Wait until every thread of ``process`` has stopped (after a SIGSTOP): the signal is
+    delivered a moment after ``send_signal`` returns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = {
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                for task in Path(f"/proc/{process.pid}/task").iterdir()
+            }
+        except (OSError, IndexError):
+            states = set()  # a thread ended while being read: look again
+        if states and states <= {"T", "t"}:
+            return True
+        time.sleep(0.005)
+    return False
 
-    SQLite has one writer at a time: a worker frozen while it holds the lock stalls every
-    other process until it is thawed. A test that freezes a worker to see its claims run
-    out checks this and, if so, lets it go on and freezes it again a moment later."""
+
+def writers_blocked() -> bool:
+    """Whether a stopped worker may hold a write lock that every other process needs.
+
+    On SQLite one process writes at a time (the write lock of the queue file, and the
+    database's write turn, cms/sqlite3); on PostgreSQL a transaction left open holds its row
+    and advisory locks. A worker frozen while it holds one stalls every other process until
+    it is thawed, which no claim or lease can change. A test that freezes a worker to see
+    its claims run out must therefore freeze it between two writes."""
     from huey.contrib.djhuey import HUEY
 
-    files = []
-    if isinstance(getattr(HUEY.storage, "filename", None), str):
-        files.append(HUEY.storage.filename)
+    queue_file = getattr(HUEY.storage, "filename", None)
+    if isinstance(queue_file, str) and not _sqlite_free(queue_file):
+        return True
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select count(*) from pg_stat_activity where datname = current_database()"
+                " and backend_type = 'client backend' and pid <> pg_backend_pid()"
+                " and xact_start is not null"
+            )
+            return cursor.fetchone()[0] > 0
     if connection.vendor == "sqlite":
         name = os.path.abspath(str(connection.settings_dict["NAME"]))
-        files.append(name)
+        # Every writer takes the turn first: probe the file while holding it, as they do.
         with open(f"{name}-turn", "a") as turn:
             try:
                 fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
-            fcntl.flock(turn, fcntl.LOCK_UN)
-    for path in files:
-        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
-        try:
-            probe.execute("begin immediate")
-            probe.execute("rollback")
-        except sqlite3.OperationalError:
-            return True
-        finally:
-            probe.close()
+            try:
+                return not _sqlite_free(name)
+            finally:
+                fcntl.flock(turn, fcntl.LOCK_UN)
     return False
+
+
+def _sqlite_free(path: str) -> bool:
+    probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        probe.execute("begin immediate")
+        probe.execute("rollback")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+def freeze_between_writes(
+    process: subprocess.Popen, ready=lambda: True, timeout: float = 60, message: str = "a freeze"
+):
+    """SIGSTOP ``process`` at a moment it holds no write lock (``writers_blocked``) and
+    ``ready()`` returns something true, which is returned. Otherwise let it go on (SIGCONT)
+    and try again a moment later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process.send_signal(signal.SIGSTOP)
+        if stopped(process) and not writers_blocked():
+            value = ready()
+            if value:
+                return value
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, message: str = "condition"):

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from huey.contrib.djhuey import HUEY
+from pymongo import MongoClient
 
 from huey_tasks.storage import MongoStorage
 
@@ -35,7 +36,9 @@ def queue_backend(request, monkeypatch):
         url = _mongo_url()
         storage = MongoStorage(
             original.name,
-            url=url,
+            # A client of its own, closed after the test (the storage's shared one by URL
+            # would stay cached).
+            client=MongoClient(url, connect=False),
             lease_seconds=original.lease_seconds,
             max_deliveries=original.max_deliveries,
         )
