@@ -28,7 +28,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
-from bench.pipeline import summary, worktree  # noqa: E402
+from bench.pipeline import bench_env, summary, worktree  # noqa: E402
 from tests.support.fake_anthropic import PROMPT_TOKENS, FakeLLMServer, Fault  # noqa: E402
 
 REAL_FIRST_TOKEN = 0.4
@@ -85,24 +84,16 @@ def run_once(
     timeout: float,
     profile: str | None = None,
 ) -> dict:
-    data_dir = tempfile.mkdtemp(prefix="karasu-bench-")
-    call_log = os.path.join(data_dir, "calls.log")
     faults = {fail_call: Fault(529, midway=True)} if fail_call else {}
     server = FakeLLMServer(
         tokens_per_second=REAL_TOKENS_PER_SECOND * speed,
         first_token=REAL_FIRST_TOKEN / speed,
         faults=faults,
     )
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="cms.settings.dev",
-        DEBUG="false",
-        KARASU_DATA_DIR=data_dir,
-        KARASU_DEMO_LATENCY=str(latency),
-        KARASU_DEMO_CONCURRENCY=str(concurrency),
-        KARASU_WORKERS=str(threads),
-        KARASU_DEMO_CALL_LOG=call_log,
-        LOG_LEVEL="WARNING",
+    data_dir, call_log, env = bench_env(
+        latency,
+        concurrency,
+        threads,
         ANTHROPIC_API_KEY="sk-ant-bench",
         ANTHROPIC_BASE_URL=server.url,
     )

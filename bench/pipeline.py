@@ -92,17 +92,11 @@ print(dict(
 """
 
 
-def run_once(
-    *,
-    root: Path = ROOT,
-    count: int,
-    latency: float,
-    concurrency: int,
-    workers: int,
-    threads: int,
-    second: int = 0,
-    delay: float = 0.0,
-) -> dict:
+def bench_env(
+    latency: float, concurrency: int, threads: int, **extra: str
+) -> tuple[str, str, dict[str, str]]:
+    """A fresh data folder, its demo call log, and the environment of a bench's processes:
+    the embedded defaults, the demo model at ``latency`` s and ``concurrency`` slots."""
     data_dir = tempfile.mkdtemp(prefix="karasu-bench-")
     call_log = os.path.join(data_dir, "calls.log")
     env = dict(
@@ -115,7 +109,23 @@ def run_once(
         KARASU_WORKERS=str(threads),
         KARASU_DEMO_CALL_LOG=call_log,
         LOG_LEVEL="WARNING",
+        **extra,
     )
+    return data_dir, call_log, env
+
+
+def run_once(
+    *,
+    root: Path = ROOT,
+    count: int,
+    latency: float,
+    concurrency: int,
+    workers: int,
+    threads: int,
+    second: int = 0,
+    delay: float = 0.0,
+) -> dict:
+    data_dir, call_log, env = bench_env(latency, concurrency, threads)
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=root,
