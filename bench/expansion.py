@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)
 
-from bench.pipeline import bench_env, summary, worktree  # noqa: E402
+from bench.pipeline import bench_env, run_child, summary, worktree  # noqa: E402
 from tests.support.fake_anthropic import PROMPT_TOKENS, FakeLLMServer, Fault  # noqa: E402
 
 REAL_FIRST_TOKEN = 0.4
@@ -134,15 +134,7 @@ def run_once(
             )
             print(f"profile: {output}", file=sys.stderr)
         code = CHILD.format(theme="京都の路地裏で雨宿りするカラス", count=count, timeout=timeout)
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=root,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        figures = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child
+        figures = run_child(code, root, env)
     finally:
         worker.terminate()
         worker.wait(60)

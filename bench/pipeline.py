@@ -114,6 +114,20 @@ def bench_env(
     return data_dir, call_log, env
 
 
+def run_child(code: str, root: Path, env: dict[str, str]) -> dict:
+    """Run a bench's child script in ``root`` and return the figures it printed last (a
+    Python dict)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child
+
+
 def run_once(
     *,
     root: Path = ROOT,
@@ -145,15 +159,7 @@ def run_once(
     try:
         time.sleep(3)  # the workers are up and idle before the request is created
         code = CHILD.format(count=count, second=second, delay=delay, call_log=call_log)
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=root,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        figures = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child
+        figures = run_child(code, root, env)
         figures["peak_rss_mb"] = max(peak_rss_mb(p.pid) for p in procs)
     finally:
         for proc in procs:
